@@ -1,0 +1,170 @@
+"""HTTP in and out: parse requests, call the pipeline, turn every outcome into a JSON answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import azure.functions as func
+import openai
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+from pydantic import ValidationError
+
+from . import pipeline
+from .errors import ApiError
+from .identity import IdentityError
+from .models import RunRequest
+from .naming import is_valid_response_id
+from .runlog import RunLog, logger
+from .services import get_services
+from .settings import SettingsError, load_settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        body=json.dumps(body, ensure_ascii=False),
+        status_code=status,
+        mimetype="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def parse_run_request(body: bytes) -> RunRequest:
+    """The POST body, strictly: a JSON object with known fields of the right types."""
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", 'the body must be a JSON object, e.g. {"prompt": "..."}') from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", 'the body must be a JSON object, e.g. {"prompt": "..."}')
+    try:
+        return RunRequest.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False)]
+        raise ApiError(400, "invalid_request", "; ".join(problems[:10])) from None
+
+
+def parse_ttl_query(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 6:
+        raise ApiError(400, "invalid_request", "sas_ttl_minutes must be a whole number of minutes")
+    return int(value)
+
+
+def response_id_from(req: func.HttpRequest) -> str:
+    response_id = req.route_params.get("response_id", "")
+    if not is_valid_response_id(response_id):
+        raise ApiError(
+            400, "invalid_run_id", "a run id is the response id: resp_ followed by letters, digits, '_' or '-'"
+        )
+    return response_id
+
+
+def _outcome(result: dict[str, Any] | pipeline.Accepted) -> func.HttpResponse:
+    if isinstance(result, pipeline.Accepted):
+        return json_response(
+            202,
+            {"response_id": result.response_id, "status": result.status},
+            {"Location": f"/api/runs/{result.response_id}", "Retry-After": str(pipeline.RETRY_AFTER_SECONDS)},
+        )
+    return json_response(200, result)
+
+
+def _error_for(error: Exception) -> ApiError:
+    """Map what went wrong to what the caller can do about it. Messages never carry secrets."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, SettingsError):
+        return ApiError(503, "not_configured", f"{error}; see the README's settings table")
+    if isinstance(error, IdentityError):
+        return ApiError(503, "identity_error", str(error))
+    if isinstance(error, openai.APITimeoutError):
+        return ApiError(504, "timeout", "Azure OpenAI did not answer in time")
+    if isinstance(error, openai.APIConnectionError):
+        return ApiError(502, "upstream_error", "could not reach Azure OpenAI: check AZURE_OPENAI_ENDPOINT")
+    if isinstance(error, openai.APIStatusError):
+        hint = {
+            401: "the credentials were refused: check the API key, or that the identity's token is valid",
+            403: "the identity lacks the Cognitive Services OpenAI User role on the Azure OpenAI resource",
+            404: "check AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT",
+            429: "rate limited even after retries: try again later",
+        }.get(error.status_code, "try again later")
+        return ApiError(
+            502,
+            "upstream_error",
+            f"Azure OpenAI answered {error.status_code}: {hint}",
+            upstream_status=error.status_code,
+        )
+    if isinstance(error, ClientAuthenticationError):
+        return ApiError(
+            502,
+            "storage_auth_error",
+            "Blob Storage refused the app's credentials: the identity needs Storage Blob Data Contributor "
+            "on the account (or check OUTPUT_STORAGE_CONNECTION_STRING)",
+        )
+    if isinstance(error, (HttpResponseError, ServiceRequestError)):
+        return ApiError(502, "storage_error", f"Blob Storage failed ({type(error).__name__}); try again")
+    if isinstance(error, TimeoutError):
+        return ApiError(504, "timeout", "the run took longer than its time budget")
+    return ApiError(500, "internal_error", "unexpected error; the logs have the details under this invocation id")
+
+
+async def handle(
+    req: func.HttpRequest,
+    context: func.Context,
+    operation: str,
+    work: Callable[[func.HttpRequest, RunLog], Awaitable[func.HttpResponse]],
+) -> func.HttpResponse:
+    """Run one request; whatever happens, answer `{"error": {"code", "message"}}`, never a trace."""
+    log = RunLog(context.invocation_id, operation)
+    try:
+        return await work(req, log)
+    except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
+        error = _error_for(raw)
+        if error.code == "internal_error":
+            logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
+        log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
+        return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
+
+
+async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    request = parse_run_request(req.get_body())
+    services = await get_services()
+    return _outcome(await pipeline.create_run(services, request, log))
+
+
+async def get_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    services = await get_services()
+    response_id = response_id_from(req)
+    ttl = parse_ttl_query(req.params.get("sas_ttl_minutes"))
+    return _outcome(await pipeline.get_run(services, response_id, ttl, log))
+
+
+async def delete_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    services = await get_services()
+    await pipeline.delete_run(services, response_id_from(req), log)
+    return func.HttpResponse(status_code=204)
+
+
+def health() -> func.HttpResponse:
+    """Whether the app is configured: the names of missing or invalid settings, never values."""
+    try:
+        load_settings()
+    except SettingsError as error:
+        return json_response(
+            503,
+            {
+                "status": "not_configured",
+                "configured": False,
+                "missing": error.missing,
+                "invalid": sorted(error.invalid),
+            },
+        )
+    return json_response(200, {"status": "ok", "configured": True, "missing": [], "invalid": []})

@@ -1,0 +1,109 @@
+"""Azure OpenAI (v1 API): the Responses run with Code Interpreter, and its container's files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import openai
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.identity.aio import get_bearer_token_provider
+from openai import AsyncOpenAI
+from openai.types.responses import Response
+
+from .models import ContainerFile, RunRequest
+from .settings import Settings
+
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+CODE_INTERPRETER_TOOL = {"type": "code_interpreter", "container": {"type": "auto"}}
+RUNNING = frozenset({"queued", "in_progress"})
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+_POLL_FIRST_SECONDS = 0.1
+_POLL_MAX_SECONDS = 2.0
+
+
+def build_client(settings: Settings, credential: AsyncTokenCredential | None) -> AsyncOpenAI:
+    """The API key when one is configured, otherwise Entra ID tokens from the managed identity."""
+    if settings.api_key:
+        api_key: Any = settings.api_key
+    else:
+        assert credential is not None
+        api_key = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
+    return AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=api_key,
+        default_query={"api-version": settings.api_version} if settings.api_version else None,
+        timeout=openai.Timeout(120.0, connect=10.0),
+        max_retries=2,
+    )
+
+
+async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRequest) -> Response:
+    """Start the run in background mode: it outlives any one HTTP request, and its id comes at once."""
+    options: dict[str, Any] = {}
+    if request.instructions is not None:
+        options["instructions"] = request.instructions
+    return await client.responses.create(
+        model=settings.deployment,
+        input=request.prompt,
+        tools=[CODE_INTERPRETER_TOOL],  # type: ignore[list-item]
+        background=True,
+        store=True,
+        metadata={"collect": request.collect},
+        **options,
+    )
+
+
+async def wait_for_response(client: AsyncOpenAI, response: Response) -> Response:
+    """Poll until the run leaves queued/in_progress; the caller bounds the wait with a timeout."""
+    delay = _POLL_FIRST_SECONDS
+    while response.status in RUNNING:
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, _POLL_MAX_SECONDS)
+        response = await client.responses.retrieve(response.id)
+    return response
+
+
+def _container_file(item: Any, container_id: str) -> ContainerFile:
+    return ContainerFile(
+        container_id=container_id,
+        file_id=item.id,
+        path=item.path or "",
+        bytes=item.bytes,
+        source=getattr(item, "source", None),
+    )
+
+
+async def list_container_files(client: AsyncOpenAI, container_id: str) -> list[ContainerFile]:
+    """Every file of the container, following the cursor pages (100 a page)."""
+    return [
+        _container_file(item, container_id)
+        async for item in client.containers.files.list(container_id=container_id, limit=100, order="asc")
+    ]
+
+
+async def retrieve_container_file(client: AsyncOpenAI, container_id: str, file_id: str) -> ContainerFile:
+    item = await client.containers.files.retrieve(file_id, container_id=container_id)
+    return _container_file(item, container_id)
+
+
+@asynccontextmanager
+async def open_file_content(
+    client: AsyncOpenAI, container_id: str, file_id: str
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The file's bytes as a stream: never the whole file in memory."""
+    async with client.containers.files.content.with_streaming_response.retrieve(
+        file_id, container_id=container_id
+    ) as response:
+        yield response.iter_bytes(DOWNLOAD_CHUNK_BYTES)
+
+
+def is_container_expired(error: openai.APIStatusError) -> bool:
+    """Expired containers answer 404 (or 400) saying so; their files are gone for good."""
+    if error.status_code not in (400, 404, 410):
+        return False
+    body = error.body if isinstance(error.body, dict) else {}
+    text = f"{body.get('code', '')} {body.get('message', '')} {error.message}".lower()
+    return "expired" in text

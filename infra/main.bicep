@@ -1,0 +1,317 @@
+// Code Interpreter Files: Flex Consumption Function App (Python 3.11) that runs
+// Azure OpenAI Responses API + Code Interpreter and copies generated files to Blob Storage.
+//
+// Identity: ONE user-assigned managed identity is used for everything (host storage,
+// deployment package, output blobs + user delegation SAS, Azure OpenAI, App Insights).
+// No shared keys: the storage account has shared-key access disabled, App Insights has
+// local auth disabled, and a created Azure OpenAI resource has local (key) auth disabled.
+//
+// Storage: ONE storage account holds the Functions host containers, the deployment
+// package container and the output container (with a lifecycle delete rule).
+// All role assignments live in ./rbac.bicep.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; used to derive a unique token for resource names.')
+param environmentName string
+
+@minLength(1)
+@description('Location of all resources (must support Flex Consumption: az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group name. Default: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Function app name. Default: func-<token>.')
+param functionAppName string = ''
+
+@description('Resource id of an EXISTING Azure OpenAI (or AI Services) account. Required unless createOpenAi is true.')
+param openAiResourceId string = ''
+
+@description('Create a new Azure OpenAI account with a model deployment instead of using openAiResourceId.')
+param createOpenAi bool = false
+
+@description('Override for AZURE_OPENAI_ENDPOINT. Default: https://<custom subdomain>.openai.azure.com of the account.')
+param openAiEndpoint string = ''
+
+@description('Model deployment name the app calls (AZURE_OPENAI_DEPLOYMENT).')
+param openAiDeploymentName string = 'gpt-4.1-mini'
+
+@description('Only with createOpenAi: model, version, SKU and capacity (thousands of tokens per minute) of the deployment.')
+param openAiModelName string = 'gpt-4.1-mini'
+param openAiModelVersion string = '2025-04-14'
+param openAiDeploymentSku string = 'GlobalStandard'
+param openAiDeploymentCapacity int = 30
+
+@description('Only with createOpenAi: location of the Azure OpenAI account (model availability differs by region).')
+param openAiLocation string = location
+
+@description('AZURE_OPENAI_API_VERSION: empty uses the GA v1 API; e.g. \'preview\' for preview features.')
+param openAiApiVersion string = ''
+
+@minValue(1)
+@description('Generated files are deleted from the output container this many days after they were written.')
+param outputRetentionDays int = 7
+
+@description('Blob container for generated files (OUTPUT_CONTAINER).')
+param outputContainerName string = 'code-interpreter-outputs'
+
+@minValue(1)
+@maxValue(10080)
+param sasTtlMinutes int = 60
+@minValue(1)
+@maxValue(10080)
+param sasTtlMaxMinutes int = 1440
+@minValue(1)
+param maxFilesPerRun int = 20
+@minValue(1)
+param maxFileBytes int = 536870912
+@minValue(1)
+@maxValue(210)
+@description('How long POST /api/runs waits before answering 202; the app allows at most 210 (the HTTP front end cuts at 230 s).')
+param runWaitSeconds int = 180
+@minValue(1)
+param copyConcurrency int = 4
+
+@allowed([512, 2048, 4096])
+param instanceMemoryMB int = 2048
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var appName = !empty(functionAppName) ? functionAppName : 'func-${resourceToken}'
+var storageAccountName = 'st${resourceToken}'
+var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(resourceToken, 7)}'
+
+// Parse the existing Azure OpenAI resource id (a placeholder keeps indexing safe when it is empty).
+var openAiIdPlaceholder = '/subscriptions/${subscription().subscriptionId}/resourceGroups/unused/providers/Microsoft.CognitiveServices/accounts/unused'
+var openAiIdParts = split(empty(openAiResourceId) ? openAiIdPlaceholder : openAiResourceId, '/')
+var openAiSubscriptionId = createOpenAi ? subscription().subscriptionId : openAiIdParts[2]
+var openAiAccountName = createOpenAi ? newOpenAiName : last(openAiIdParts)
+var newOpenAiName = 'oai-${resourceToken}'
+
+resource rg 'Microsoft.Resources/resourceGroups@2021-04-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+// The one identity the app uses for everything; AZURE_CLIENT_ID points azure-identity at it.
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.7.0' = {
+  name: 'loganalytics'
+  scope: rg
+  params: {
+    name: 'log-${resourceToken}'
+    location: location
+    tags: tags
+    dataRetention: 30
+  }
+}
+
+module appInsights 'br/public:avm/res/insights/component:0.4.1' = {
+  name: 'appinsights'
+  scope: rg
+  params: {
+    name: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+    workspaceResourceId: logAnalytics.outputs.resourceId
+    disableLocalAuth: true // telemetry is sent with the identity (Monitoring Metrics Publisher)
+  }
+}
+
+module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: storageAccountName
+    location: location
+    tags: tags
+    skuName: 'Standard_LRS'
+    kind: 'StorageV2'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false // identity only; SAS links are user-delegation SAS
+    minimumTlsVersion: 'TLS1_2'
+    dnsEndpointType: 'Standard'
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    blobServices: {
+      // Expired outputs should really be gone, not kept as soft-deleted blobs.
+      deleteRetentionPolicyEnabled: false
+      containers: [
+        { name: deploymentContainerName, publicAccess: 'None' }
+        { name: outputContainerName, publicAccess: 'None' }
+      ]
+    }
+    managementPolicyRules: [
+      {
+        name: 'delete-expired-outputs'
+        enabled: true
+        type: 'Lifecycle'
+        definition: {
+          filters: {
+            blobTypes: ['blockBlob']
+            prefixMatch: ['${outputContainerName}/']
+          }
+          actions: {
+            baseBlob: {
+              delete: {
+                daysAfterModificationGreaterThan: outputRetentionDays
+              }
+            }
+          }
+        }
+      }
+    ]
+  }
+}
+
+module plan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+  name: 'plan'
+  scope: rg
+  params: {
+    name: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    sku: {
+      name: 'FC1'
+      tier: 'FlexConsumption'
+    }
+    reserved: true
+  }
+}
+
+// Optional: a new Azure OpenAI account (key auth disabled) with one model deployment.
+module openAi 'br/public:avm/res/cognitive-services/account:0.8.0' = if (createOpenAi) {
+  name: 'openai'
+  scope: rg
+  params: {
+    name: newOpenAiName
+    location: openAiLocation
+    tags: tags
+    kind: 'OpenAI'
+    sku: 'S0'
+    customSubDomainName: newOpenAiName
+    disableLocalAuth: true
+    publicNetworkAccess: 'Enabled'
+    deployments: [
+      {
+        name: openAiDeploymentName
+        model: {
+          format: 'OpenAI'
+          name: openAiModelName
+          version: openAiModelVersion
+        }
+        sku: {
+          name: openAiDeploymentSku
+          capacity: openAiDeploymentCapacity
+        }
+      }
+    ]
+  }
+}
+
+resource existingOpenAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (!createOpenAi) {
+  name: last(openAiIdParts)
+  scope: resourceGroup(openAiIdParts[2], openAiIdParts[4])
+}
+
+// Only the branch taken is evaluated, so the existing account is read only when it is used.
+var existingOpenAiEndpoint = createOpenAi ? '' : 'https://${existingOpenAi.properties.customSubDomainName}.openai.azure.com'
+var defaultOpenAiEndpoint = createOpenAi ? 'https://${newOpenAiName}.openai.azure.com' : existingOpenAiEndpoint
+var resolvedOpenAiEndpoint = !empty(openAiEndpoint) ? openAiEndpoint : defaultOpenAiEndpoint
+
+var outputStorageAccountUrl = 'https://${storageAccountName}.blob.${environment().suffixes.storage}'
+
+// Every setting the app reads and that is meant to be set in Azure (defaults spelled out).
+// Deliberately NOT set: AZURE_OPENAI_API_KEY and OUTPUT_STORAGE_CONNECTION_STRING (key-based,
+// local-development alternatives; this deployment uses the managed identity).
+var appSettings = {
+  AZURE_OPENAI_ENDPOINT: resolvedOpenAiEndpoint
+  AZURE_OPENAI_DEPLOYMENT: openAiDeploymentName
+  AZURE_OPENAI_API_VERSION: openAiApiVersion
+  OUTPUT_STORAGE_ACCOUNT_URL: outputStorageAccountUrl
+  OUTPUT_CONTAINER: outputContainerName
+  SAS_TTL_MINUTES: string(sasTtlMinutes)
+  SAS_TTL_MAX_MINUTES: string(sasTtlMaxMinutes)
+  MAX_FILES_PER_RUN: string(maxFilesPerRun)
+  MAX_FILE_BYTES: string(maxFileBytes)
+  RUN_WAIT_SECONDS: string(runWaitSeconds)
+  COPY_CONCURRENCY: string(copyConcurrency)
+}
+
+module api './app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: appName
+    location: location
+    tags: tags
+    appServicePlanId: plan.outputs.resourceId
+    applicationInsightsName: appInsights.outputs.name
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    appSettings: appSettings
+  }
+}
+
+// Role assignments (all defined in rbac.bicep): storage + monitoring in the app's resource group ...
+module rbac './rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    hostStorageAccountName: storage.outputs.name
+    outputStorageAccountName: storage.outputs.name
+    applicationInsightsName: appInsights.outputs.name
+  }
+}
+
+// ... and Azure OpenAI wherever that account lives (possibly another resource group/subscription).
+module rbacOpenAi './rbac.bicep' = {
+  name: 'rbac-openai-${resourceToken}'
+  scope: resourceGroup(openAiSubscriptionId, createOpenAi ? rg.name : openAiIdParts[4])
+  params: {
+    principalId: identity.outputs.principalId
+    openAiAccountName: openAiAccountName
+  }
+  dependsOn: [
+    openAi // a created account must exist before its role assignment
+  ]
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output FUNCTION_URL string = 'https://${api.outputs.defaultHostname}/api/runs'
+output HEALTH_URL string = 'https://${api.outputs.defaultHostname}/api/health'
+output FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_OPENAI_ENDPOINT string = resolvedOpenAiEndpoint
+output OUTPUT_STORAGE_ACCOUNT_URL string = outputStorageAccountUrl
+output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
