@@ -10,7 +10,7 @@ import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import azure.functions as func
 import httpx
@@ -80,7 +80,9 @@ class AppClient:
             result = await result
         reply = Reply(result.status_code, dict(result.headers), result.get_body(), context.invocation_id)
         assert b"Traceback" not in reply.body, reply.body
-        assert_matches_openapi(method, path, reply.status, reply.body, reply.headers, request_body=body or None, query=params)
+        assert_matches_openapi(
+            method, path, reply.status, reply.body, reply.headers, request_body=body or None, query=params
+        )
         return reply
 
     async def post_run(self, raw: bytes | None = None, **payload: Any) -> Reply:
@@ -88,10 +90,21 @@ class AppClient:
         return await self.call("create_run", "POST", "/api/runs", body)
 
     async def get_run(self, response_id: str, **params: str) -> Reply:
-        return await self.call("get_run", "GET", f"/api/runs/{response_id}", params=params, route_params={"response_id": response_id})
+        return await self.call(
+            "get_run",
+            "GET",
+            f"/api/runs/{quote(response_id, safe='')}",
+            params=params,
+            route_params={"response_id": response_id},
+        )
 
     async def delete_run(self, response_id: str) -> Reply:
-        return await self.call("delete_run", "DELETE", f"/api/runs/{response_id}", route_params={"response_id": response_id})
+        return await self.call(
+            "delete_run",
+            "DELETE",
+            f"/api/runs/{quote(response_id, safe='')}",
+            route_params={"response_id": response_id},
+        )
 
     def script(self, **script: Any) -> dict[str, Any]:
         """Register an emulator script; returns its info, with `prompt` carrying the marker."""
@@ -121,7 +134,9 @@ class AppClient:
                     small += chunk
         assert digest.hexdigest() == sha256 == file["sha256"]
         assert size == file["bytes"]
-        assert self.http.put(file["url"], content=b"overwrite", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 403
+        assert (
+            self.http.put(file["url"], content=b"overwrite", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 403
+        )
         assert self.http.delete(file["url"]).status_code == 403
         sas = parse_qs(urlsplit(file["url"]).query)
         assert sas["sp"] == ["r"], sas["sp"]

@@ -25,7 +25,10 @@ def storage_names(rig, response_id: str) -> list[str]:
 
 def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None:
     bindings = {name: f.get_bindings_dict()["bindings"][0] for name, f in app.functions.items()}
-    assert {name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value)) for name, b in bindings.items()} == {
+    assert {
+        name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value))
+        for name, b in bindings.items()
+    } == {
         "create_run": ("runs", ["POST"], "function"),
         "get_run": ("runs/{response_id}", ["GET"], "function"),
         "delete_run": ("runs/{response_id}", ["DELETE"], "function"),
@@ -34,7 +37,9 @@ def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None
 
 
 @pytest.mark.parametrize(("storage", "model_auth"), MODES)
-async def test_default_run_copies_the_cited_file_in_every_auth_mode(app: AppClient, configure, rig, storage, model_auth) -> None:
+async def test_default_run_copies_the_cited_file_in_every_auth_mode(
+    app: AppClient, configure, rig, storage, model_auth
+) -> None:
     env = configure(storage=storage, model_auth=model_auth)
     rig.emulator.reset()
     reply = await app.post_run(prompt="Create test.txt containing hello world")
@@ -109,7 +114,10 @@ async def test_collect_all_adds_uncited_files_and_cited_mode_does_not(app: AppCl
     cited = (await app.post_run(prompt=info["prompt"])).json
     assert [(f["filename"], f["cited"]) for f in cited["files"]] == [("chart.png", True)]
     everything = (await app.post_run(prompt=info["prompt"], collect="all")).json
-    assert sorted((f["filename"], f["cited"]) for f in everything["files"]) == [("chart.png", True), ("extra.txt", False)]
+    assert sorted((f["filename"], f["cited"]) for f in everything["files"]) == [
+        ("chart.png", True),
+        ("extra.txt", False),
+    ]
     assert everything["files"][0]["content_type"] == "image/png"
     app.verify_answer(everything)
 
@@ -144,11 +152,18 @@ HOSTILE = [
 
 
 async def test_hostile_and_colliding_names_become_safe_distinct_blobs(app: AppClient, rig) -> None:
-    files = [{"path": f"/mnt/data/f{i}", "content": f"file {i}", "citation_filename": name} for i, name in enumerate(HOSTILE)]
+    files = [
+        {"path": f"/mnt/data/f{i}", "content": f"file {i}", "citation_filename": name} for i, name in enumerate(HOSTILE)
+    ]
     files += [
         {"path": "/mnt/data/sub/dup.txt", "content": "one"},
         {"path": "/mnt/data/other/dup.txt", "content": "two"},
-        {"path": "/mnt/data/plot.png", "size": 300, "citation_filename": "$file_id_ext", "citation_extra": {"index": None}},
+        {
+            "path": "/mnt/data/plot.png",
+            "size": 300,
+            "citation_filename": "$file_id_ext",
+            "citation_extra": {"index": None},
+        },
         {"path": "/mnt/data/table.csv", "content": "1", "citation_filename": "$file_id", "cite_times": 3},
         {"path": "/mnt/data/nameless.md", "content": "#", "citation_filename": None},
     ]
@@ -211,8 +226,13 @@ async def test_limits_report_files_and_write_nothing_of_them(app: AppClient, con
     )
     answer = (await app.post_run(prompt=info["prompt"])).json
     assert [f["filename"] for f in answer["files"]] == ["ok1.txt"]
-    assert {f["filename"]: f["code"] for f in answer["failed_files"]} == {"big.bin": "file_too_large", "ok2.txt": "too_many_files"}
-    assert storage_names(rig, answer["response_id"]) == sorted([answer["files"][0]["blob"], f"{answer['response_id']}/manifest.json"])
+    assert {f["filename"]: f["code"] for f in answer["failed_files"]} == {
+        "big.bin": "file_too_large",
+        "ok2.txt": "too_many_files",
+    }
+    assert storage_names(rig, answer["response_id"]) == sorted(
+        [answer["files"][0]["blob"], f"{answer['response_id']}/manifest.json"]
+    )
 
 
 async def test_a_stream_cut_midway_leaves_no_blob_and_spares_the_others(app: AppClient, rig) -> None:
@@ -232,14 +252,19 @@ async def test_a_stream_cut_midway_leaves_no_blob_and_spares_the_others(app: App
 
 
 async def test_container_expired_before_listing_is_410(app: AppClient) -> None:
-    info = app.script(files=[{"path": "/mnt/data/a.txt", "content": "a", "cite": False}], container_expires="before_list")
+    info = app.script(
+        files=[{"path": "/mnt/data/a.txt", "content": "a", "cite": False}], container_expires="before_list"
+    )
     reply = await app.post_run(prompt=info["prompt"])
     assert reply.status == 410 and reply.error_code() == "container_expired"
     assert "run the prompt again" in reply.json["error"]["message"]
 
 
 async def test_container_expired_after_listing_reports_each_file(app: AppClient) -> None:
-    info = app.script(files=[{"path": "/mnt/data/a.txt", "content": "a"}, {"path": "/mnt/data/b.txt", "content": "b"}], container_expires="after_list")
+    info = app.script(
+        files=[{"path": "/mnt/data/a.txt", "content": "a"}, {"path": "/mnt/data/b.txt", "content": "b"}],
+        container_expires="after_list",
+    )
     reply = await app.post_run(prompt=info["prompt"])
     assert reply.status == 410 and reply.error_code() == "container_expired"
 
@@ -255,17 +280,36 @@ async def test_citations_outside_the_run_are_refused(app: AppClient) -> None:
     info = app.script(
         files=[{"path": "/mnt/data/ok.txt", "content": "ok"}],
         extra_annotations=[
-            {"type": "container_file_citation", "container_id": "cntr_someone_else", "file_id": "cfile_theirs", "filename": "theirs.txt", "start_index": 0, "end_index": 0},
-            {"type": "container_file_citation", "container_id": "$container_id", "file_id": "cfile_nope", "filename": "ghost.txt", "start_index": 0, "end_index": 0},
+            {
+                "type": "container_file_citation",
+                "container_id": "cntr_someone_else",
+                "file_id": "cfile_theirs",
+                "filename": "theirs.txt",
+                "start_index": 0,
+                "end_index": 0,
+            },
+            {
+                "type": "container_file_citation",
+                "container_id": "$container_id",
+                "file_id": "cfile_nope",
+                "filename": "ghost.txt",
+                "start_index": 0,
+                "end_index": 0,
+            },
         ],
     )
     answer = (await app.post_run(prompt=info["prompt"])).json
     assert [f["filename"] for f in answer["files"]] == ["ok.txt"]
-    assert {f["file_id"]: f["code"] for f in answer["failed_files"]} == {"cfile_theirs": "unknown_container", "cfile_nope": "file_not_found"}
+    assert {f["file_id"]: f["code"] for f in answer["failed_files"]} == {
+        "cfile_theirs": "unknown_container",
+        "cfile_nope": "file_not_found",
+    }
 
 
 async def test_rate_limit_is_retried_and_persistent_500_is_502(app: AppClient, rig) -> None:
-    info = app.script(files=[{"path": "/mnt/data/a.txt", "content": "a"}], fail_first=[{"status": 429, "retry_after": 1}])
+    info = app.script(
+        files=[{"path": "/mnt/data/a.txt", "content": "a"}], fail_first=[{"status": 429, "retry_after": 1}]
+    )
     assert (await app.post_run(prompt=info["prompt"])).status == 200
     broken = app.script(files=[], fail_first=[{"status": 500, "times": 10}])
     reply = await app.post_run(prompt=broken["prompt"])
@@ -311,10 +355,18 @@ async def test_missing_settings_are_503_naming_them_and_health_says_so(app: AppC
     monkeypatch.setenv("SAS_TTL_MINUTES", "many")
     reply = await app.post_run(prompt="hi")
     assert reply.status == 503 and reply.error_code() == "not_configured"
-    assert "AZURE_OPENAI_DEPLOYMENT" in reply.json["error"]["message"] and "SAS_TTL_MINUTES" in reply.json["error"]["message"]
+    assert (
+        "AZURE_OPENAI_DEPLOYMENT" in reply.json["error"]["message"]
+        and "SAS_TTL_MINUTES" in reply.json["error"]["message"]
+    )
     health = await app.call("health", "GET", "/api/health")
     assert health.status == 503
-    assert health.json == {"status": "not_configured", "configured": False, "missing": ["AZURE_OPENAI_DEPLOYMENT"], "invalid": ["SAS_TTL_MINUTES"]}
+    assert health.json == {
+        "status": "not_configured",
+        "configured": False,
+        "missing": ["AZURE_OPENAI_DEPLOYMENT"],
+        "invalid": ["SAS_TTL_MINUTES"],
+    }
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT", "gpt-4.1")
     monkeypatch.delenv("SAS_TTL_MINUTES")
     assert (await app.call("health", "GET", "/api/health")).json["configured"] is True
@@ -324,7 +376,13 @@ async def test_logs_follow_the_steps_without_secrets(app: AppClient, rig, caplog
     reply = await app.post_run(prompt="hello")
     answer = reply.json
     lines = [r.getMessage() for r in caplog.records if r.name == "code_interpreter_files"]
-    for step in ("[1/5] start response", "[2/5] wait for the model", "[3/5] find files", "[4/5] copy files", "[5/5] sign links"):
+    for step in (
+        "[1/5] start response",
+        "[2/5] wait for the model",
+        "[3/5] find files",
+        "[4/5] copy files",
+        "[5/5] sign links",
+    ):
         assert any(step in line and f"invocation_id={reply.invocation_id}" in line for line in lines), step
     assert any("files found" in line and "test.txt" in line for line in lines)
     assert any("elapsed_ms=" in line and f"response_id={answer['response_id']}" in line for line in lines)
