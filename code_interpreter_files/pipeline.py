@@ -58,11 +58,11 @@ async def create_run(services: Services, request: RunRequest, log: RunLog) -> di
         async with asyncio.timeout_at(deadline):
             with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
                 response = await responses_api.start_response(services.openai, services.settings, request)
+                if not is_valid_response_id(response.id):
+                    raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
+                log.response_id = response.id
     except TimeoutError:
         raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
-    if not is_valid_response_id(response.id):
-        raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
-    log.response_id = response.id
     if not request.wait:
         return Accepted(response.id, response.status or "queued")
     return await _see_through(services, response, request.collect, ttl, deadline, log)
@@ -101,7 +101,10 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
         response = None
     if response is not None and response.status in responses_api.RUNNING:
         log.info("cancelling the running response")
-        await services.openai.responses.cancel(response_id)
+        try:
+            await services.openai.responses.cancel(response_id)
+        except openai.BadRequestError:
+            log.info("the response finished before it could be cancelled")
     deleted = await services.store.delete_run(response_id)
     if response is not None:
         await services.openai.responses.delete(response_id)

@@ -19,7 +19,6 @@ import function_app
 from tests.openapi_contract import assert_matches_openapi
 from tests.rig.rig import Rig
 
-
 # The worker indexes the app once; get_functions() refuses a second indexing.
 FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
 

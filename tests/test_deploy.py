@@ -1,5 +1,5 @@
 """Offline checks of the deployment: scripts/deploy.sh, infra/ (Bicep), azure.yaml, .funcignore,
-openapi.yaml + tests/openapi_contract.py and docs/deploy.md. Nothing here talks to Azure."""
+openapi.yaml + tests/openapi_contract.py and the README's Deploy section. Nothing here talks to Azure."""
 
 from __future__ import annotations
 
@@ -851,12 +851,13 @@ def test_contract_spec_is_parsed_once():
 
 
 # ---------------------------------------------------------------------------------------
-# README "Deploy" section (docs/deploy.md)
+# README "Deploy" section
 # ---------------------------------------------------------------------------------------
 
 
 def test_deploy_docs_cover_the_essentials():
-    text = (ROOT / "docs" / "deploy.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    text = readme[readme.index("## Deploy") : readme.index("## Troubleshooting")]
     for needle in (
         "azd up",
         "scripts/deploy.sh",
@@ -873,4 +874,4 @@ def test_deploy_docs_cover_the_essentials():
         "traces",
         "outputRetentionDays",
     ):
-        assert needle in text, f"docs/deploy.md does not mention {needle!r}"
+        assert needle in text, f"the README's Deploy section does not mention {needle!r}"

@@ -4,8 +4,8 @@ and the Responses emulator; every link fetched with a plain HTTP client."""
 from __future__ import annotations
 
 import json
-import logging
 import re
+from datetime import UTC
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -65,12 +65,12 @@ async def test_default_run_copies_the_cited_file_in_every_auth_mode(
 
 
 async def test_links_honour_ttl_and_expire(app: AppClient, rig) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     reply = await app.post_run(prompt="hello", sas_ttl_minutes=7)
     file = reply.json["files"][0]
     expires = datetime.fromisoformat(file["expires_at"].replace("Z", "+00:00"))
-    assert timedelta(minutes=6) < expires - datetime.now(timezone.utc) <= timedelta(minutes=7)
+    assert timedelta(minutes=6) < expires - datetime.now(UTC) <= timedelta(minutes=7)
     sas = parse_qs(urlsplit(file["url"]).query)
     assert sas["se"][0].startswith(file["expires_at"][:16])
 
@@ -401,3 +401,21 @@ async def test_the_delegation_key_and_tokens_are_reused(app: AppClient, rig) -> 
         assert (await app.post_run(prompt="again")).status == 200
     assert store._delegation_key is key
     assert rig.identity.stats()["requests"] == 0
+
+
+async def test_use_development_storage_works_with_plain_azurite(app: AppClient, configure) -> None:
+    import socket
+
+    from tests.rig.azurite import Azurite
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 10000)) == 0:
+            pytest.skip("port 10000 (UseDevelopmentStorage=true) is taken on this machine")
+    with Azurite(None, port=10000):
+        configure(storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true")
+        reply = await app.post_run(prompt="hello")
+        assert reply.status == 200, reply.body
+        [file] = reply.json["files"]
+        assert file["url"].startswith("http://127.0.0.1:10000/devstoreaccount1/")
+        assert "spr" not in parse_qs(urlsplit(file["url"]).query)  # an http endpoint: https-only would lock it out
+        assert app.verify_link(file, file["sha256"]) == b"hello world"

@@ -34,13 +34,14 @@ def free_port() -> int:
 class Azurite:
     """Azurite's blob service on ``https://127.0.0.1:<port>/devstoreaccount1``.
 
+    ``tls=None`` runs plain Azurite (HTTP, shared key only), as ``UseDevelopmentStorage=true`` expects.
     ``location=None`` keeps data in memory; a directory keeps it on disk so that
     ``restart()`` (same port) finds the previous blobs again.
     """
 
     def __init__(
         self,
-        tls: TlsFiles,
+        tls: TlsFiles | None,
         *,
         location: Path | None = None,
         port: int | None = None,
@@ -64,13 +65,17 @@ class Azurite:
     @property
     def account_url(self) -> str:
         """``https://127.0.0.1:<port>/devstoreaccount1`` (path-style account URL)."""
-        return f"https://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def connection_string(self) -> str:
         """Account-key connection string (HTTPS) for ``BlobServiceClient.from_connection_string``."""
         return (
-            "DefaultEndpointsProtocol=https;"
+            f"DefaultEndpointsProtocol={self.scheme};"
             f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.account_url};"
         )
@@ -87,13 +92,12 @@ class Azurite:
             str(AZURITE_BLOB),
             "--blobHost", "127.0.0.1",
             "--blobPort", str(self.port),
-            "--oauth", "basic",
-            "--cert", str(self.tls.cert_pem),
-            "--key", str(self.tls.key_pem),
             "--skipApiVersionCheck",
             "--disableTelemetry",
             "--silent",
         ]  # fmt: skip
+        if self.tls is not None:
+            cmd += ["--oauth", "basic", "--cert", str(self.tls.cert_pem), "--key", str(self.tls.key_pem)]
         if self.location is None:
             cmd.append("--inMemoryPersistence")
         else:
@@ -156,7 +160,7 @@ class Azurite:
         return self._stderr_path.read_text(errors="replace")
 
     def _wait_ready(self) -> None:
-        context = ssl.create_default_context(cafile=str(self.tls.ca_pem))
+        context = ssl.create_default_context(cafile=str(self.tls.ca_pem)) if self.tls is not None else None
         deadline = time.monotonic() + self.startup_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 
 BLOCK = 1 << 20  # 1 MiB generation grid (independent of the read chunk size)
 

@@ -27,9 +27,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Optional
+from typing import Any
 
 import httpx
 import jwt
@@ -69,9 +70,9 @@ class ApiError(Exception):
         message: str,
         *,
         type_: str = "invalid_request_error",
-        code: Optional[str] = None,
-        param: Optional[str] = None,
-        headers: Optional[dict[str, str]] = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -82,11 +83,11 @@ class ApiError(Exception):
         return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
-def _not_found(message: str, code: Optional[str] = None) -> ApiError:
+def _not_found(message: str, code: str | None = None) -> ApiError:
     return ApiError(404, message, code=code)
 
 
-def _bad_request(message: str, param: Optional[str] = None) -> ApiError:
+def _bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
@@ -101,15 +102,15 @@ class ScriptFile:
     path: str
     size: int
     sha256: str
-    seed: Optional[str]  # generated content; None for literal ``content``
-    data: Optional[bytes]  # literal content
+    seed: str | None  # generated content; None for literal ``content``
+    data: bytes | None  # literal content
     source: str = "assistant"
     cite: bool = True
     cite_times: int = 1
     citation_filename: Any = "$default"  # "$default" | "$file_id" | "$file_id_ext" | None | str
     citation_extra: dict[str, Any] = field(default_factory=dict)
-    cut_after: Optional[int] = None
-    cut_times: Optional[int] = None  # None: every download is cut
+    cut_after: int | None = None
+    cut_times: int | None = None  # None: every download is cut
     missing: bool = False
 
     @property
@@ -127,20 +128,20 @@ class ScriptFile:
 class FailSpec:
     status: int
     times: int
-    retry_after: Optional[float]
-    message: Optional[str]
-    code: Optional[str]
+    retry_after: float | None
+    message: str | None
+    code: str | None
 
 
 @dataclass
 class Script:
     id: str
     files: list[ScriptFile]
-    text: Optional[str] = None
-    latency: Optional[float] = None
+    text: str | None = None
+    latency: float | None = None
     fail_first: list[FailSpec] = field(default_factory=list)
     status: str = "completed"
-    error: Optional[dict[str, Any]] = None
+    error: dict[str, Any] | None = None
     container_expires: Any = "never"
     no_container: bool = False
     extra_annotations: list[dict[str, Any]] = field(default_factory=list)
@@ -196,7 +197,7 @@ class Run:
     request: dict[str, Any]
     created: float
     latency: float
-    container: Optional[Container]
+    container: Container | None
     ci_id: str = field(default_factory=lambda: "ci_" + secrets.token_hex(24))
     msg_id: str = field(default_factory=lambda: "msg_" + secrets.token_hex(24))
     cancelled: bool = False
@@ -214,7 +215,7 @@ class Run:
 # script parsing
 
 
-def _opt_int(d: dict[str, Any], key: str, minimum: int = 0) -> Optional[int]:
+def _opt_int(d: dict[str, Any], key: str, minimum: int = 0) -> int | None:
     v = d.get(key)
     if v is None:
         return None
@@ -229,8 +230,8 @@ def _parse_file(script_id: str, index: int, raw: Any) -> ScriptFile:
     path: str = raw["path"]
     if ("content" in raw) == ("size" in raw):
         raise _bad_request(f"files[{index}] needs exactly one of 'content' or 'size'", "files")
-    seed: Optional[str] = None
-    data: Optional[bytes] = None
+    seed: str | None = None
+    data: bytes | None = None
     if "content" in raw:
         if not isinstance(raw["content"], str):
             raise _bad_request(f"files[{index}].content must be a string", "files")
@@ -487,7 +488,7 @@ class Emulator:
         resp.headers.setdefault("x-request-id", str(uuid.uuid4()))
         return resp
 
-    def _check_auth(self, request: web.Request) -> Optional[web.Response]:
+    def _check_auth(self, request: web.Request) -> web.Response | None:
         key = request.headers.get("api-key")
         authz = request.headers.get("Authorization", "")
         token = authz[7:].strip() if authz[:7].lower() == "bearer " else None
@@ -512,7 +513,7 @@ class Emulator:
             "endpoint for your resource."
         )
 
-    def _check_jwt(self, token: str) -> Optional[str]:
+    def _check_jwt(self, token: str) -> str | None:
         try:
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
@@ -535,7 +536,7 @@ class Emulator:
 
     # ---- responses
 
-    def _response_obj(self, run: Run, status: Optional[str] = None) -> dict[str, Any]:
+    def _response_obj(self, run: Run, status: str | None = None) -> dict[str, Any]:
         now = time.time()
         status = status or run.status(now)
         req = run.request
@@ -625,7 +626,7 @@ class Emulator:
         return self.scripts["default"]
 
     @staticmethod
-    def _consume_fault(script: Script) -> Optional[ApiError]:
+    def _consume_fault(script: Script) -> ApiError | None:
         if not script.fail_first:
             return None
         spec = script.fail_first[0]
@@ -671,7 +672,7 @@ class Emulator:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _bad_request("We could not parse the JSON body of your request.")
+            raise _bad_request("We could not parse the JSON body of your request.") from None
         if not isinstance(body, dict):
             raise _bad_request("Request body must be a JSON object.")
         script = self._pick_script(body)
@@ -761,7 +762,7 @@ class Emulator:
         try:
             limit = int(q.get("limit", "20"))
         except ValueError:
-            raise _bad_request("Invalid 'limit': expected an integer.", "limit")
+            raise _bad_request("Invalid 'limit': expected an integer.", "limit") from None
         if not 1 <= limit <= 100:
             raise _bad_request(
                 f"Invalid 'limit': integer below minimum value or above maximum value (got {limit}).", "limit"
@@ -802,12 +803,10 @@ class Emulator:
         spec = f.spec
         f.downloads += 1
         self.downloads[f.id] += 1
-        cut: Optional[int] = None
+        cut: int | None = None
         if spec.cut_after is not None and (spec.cut_times is None or f.downloads <= spec.cut_times):
             cut = min(spec.cut_after, spec.size)
-        resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "application/octet-stream"}
-        )
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
         resp.content_length = spec.size
         await resp.prepare(request)
         sent = 0
@@ -926,7 +925,7 @@ async def _serve(host: str, port: int, emulator: Emulator) -> None:
     await runner.cleanup()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``python -m tests.rig.emulator``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -945,7 +944,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 # client helpers
 
 
-def start_emulator(api_key: str, extra_env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen[str], str]:
+def start_emulator(api_key: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start the emulator as a subprocess; return ``(process, base_url)`` once it is READY."""
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -956,7 +955,7 @@ def start_emulator(api_key: str, extra_env: Optional[dict[str, str]] = None) -> 
         stdout=subprocess.PIPE,
         text=True,
     )
-    lines: "queue.Queue[str]" = queue.Queue()
+    lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -971,7 +970,7 @@ def start_emulator(api_key: str, extra_env: Optional[dict[str, str]] = None) -> 
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             stop_emulator(proc)
-            raise RuntimeError("emulator did not print READY within 20 s")
+            raise RuntimeError("emulator did not print READY within 20 s") from None
         if line.startswith("READY "):
             return proc, line.split(" ", 1)[1].strip()
         if line == "":
@@ -997,7 +996,7 @@ class EmulatorControl:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
-    def _call(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         r = self._http.request(method, path, json=body)
         if r.status_code >= 400:
             raise RuntimeError(f"emulator {method} {path} -> {r.status_code}: {r.text}")
@@ -1030,7 +1029,7 @@ class EmulatorControl:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "EmulatorControl":
+    def __enter__(self) -> EmulatorControl:
         return self
 
     def __exit__(self, *exc: object) -> None:

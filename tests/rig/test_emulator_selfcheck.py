@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import jwt
@@ -62,13 +62,24 @@ def test_citation_variants(client: openai.OpenAI, ctl: EmulatorControl) -> None:
     s = ctl.add_script(
         {
             "files": [
-                {"path": "/mnt/data/a.png", "size": 10, "citation_filename": "$file_id_ext", "citation_extra": {"index": None}},
+                {
+                    "path": "/mnt/data/a.png",
+                    "size": 10,
+                    "citation_filename": "$file_id_ext",
+                    "citation_extra": {"index": None},
+                },
                 {"path": "/mnt/data/b.csv", "content": "x", "citation_filename": None, "cite_times": 2},
                 {"path": "/mnt/data/c.txt", "content": "y", "cite": False},
             ],
             "extra_annotations": [
-                {"type": "container_file_citation", "container_id": "$container_id", "file_id": "cfile_nope",
-                 "filename": "ghost.txt", "start_index": 0, "end_index": 0}
+                {
+                    "type": "container_file_citation",
+                    "container_id": "$container_id",
+                    "file_id": "cfile_nope",
+                    "filename": "ghost.txt",
+                    "start_index": 0,
+                    "end_index": 0,
+                }
             ],
         }
     )
@@ -102,7 +113,9 @@ def test_stream_large_content_sha(client: openai.OpenAI, ctl: EmulatorControl) -
     r = _create(client, s["marker"])
     f = ctl.run(r.id)["files"][0]
     h = hashlib.sha256()
-    with client.containers.files.content.with_streaming_response.retrieve(f["file_id"], container_id=ctl.run(r.id)["container_id"]) as resp:
+    with client.containers.files.content.with_streaming_response.retrieve(
+        f["file_id"], container_id=ctl.run(r.id)["container_id"]
+    ) as resp:
         assert resp.headers["content-length"] == str(f["bytes"])
         for b in resp.iter_bytes(1 << 20):
             h.update(b)
@@ -161,8 +174,12 @@ def test_auth(base_url: str, ctl: EmulatorControl) -> None:
     with pytest.raises(openai.AuthenticationError):
         bad.responses.retrieve("resp_x")
     aud = "https://cognitiveservices.azure.com"
-    good = jwt.encode({"aud": aud, "iss": "https://sts.windows.net/t/", "exp": int(time.time()) + 600}, "k" * 32, algorithm="HS256")
-    expired = jwt.encode({"aud": aud, "iss": "https://sts.windows.net/t/", "exp": int(time.time()) - 1}, "k" * 32, algorithm="HS256")
+    good = jwt.encode(
+        {"aud": aud, "iss": "https://sts.windows.net/t/", "exp": int(time.time()) + 600}, "k" * 32, algorithm="HS256"
+    )
+    expired = jwt.encode(
+        {"aud": aud, "iss": "https://sts.windows.net/t/", "exp": int(time.time()) - 1}, "k" * 32, algorithm="HS256"
+    )
     url = base_url + "/openai/v1/responses/resp_missing?api-version=preview"
     assert httpx.get(url, headers={"Authorization": f"Bearer {good}"}).status_code == 404
     assert httpx.get(url, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
@@ -172,7 +189,9 @@ def test_auth(base_url: str, ctl: EmulatorControl) -> None:
 
 
 def test_cut_stream_raises(client: openai.OpenAI, ctl: EmulatorControl) -> None:
-    s = ctl.add_script({"files": [{"path": "/mnt/data/cut.bin", "size": 3 << 20, "cut_after": 1 << 20, "cut_times": 1}]})
+    s = ctl.add_script(
+        {"files": [{"path": "/mnt/data/cut.bin", "size": 3 << 20, "cut_after": 1 << 20, "cut_times": 1}]}
+    )
     r = _create(client, s["marker"])
     run = ctl.run(r.id)
     f, cid = run["files"][0], run["container_id"]
