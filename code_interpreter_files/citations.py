@@ -8,15 +8,19 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .models import Citation
+from .naming import is_plain_id, valid_unicode
 
 SANDBOX_PREFIX = "sandbox:"
 _SANDBOX_LINK = re.compile(r"sandbox:(/mnt/data/[^\s)\]\"'<>]+)")
+_SENTENCE_END = ".,;:!?"
+_MAX_SENTENCE_END = 8  # a link ends a sentence with a mark or two; a long run of them is no file name
 
 
 def _items(response: Any) -> list[dict[str, Any]]:
     """The output items as plain dicts: tolerant of fields the SDK does not model."""
     output = getattr(response, "output", None) or []
-    return [item.model_dump() if hasattr(item, "model_dump") else dict(item) for item in output]
+    # warnings=False: a field of an unexpected type (a hostile citation) is read, not warned about per run
+    return [item.model_dump(warnings=False) if hasattr(item, "model_dump") else dict(item) for item in output]
 
 
 def _output_texts(response: Any) -> Iterable[dict[str, Any]]:
@@ -35,14 +39,17 @@ def container_ids(response: Any) -> list[str]:
     """Containers the run's Code Interpreter calls used, in order, without repeats."""
     seen: dict[str, None] = {}
     for item in _items(response):
-        if item.get("type") == "code_interpreter_call" and isinstance(item.get("container_id"), str):
+        if item.get("type") == "code_interpreter_call" and is_plain_id(item.get("container_id")):
             seen.setdefault(item["container_id"], None)
     return list(seen)
 
 
 def file_citations(response: Any) -> list[Citation]:
-    """Every `container_file_citation`, deduplicated by file id, first citation wins."""
-    found: dict[str, Citation] = {}
+    """Every `container_file_citation`, deduplicated by container and file id, first citation wins.
+
+    Keyed on both ids: a citation of the same file id in a foreign container must not hide the real one.
+    """
+    found: dict[tuple[str, str], Citation] = {}
     for part in _output_texts(response):
         for annotation in part.get("annotations") or []:
             if not isinstance(annotation, dict) or annotation.get("type") != "container_file_citation":
@@ -51,7 +58,8 @@ def file_citations(response: Any) -> list[Citation]:
             if not isinstance(file_id, str) or not file_id or not isinstance(container_id, str):
                 continue
             filename = annotation.get("filename")
-            found.setdefault(file_id, Citation(container_id, file_id, filename if isinstance(filename, str) else None))
+            filename = filename if isinstance(filename, str) else None
+            found.setdefault((container_id, file_id), Citation(container_id, file_id, filename))
     return list(found.values())
 
 
@@ -67,8 +75,12 @@ def link_files(text: str, urls: Mapping[str, str]) -> str:
 
     def replace(match: re.Match[str]) -> str:
         path, tail = match.group(1), ""
-        while path[-1] in ".,;:!?" and path not in urls and unquote(path) not in urls:
-            path, tail = path[:-1], path[-1] + tail  # a link at the end of a sentence
+        # A link at the end of a sentence. Bounded: each step copies the path, so stripping a run of
+        # 300,000 dots one by one would hold the worker's event loop for many seconds.
+        for _ in range(_MAX_SENTENCE_END):
+            if path[-1] not in _SENTENCE_END or path in urls or unquote(path) in urls:
+                break
+            path, tail = path[:-1], path[-1] + tail
         url = urls.get(path) or urls.get(unquote(path))
         return url + tail if url else match.group(0)
 
@@ -76,5 +88,5 @@ def link_files(text: str, urls: Mapping[str, str]) -> str:
     for path in sorted(urls, key=len, reverse=True):
         if not _SANDBOX_LINK.fullmatch(SANDBOX_PREFIX + path):
             text = text.replace(SANDBOX_PREFIX + path, urls[path])
-            text = text.replace(SANDBOX_PREFIX + quote(path), urls[path])
+            text = text.replace(SANDBOX_PREFIX + quote(valid_unicode(path)), urls[path])
     return _SANDBOX_LINK.sub(replace, text)

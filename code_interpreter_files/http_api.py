@@ -15,7 +15,7 @@ from . import pipeline
 from .errors import ApiError
 from .identity import IdentityError
 from .models import RunRequest
-from .naming import is_valid_response_id
+from .naming import is_valid_response_id, valid_unicode
 from .runlog import RunLog, logger
 from .services import get_services
 from .settings import SettingsError, load_settings
@@ -24,8 +24,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    # Text from the model (or an upstream error) can hold lone surrogates, which UTF-8 cannot encode.
     return func.HttpResponse(
-        body=json.dumps(body, ensure_ascii=False),
+        body=valid_unicode(json.dumps(body, ensure_ascii=False)),
         status_code=status,
         mimetype="application/json",
         charset="utf-8",
@@ -46,8 +47,15 @@ def parse_run_request(body: bytes) -> RunRequest:
     try:
         return RunRequest.model_validate(data)
     except ValidationError as error:
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False)]
+        problems = [f"{_field(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
         raise ApiError(400, "invalid_request", "; ".join(problems[:10])) from None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """The field an error is about, as the caller wrote it (unknown names too), but never echoing
+    more than a few dozen characters of their input back into answers and logs."""
+    name = ".".join(map(str, loc)) or "body"
+    return valid_unicode(name if len(name) <= 60 else name[:60] + "...")
 
 
 def parse_ttl_query(value: str | None) -> int | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, TypeVar
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import DefaultAzureCredential
 
 from .settings import Settings
+
+_Token = TypeVar("_Token", AccessToken, AccessTokenInfo)
 
 
 class IdentityError(Exception):
@@ -32,15 +35,28 @@ class AppCredential(DefaultAzureCredential):
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         try:
-            return await super().get_token(*scopes, **kwargs)
+            token = await super().get_token(*scopes, **kwargs)
         except ClientAuthenticationError as error:
             raise _identity_error(scopes, error) from None
+        return _unexpired(token, scopes)
 
     async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
         try:
-            return await super().get_token_info(*scopes, options=options)
+            token = await super().get_token_info(*scopes, options=options)
         except ClientAuthenticationError as error:
             raise _identity_error(scopes, error) from None
+        return _unexpired(token, scopes)
+
+
+def _unexpired(token: _Token, scopes: tuple[str, ...]) -> _Token:
+    """A token that has already expired would only be refused downstream, as a misleading 401 about
+    roles or keys: say what is wrong instead (a broken identity endpoint or a wrong host clock)."""
+    if token.expires_on <= time.time():
+        raise IdentityError(
+            f"the identity endpoint gave an already expired Microsoft Entra ID token for {', '.join(scopes)}: "
+            "check the host's clock and the managed identity endpoint (IDENTITY_ENDPOINT)"
+        )
+    return token
 
 
 def _identity_error(scopes: tuple[str, ...], error: Exception) -> IdentityError:

@@ -13,11 +13,24 @@ MAX_FILENAME_CHARS = 120
 _MAX_EXTENSION_CHARS = 16
 _CLEAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9_-]{1,120}")
+PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ALLOWED_PUNCTUATION = frozenset(" ._-()+,@=[]&'!~")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def is_valid_response_id(value: str) -> bool:
     return RESPONSE_ID.fullmatch(value) is not None
+
+
+def is_plain_id(value: object) -> bool:
+    """A container or file id as Azure OpenAI makes them (`cntr_...`, `cfile_...`). Anything else in a
+    citation is refused before it can become part of a URL path (`..`, `/content`, `%2F` ...)."""
+    return isinstance(value, str) and PLAIN_ID.fullmatch(value) is not None
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates (which JSON escapes can carry, UTF-8 cannot) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def run_prefix(response_id: str) -> str:
@@ -79,5 +92,5 @@ def content_disposition(filename: str) -> str:
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
     header = f'attachment; filename="{fallback}"'
     if fallback != filename:
-        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+        header += f"; filename*=UTF-8''{quote(valid_unicode(filename), safe='')}"
     return header

@@ -18,7 +18,7 @@ from .citations import answer_text, container_ids, file_citations, is_id_like, l
 from .errors import ApiError, FileCopyError
 from .identity import IdentityError
 from .models import Collect, ContainerFile, CopiedFile, FailedFile, FoundFile, RunRecord, RunRequest
-from .naming import blob_name, content_type_for, is_valid_response_id, safe_filename
+from .naming import blob_name, content_type_for, is_plain_id, is_valid_response_id, safe_filename, valid_unicode
 from .runlog import RunLog
 from .services import Services
 
@@ -211,8 +211,19 @@ async def find_files(
 
     found: list[FoundFile] = []
     failed: list[FailedFile] = []
+    lookups = 0
     for citation in citations:
         shown = safe_filename(citation.filename or citation.file_id)
+        if not is_plain_id(citation.file_id):  # `..`, `x/content`, `%2F`: never part of a URL path
+            failed.append(
+                FailedFile(
+                    shown,
+                    valid_unicode(citation.file_id[:128]),
+                    "invalid_citation",
+                    "the citation's file id is not an Azure OpenAI file id",
+                )
+            )
+            continue
         if citation.container_id not in run_containers:
             failed.append(
                 FailedFile(
@@ -225,6 +236,19 @@ async def find_files(
             continue
         item = listed.get(citation.file_id)
         if item is None:
+            # The model can cite thousands of ids that do not exist: look up a bounded number of them.
+            if lookups >= limits.max_files_per_run:
+                failed.append(
+                    FailedFile(
+                        shown,
+                        citation.file_id,
+                        "too_many_files",
+                        f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files "
+                        "the container does not list; this one was not looked up",
+                    )
+                )
+                continue
+            lookups += 1
             try:
                 item = await responses_api.retrieve_container_file(client, citation.container_id, citation.file_id)
             except openai.APIStatusError as error:
@@ -232,8 +256,9 @@ async def find_files(
                 continue
         name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
         found.append(_found(item, name, cited=True))
-    if collect == "all" or not citations:
-        cited_ids = {c.file_id for c in citations}
+    # Citations of other containers (or with invalid ids) are not citations of this run's files.
+    cited_ids = {c.file_id for c in citations if c.container_id in run_containers and is_plain_id(c.file_id)}
+    if collect == "all" or not cited_ids:
         found += [
             _found(item, item.path, cited=False)
             for item in listed.values()
@@ -274,7 +299,14 @@ async def copy_files(
         async with gate:
             return await copy_file(services, response_id, file, log)
 
-    results = await asyncio.gather(*(one(f) for f in files))
+    # A task group, not gather: when one copy raises (an identity failure, a bug), the others are
+    # cancelled instead of running on, unawaited, after the answer has gone out.
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(f)) for f in files]
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+    results = [task.result() for task in tasks]
     return [r for r in results if isinstance(r, CopiedFile)], [r for r in results if isinstance(r, FailedFile)]
 
 

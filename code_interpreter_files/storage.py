@@ -16,17 +16,25 @@ from urllib.parse import urlsplit
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from .errors import FileCopyError
-from .naming import content_disposition, manifest_blob, run_prefix
+from .naming import content_disposition, manifest_blob, run_prefix, valid_unicode
 from .settings import Settings
 
 MIB = 1024 * 1024
-BLOCK_BYTES = 4 * MIB  # tuned in bench/: larger blocks gained nothing on loopback, cost memory
+# Measured with `python -m bench.tune`: 2-8 MiB blocks and 2-8 in flight copy equally fast against
+# Azurite (its CPU is the limit), 1 in flight is ~30% slower; each block in flight costs about twice
+# its size (the TLS layer holds the request's ciphertext too): 4 x 4 MiB peaks at ~52 MiB per copy.
+BLOCK_BYTES = 4 * MIB
 BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 SAS_START_SKEW = timedelta(minutes=5)  # clocks of callers and of the service differ a little
 _KEY_MARGIN = timedelta(minutes=5)
+# Retries of each storage request: 3, after about 3, 5 and 9 seconds (1 + 2**n, +-1 s). The SDK's
+# default (15 + 3**n: 18, 24, 42 s) kept one request to a dead storage account going for 80+ s, so
+# two failed operations spent a run's whole time budget (RUN_WAIT_SECONDS) and a clear error became
+# a 202 "copying" loop. Throttling (503) still backs off; a dead account fails in about 20 s.
+STORAGE_RETRY = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2, "random_jitter_range": 1}
 
 
 @dataclass(frozen=True)
@@ -39,12 +47,15 @@ class OutputStore:
     """One per worker: a blob client, the output container, and a cached user delegation key."""
 
     def __init__(self, settings: Settings, credential: AsyncTokenCredential | None) -> None:
+        retry = ExponentialRetry(**STORAGE_RETRY)
         if settings.storage_account_url:
-            self._service = BlobServiceClient(settings.storage_account_url, credential=credential)
+            self._service = BlobServiceClient(settings.storage_account_url, credential=credential, retry_policy=retry)
             self._account_key: str | None = None
         else:
             assert settings.storage_connection_string
-            self._service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
+            self._service = BlobServiceClient.from_connection_string(
+                settings.storage_connection_string, retry_policy=retry
+            )
             self._account_key = self._service.credential.account_key
         self._container = self._service.get_container_client(settings.output_container)
         self._https = urlsplit(self._service.url).scheme == "https"
@@ -82,12 +93,14 @@ class OutputStore:
         content_type: str,
         metadata: dict[str, str],
     ) -> StoredBlob:
-        """Stage blocks as the bytes arrive, commit once at the end.
+        """Stage blocks as the bytes arrive, commit once at the end (a file smaller than one block
+        goes up in one Put Blob once every byte arrived).
 
-        Memory stays at about BLOCK_BYTES * (BLOCKS_IN_FLIGHT + 1) whatever the size. Nothing is
-        visible at `blob` until the commit: a stream that fails midway leaves only uncommitted
-        blocks, which the service discards. Block ids carry a per-attempt prefix so two copies of
-        the same file never mix their blocks.
+        Memory stays flat whatever the size: about twice BLOCK_BYTES * (BLOCKS_IN_FLIGHT + 1) (the
+        TLS layer holds each request's ciphertext too) plus ~10 MiB. Nothing is visible at `blob`
+        until the commit: a stream that fails midway leaves only uncommitted blocks, which the
+        service discards. Block ids carry a per-attempt prefix so two copies of the same file never
+        mix their blocks.
         """
         client = self._container.get_blob_client(blob)
         attempt = uuid.uuid4().hex
@@ -121,8 +134,9 @@ class OutputStore:
                     await stage(joined[:BLOCK_BYTES])
                     rest = joined[BLOCK_BYTES:]
                     buffer, buffered = ([rest] if rest else []), len(rest)
-            if buffered:
+            if buffered and block_ids:
                 await stage(b"".join(buffer))
+                buffer, buffered = [], 0
             if pending:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -137,13 +151,14 @@ class OutputStore:
                 "download_interrupted", f"got {total} of {expected_bytes} bytes; ask again to retry", retryable=True
             )
         digest = hasher.hexdigest()
-        await client.commit_block_list(
-            [BlobBlock(block_id=i) for i in block_ids],
-            content_settings=ContentSettings(
-                content_type=content_type, content_disposition=content_disposition(filename)
-            ),
-            metadata={**metadata, "sha256": digest},
-        )
+        settings = ContentSettings(content_type=content_type, content_disposition=content_disposition(filename))
+        stored_metadata = {**metadata, "sha256": digest}
+        if block_ids:
+            blocks = [BlobBlock(block_id=i) for i in block_ids]
+            await client.commit_block_list(blocks, content_settings=settings, metadata=stored_metadata)
+        else:  # the whole file fits one block (most charts and tables): one Put Blob instead of two requests
+            data = b"".join(buffer)
+            await client.upload_blob(data, overwrite=True, content_settings=settings, metadata=stored_metadata)
         return StoredBlob(bytes=total, sha256=digest)
 
     async def sign_read_url(self, blob: str, filename: str, ttl: timedelta) -> tuple[str, datetime]:
@@ -180,7 +195,8 @@ class OutputStore:
 
     async def write_manifest(self, response_id: str, manifest: dict[str, Any]) -> bool:
         """Create the manifest only if none exists (If-None-Match: *). False: another copy won."""
-        data = json.dumps(manifest, ensure_ascii=False, indent=1).encode()
+        # The model's text and paths may hold lone surrogates, which UTF-8 cannot encode.
+        data = valid_unicode(json.dumps(manifest, ensure_ascii=False, indent=1)).encode()
         try:
             await self._container.upload_blob(
                 manifest_blob(response_id),

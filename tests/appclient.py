@@ -5,18 +5,24 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
 import ssl
+import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import azure.functions as func
 import httpx
 
 import function_app
+from tests import figures
 from tests.openapi_contract import assert_matches_openapi
+from tests.rig.azurite import ACCOUNT_KEY
+from tests.rig.identity_endpoint import OBJECT_ID, TENANT_ID
 from tests.rig.rig import Rig
 
 # The worker indexes the app once; get_functions() refuses a second indexing.
@@ -47,11 +53,25 @@ class Reply:
         return self.json["error"]["code"]
 
 
+@dataclass
+class Link:
+    """A file of an answer, with the kind of SAS the app had to sign it with at the time."""
+
+    file: dict[str, Any]
+    identity: bool  # user delegation SAS (OUTPUT_STORAGE_ACCOUNT_URL) rather than a service SAS
+
+
 class AppClient:
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.functions = FUNCTIONS
         self.http = httpx.Client(verify=ssl.create_default_context(cafile=str(rig.tls.ca_pem)), timeout=60)
+        self.links: dict[str, Link] = {}  # every SAS link the app answered with, by URL
+        self.checked: set[str] = set()  # the ones that passed check_link (verify_link or at teardown)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
 
     async def call(
         self,
@@ -82,7 +102,24 @@ class AppClient:
         assert_matches_openapi(
             method, path, reply.status, reply.body, reply.headers, request_body=body or None, query=params
         )
+        self._record(reply)
         return reply
+
+    def _record(self, reply: Reply) -> None:
+        """Keep error bodies for the session's secrets check, and every link for the SAS checks."""
+        if reply.status >= 400:
+            figures.ERROR_BODIES.append(reply.body)
+            return
+        text = reply.body.decode("utf-8", "replace")
+        assert not figures.JWT.search(text), "a bearer token in an answer"
+        assert ACCOUNT_KEY not in text and self.rig.api_key not in text
+        if reply.status != 200 or not reply.body.startswith(b"{"):
+            return
+        identity = bool(os.environ.get("OUTPUT_STORAGE_ACCOUNT_URL"))
+        for file in reply.json.get("files") or []:
+            with self._lock:
+                self.links.setdefault(file["url"], Link(file, identity))
+            figures.SECRETS.add_signature(parse_qs(urlsplit(file["url"]).query)["sig"][0])
 
     async def post_run(self, raw: bytes | None = None, **payload: Any) -> Reply:
         body = raw if raw is not None else json.dumps(payload).encode()
@@ -116,7 +153,9 @@ class AppClient:
         return {f["file_id"]: f for f in self.rig.emulator.run(response_id)["files"]}
 
     def verify_link(self, file: dict[str, Any], sha256: str) -> bytes | None:
-        """Fetch a SAS link as any caller would: right bytes and name; writes and deletes refused."""
+        """Fetch a SAS link as any caller would: the right bytes, size, name and metadata; then
+        `check_link`: read-only, this one blob only, https only, untamperable. Returns the bytes of a
+        small file."""
         digest = hashlib.sha256()
         size = 0
         small = bytearray()
@@ -125,7 +164,8 @@ class AppClient:
             disposition = response.headers["content-disposition"]
             assert_disposition_names(disposition, file["filename"])
             assert response.headers["x-ms-meta-sha256"] == sha256
-            assert response.headers["x-ms-meta-file_id"] == file["file_id"]
+            assert response.headers["x-ms-meta-file_id"] == quote(file["file_id"], safe="")
+            assert response.headers["x-ms-meta-response_id"] == file["blob"].split("/", 1)[0]
             for chunk in response.iter_bytes(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
@@ -133,20 +173,130 @@ class AppClient:
                     small += chunk
         assert digest.hexdigest() == sha256 == file["sha256"]
         assert size == file["bytes"]
-        assert (
-            self.http.put(file["url"], content=b"overwrite", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 403
-        )
-        assert self.http.delete(file["url"]).status_code == 403
-        sas = parse_qs(urlsplit(file["url"]).query)
-        assert sas["sp"] == ["r"], sas["sp"]
-        assert sas["sr"] == ["b"]
+        self.check_link(file)
+        figures.count("files_verified")
         return bytes(small) if size <= 1 << 16 else None
+
+    def check_link(self, file: dict[str, Any], identity: bool | None = None) -> None:
+        """The security properties of one SAS link, whatever the blob holds (or whether it still exists).
+
+        - read-only: PUT, DELETE and listing the container with the same query are refused;
+        - one blob: the same query on another blob of the run (or a blob that is not there) is refused;
+        - https only against an https endpoint (`spr=https`), and bounded in time (`st` <= now < `se`);
+        - a download (`rscd=attachment...`), never a page rendered from the storage account's origin;
+        - untamperable: a changed signature, permission, expiry, resource, protocol or header is refused;
+        - the right kind: a user delegation SAS of the app's identity when it has no account key
+          (`skoid`/`sktid` ...), a service SAS signed with the account key otherwise.
+        """
+        url = file["url"]
+        if identity is None:
+            link = self.links.get(url)
+            identity = link.identity if link is not None else bool(os.environ.get("OUTPUT_STORAGE_ACCOUNT_URL"))
+        parts = urlsplit(url)
+        sas = parse_qs(parts.query)
+        pairs = parse_qsl(parts.query)
+        assert {k: v for k, v in sas.items() if len(v) != 1} == {}, "a SAS parameter given twice"
+        assert sas["sp"] == ["r"], sas["sp"]
+        assert sas["sr"] == ["b"], sas["sr"]
+        assert parts.path.endswith("/" + quote(file["blob"], safe="/")), (parts.path, file["blob"])
+        assert sas.get("rscd", [""])[0].startswith("attachment"), "the link must force a download"
+        now = datetime.now(UTC)
+        start, expiry = _sas_time(sas["st"][0]), _sas_time(sas["se"][0])
+        assert start <= now + timedelta(minutes=1) and start >= now - timedelta(days=8)
+        assert expiry <= now + timedelta(days=7, minutes=1)
+        if parts.scheme == "https":
+            assert sas["spr"] == ["https"], "a link to an https endpoint must refuse plain http"
+        else:
+            assert "spr" not in sas or sas["spr"] == ["https,http"]
+        delegation = {"skoid", "sktid", "skt", "ske", "sks", "skv"}
+        if identity:
+            assert delegation <= set(sas), f"not a user delegation SAS: {sorted(sas)}"
+            assert sas["skoid"] == [OBJECT_ID] and sas["sktid"] == [TENANT_ID] and sas["sks"] == ["b"]
+            assert _sas_time(sas["ske"][0]) >= expiry, "the delegation key ends before the link"
+        else:
+            assert not delegation & set(sas), f"a service SAS with delegation fields: {sorted(sas)}"
+
+        def refused(method: str, target: str, **kwargs: Any) -> None:
+            status = self.http.request(method, target, **kwargs).status_code
+            assert status == 403, f"{method} {target.split('?')[0]} with the link's SAS answered {status}, not 403"
+
+        refused("PUT", url, content=b"overwrite", headers={"x-ms-blob-type": "BlockBlob"})
+        refused("DELETE", url)
+        refused("PUT", url + "&comp=metadata", headers={"x-ms-meta-evil": "1"})
+
+        def at(path: str, query: str) -> str:
+            return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+        container_path = parts.path[: -len(quote(file["blob"], safe="/")) - 1]
+        refused("GET", at(container_path, "restype=container&comp=list&" + parts.query))
+        run_prefix, file_segment = file["blob"].split("/")[:2]
+        for other in (f"{run_prefix}/manifest.json", f"{run_prefix}/{file_segment}/other.txt"):
+            refused("GET", at(f"{container_path}/{quote(other, safe='/')}", parts.query))
+
+        def tampered(name: str, value: str | None) -> str:
+            changed = [(k, value if k == name else v) for k, v in pairs if not (k == name and value is None)]
+            return at(parts.path, urlencode(changed))
+
+        signature = sas["sig"][0]
+        flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+        later = (expiry + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, value in (
+            ("sig", flipped),
+            ("sp", "rw"),
+            ("sp", "racwdl"),
+            ("se", later),
+            ("sr", "c"),
+            ("rscd", 'attachment; filename="evil.html"'),
+            ("spr", "https,http" if "spr" in sas else None),
+        ):
+            if name in sas:
+                refused("GET", tampered(name, value))
+        with self._lock:
+            self.checked.add(url)
+        figures.count("links_checked")
+
+    def check_remaining_links(self) -> None:
+        """At the end of a test: every link it received and did not verify passes check_link too;
+        and its blob serves the bytes the answer claims, unless the test deleted it or it expired."""
+        for url, link in list(self.links.items()):
+            if url in self.checked:
+                continue
+            status = self.http.head(url).status_code
+            expired = _sas_time(parse_qs(urlsplit(url).query)["se"][0]) <= datetime.now(UTC)
+            if status == 200:
+                self.verify_link(link.file, link.file["sha256"])
+            else:
+                assert status == 404 or (status == 403 and expired), f"a link answered {status}: {url.split('?')[0]}"
+                self.check_link(link.file, link.identity)
+
+    def remember_secrets(self) -> None:
+        """The app's current user delegation key must never appear in a log line either."""
+        from code_interpreter_files import services
+
+        current = services._current
+        key = current[1].store._delegation_key if current is not None else None
+        if key is not None:
+            figures.SECRETS.add(key.value)
+
+    def assert_nothing_lost(self, answer: dict[str, Any], expected: set[str], *, copied: bool = False) -> None:
+        """Every expected file id is copied, or (unless `copied`) reported in failed_files."""
+        accounted = {f["file_id"] for f in answer["files"]}
+        if not copied:
+            accounted |= {f["file_id"] for f in answer["failed_files"]}
+        lost = expected - accounted
+        figures.count("files_lost", len(lost))
+        assert not lost, f"files neither copied nor reported: {sorted(lost)}"
 
     def verify_answer(self, answer: dict[str, Any]) -> None:
         """Every copied file's link serves exactly what the emulator holds."""
         expected = self.expected_files(answer["response_id"])
         for file in answer["files"]:
             self.verify_link(file, expected[file["file_id"]]["sha256"])
+        figures.count("runs_verified")
+
+
+def _sas_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def assert_disposition_names(header: str, filename: str) -> None:

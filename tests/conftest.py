@@ -22,13 +22,61 @@ from collections.abc import Callable, Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from code_interpreter_files.settings import SETTING_NAMES  # noqa: E402
+from tests import figures  # noqa: E402
 from tests.appclient import AppClient  # noqa: E402
+from tests.rig.azurite import ACCOUNT_KEY  # noqa: E402
 from tests.rig.rig import Rig  # noqa: E402
+
+# Every log line of the session, for the secrets check at the end: the app at DEBUG, the SDKs
+# (azure-core's HTTP logging policy, azure-identity, openai, httpx2, aiohttp) and the rest at INFO.
+logging.getLogger().addHandler(figures.LOGS)
+logging.getLogger().setLevel(logging.INFO)
+for _name in ("azure", "openai", "httpx", "httpx2", "aiohttp"):
+    logging.getLogger(_name).setLevel(logging.INFO)
+logging.getLogger("code_interpreter_files").setLevel(logging.DEBUG)
+figures.SECRETS.add(ACCOUNT_KEY)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "run_last: run after every other test (the session-wide checks)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
+
+
+def session_leaks() -> list[str]:
+    """Every secret found in the session's log lines and in the error bodies the app answered."""
+    bodies = [body.decode("utf-8", "replace") for body in figures.ERROR_BODIES]
+    return figures.scan(figures.LOGS.lines) + figures.scan(bodies)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = session_leaks()
+    figures.FIGURES["secrets_leaked"] = len(leaks)
+    figures.FIGURES["log_lines_scanned"] = len(figures.LOGS.lines)
+    figures.FIGURES["error_bodies_scanned"] = len(figures.ERROR_BODIES)
+    session.config.stash[_LEAKS] = leaks
+    if leaks and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LEAKS = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    terminalreporter.section("reliability figures (README)")
+    for line in figures.report_lines():
+        terminalreporter.write_line(line)
+    for leak in config.stash.get(_LEAKS, [])[:20]:
+        terminalreporter.write_line(f"LEAK: {leak}", red=True)
 
 
 @pytest.fixture(scope="session")
 def rig() -> Iterator[Rig]:
     with Rig(tls=TLS) as started:
+        figures.SECRETS.add(started.api_key)
+        figures.SECRETS.add(started.identity_header)
         yield started
 
 
@@ -51,6 +99,11 @@ def configure(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[s
 
 
 @pytest.fixture
-def app(rig: Rig, configure: Callable[..., dict[str, str]], caplog: pytest.LogCaptureFixture) -> AppClient:
-    caplog.set_level(logging.INFO, logger="code_interpreter_files")
-    return AppClient(rig)
+def app(rig: Rig, configure: Callable[..., dict[str, str]], caplog: pytest.LogCaptureFixture) -> Iterator[AppClient]:
+    caplog.set_level(logging.DEBUG, logger="code_interpreter_files")
+    client = AppClient(rig)
+    yield client
+    # Every SAS link the test received passes the security checks, even those it did not fetch.
+    client.check_remaining_links()
+    client.remember_secrets()
+    client.close()

@@ -77,11 +77,11 @@ async def test_links_honour_ttl_and_expire(app: AppClient, rig) -> None:
     from code_interpreter_files.services import get_services
 
     store = (await get_services()).store
-    url, _ = await store.sign_read_url(file["blob"], file["filename"], timedelta(seconds=1))
+    url, _ = await store.sign_read_url(file["blob"], file["filename"], timedelta(seconds=3))
     assert app.http.get(url).status_code == 200
     import asyncio
 
-    await asyncio.sleep(2.2)
+    await asyncio.sleep(4.2)
     assert app.http.get(url).status_code == 403  # expired
     tampered = re.sub(r"sp=r", "sp=rw", file["url"])
     assert app.http.get(tampered).status_code == 403
@@ -412,7 +412,9 @@ async def test_use_development_storage_works_with_plain_azurite(app: AppClient, 
         if probe.connect_ex(("127.0.0.1", 10000)) == 0:
             pytest.skip("port 10000 (UseDevelopmentStorage=true) is taken on this machine")
     with Azurite(None, port=10000):
-        configure(storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true")
+        configure(
+            storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"
+        )
         reply = await app.post_run(prompt="hello")
         assert reply.status == 200, reply.body
         [file] = reply.json["files"]

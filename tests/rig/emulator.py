@@ -283,7 +283,10 @@ def _parse_fail(raw: Any) -> FailSpec:
 
 def _parse_script(script_id: str, body: Any) -> Script:
     """Validate a script body (fields: files, text, latency, fail_first, status, error,
-    container_expires, no_container, extra_annotations)."""
+    container_expires, no_container, extra_annotations).
+
+    In ``extra_annotations`` the string ``"$container_id"`` becomes the run's container id and
+    ``"$file_id:<n>"`` the id of the run's n-th file (as listed in ``files``)."""
     if not isinstance(body, dict):
         raise _bad_request("script must be a JSON object")
     files_raw = body.get("files", [])
@@ -398,8 +401,12 @@ def _annotations(run: Run, text: str) -> list[dict[str, Any]]:
                 ann.update(spec.citation_extra)
                 out.append(ann)
     cid = container.id if container else ""
+    file_ids = [cf.id for cf in container.files] if container else []
     for raw in run.script.extra_annotations:
-        out.append(_replace_token(raw, "$container_id", cid))
+        annotation = _replace_token(raw, "$container_id", cid)
+        for index, file_id in enumerate(file_ids):
+            annotation = _replace_token(annotation, f"$file_id:{index}", file_id)
+        out.append(annotation)
     return out
 
 
@@ -466,6 +473,7 @@ class Emulator:
         r.add_get(PREFIX + "/containers/{cid}/files/{fid}/content", self.get_content)
         r.add_post("/_emulator/scripts", self.ctl_add_script)
         r.add_get("/_emulator/runs/{id}", self.ctl_run)
+        r.add_get("/_emulator/scripts/{id}/runs", self.ctl_script_runs)
         r.add_get("/_emulator/stats", self.ctl_stats)
         r.add_post("/_emulator/reset", self.ctl_reset)
         r.add_post("/_emulator/config", self.ctl_config)
@@ -870,6 +878,12 @@ class Emulator:
             }
         )
 
+    async def ctl_script_runs(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["id"]
+        if sid not in self.scripts:
+            raise _not_found(f"Script with id '{sid}' not found.")
+        return web.json_response({"runs": [run.id for run in self.runs.values() if run.script.id == sid]})
+
     async def ctl_stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
 
@@ -997,7 +1011,10 @@ class EmulatorControl:
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        r = self._http.request(method, path, json=body)
+        # json.dumps escapes non-ASCII, so scripts may carry any string, even lone surrogates.
+        content = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": "application/json"} if body is not None else None
+        r = self._http.request(method, path, content=content, headers=headers)
         if r.status_code >= 400:
             raise RuntimeError(f"emulator {method} {path} -> {r.status_code}: {r.text}")
         return r.json()
@@ -1009,6 +1026,10 @@ class EmulatorControl:
     def run(self, response_id: str) -> dict[str, Any]:
         """Map a response id to ``{container_id, files: [{file_id, path, bytes, sha256, missing}], ...}``."""
         return self._call("GET", f"/_emulator/runs/{response_id}")
+
+    def runs_for(self, script_id: str) -> list[str]:
+        """The response ids of the runs that used a script, oldest first (known as soon as created)."""
+        return self._call("GET", f"/_emulator/scripts/{script_id}/runs")["runs"]
 
     def stats(self) -> dict[str, Any]:
         """Return request/download/auth counters."""

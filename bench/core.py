@@ -1,0 +1,790 @@
+"""The measurements, through the app's real code path against a started `tests.rig.rig.Rig`.
+
+Import this only once ``SSL_CERT_FILE`` names the rig's CA: aiohttp reads it once, at import.
+
+The app is called as the Functions Python worker calls it: the indexed function's user callable,
+awaited on one event loop with a ``func.HttpRequest`` and a context. Storage and the model are
+reached with the managed identity (the rig's identity endpoint), as in production. Nothing here
+switches the app's behaviour; the few private attributes read (the blob client's transport, to
+count storage requests; the poll's first delay, to show what waiting costs) are named where used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import azure.functions as func
+
+from bench.plan import MIB, STAGES, Plan
+from code_interpreter_files import responses_api, storage
+from code_interpreter_files.models import RunRequest
+from code_interpreter_files.services import Services, get_services
+from code_interpreter_files.settings import SETTING_NAMES, load_settings
+from tests.rig import content
+from tests.rig.rig import Rig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COLD_START_DEPENDENCIES = (
+    "azure.functions",
+    "openai",
+    "azure.identity.aio",
+    "azure.storage.blob.aio",
+    "pydantic",
+    "aiohttp",
+)
+
+
+class BenchError(RuntimeError):
+    """The app did not do what the measurement needs (a failed run, a wrong byte count)."""
+
+
+# -- calling the app as the worker does ----------------------------------------------------------
+
+_functions: dict[str, Any] | None = None
+
+
+def functions() -> dict[str, Any]:
+    """The indexed functions. The worker indexes once and `get_functions()` refuses a second time,
+    so inside pytest the index `tests.appclient` made is reused."""
+    global _functions
+    if _functions is None:
+        appclient = sys.modules.get("tests.appclient")
+        if appclient is not None and hasattr(appclient, "FUNCTIONS"):
+            _functions = appclient.FUNCTIONS
+        else:
+            import function_app
+
+            _functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    return _functions
+
+
+@dataclass
+class Context:
+    """What the worker passes as `context` (the parts the app reads)."""
+
+    invocation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_name: str = ""
+    function_directory: str = ""
+
+
+async def call(name: str, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+    request = func.HttpRequest(
+        method=method,
+        url=f"http://localhost:7071{path}",
+        body=body,
+        headers={"content-type": "application/json"},
+        params={},
+        route_params={},
+    )
+    response = await functions()[name].get_user_function()(request, Context(function_name=name))
+    raw = response.get_body()
+    return response.status_code, json.loads(raw) if raw else None
+
+
+async def post_run(prompt: str) -> dict[str, Any]:
+    """POST /api/runs with wait; the answer, which must have copied every file."""
+    status, answer = await call("create_run", "POST", "/api/runs", json.dumps({"prompt": prompt}).encode())
+    if status != 200 or answer.get("failed_files"):
+        raise BenchError(f"POST /api/runs answered {status}: {json.dumps(answer)[:500]}")
+    return answer
+
+
+def check_files(answer: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+    """The answer holds every file of the script, with its size and hash."""
+    got = sorted((f["bytes"], f["sha256"]) for f in answer["files"])
+    want = sorted((s["bytes"], s["sha256"]) for s in specs)
+    if got != want:
+        raise BenchError(f"the run copied {len(got)} files, not the {len(want)} expected, or wrong bytes")
+
+
+# -- the rig and the app's settings --------------------------------------------------------------
+
+
+def script(rig: Rig, files: list[dict[str, Any]], latency: float = 0.0) -> tuple[str, list[dict[str, Any]]]:
+    """Register an emulator script; returns the prompt that picks it and its files (bytes, sha256, seed)."""
+    info = rig.emulator.add_script({"files": files, "latency": latency})
+    return f"Make the files, please. {info['marker']}", info["files"]
+
+
+def base_settings(plan: Plan) -> dict[str, str]:
+    """Limits that let every file of the plan through; everything else at its default."""
+    return {"MAX_FILE_BYTES": str(plan.max_file_bytes), "MAX_FILES_PER_RUN": str(max(20, plan.many_files))}
+
+
+@contextlib.contextmanager
+def app_settings(rig: Rig, **overrides: Any) -> Iterator[dict[str, str]]:
+    """The app's environment as an operator sets it (identity for storage and model), restored after."""
+    names = set(Rig.ENV_NAMES) | set(SETTING_NAMES)
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names - {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}:
+        os.environ.pop(name, None)
+    env = rig.app_env("identity", "identity")
+    env.update({name: str(value) for name, value in overrides.items()})
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+async def warm(rig: Rig) -> Services:
+    """The services for the current settings, after one small run: tokens, delegation key, output
+    container and connection pools are ready, as in a worker that has served a request."""
+    prompt, _ = script(rig, [{"path": "/mnt/data/warm.txt", "content": "warm"}])
+    await post_run(prompt)
+    return await get_services()
+
+
+def _blob_client(services: Services, blob: str) -> Any:
+    # The app's own BlobServiceClient (private attribute): same credential, transport and pipeline.
+    return services.store._service.get_blob_client(services.settings.output_container, blob)
+
+
+def _storage_operation(request: Any) -> str:
+    query = parse_qs(urlsplit(request.url).query)
+    what = query.get("comp", query.get("restype", ["blob"]))[0]
+    return f"{request.method} {what}"
+
+
+class StorageCounter:
+    """Counts every request the app's blob clients put on the wire (retries included), and the
+    most that were in flight at once.
+
+    Wraps `send` of the transport that the app's BlobServiceClient and every container and blob
+    client made from it share (private: `_pipeline._transport`). Bench only; removed after."""
+
+    def __init__(self, services: Services) -> None:
+        self.counts: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._transport = services.store._service._pipeline._transport
+        send = self._transport.send
+
+        async def counting_send(request: Any, **kwargs: Any) -> Any:
+            self.counts[_storage_operation(request)] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await send(request, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        self._transport.send = counting_send
+
+    def take(self) -> Counter[str]:
+        counts, self.counts, self.max_in_flight = self.counts, Counter(), 0
+        return counts
+
+    def remove(self) -> None:
+        del self._transport.send
+
+
+class RigCpu:
+    """CPU seconds of the rig's processes (children of this one) and of this one, over a span.
+
+    Azurite's share of the wall time says whether a copy ran at the transfer limit: its one
+    Node.js thread busy all the time means nothing on the client side can go faster."""
+
+    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator"}
+
+    def __init__(self) -> None:
+        self.pids = {"app": os.getpid()}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            for name, needle in self.NAMES.items():
+                if needle in cmdline:
+                    self.pids[name] = int(entry.name)
+        self.shares: dict[str, list[float]] = {name: [] for name in (*self.pids, "other")}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> dict[str, float]:
+        """CPU seconds so far: each process, and the whole machine (`busy`)."""
+        cpu = {name: self._cpu(pid) for name, pid in self.pids.items()}
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        cpu["busy"] = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        return cpu
+
+    @contextlib.contextmanager
+    def span(self) -> Iterator[None]:
+        before = self.sample()
+        started = time.perf_counter()
+        yield
+        wall = time.perf_counter() - started
+        after = self.sample()
+        for name in self.pids:
+            self.shares[name].append((after[name] - before[name]) / wall)
+        ours = sum(after[name] - before[name] for name in self.pids)
+        self.shares["other"].append(max(0.0, after["busy"] - before["busy"] - ours) / wall)
+
+    def figures(self) -> dict[str, float]:
+        """Median share of one CPU per process over the spans (1.0: one core busy all the time);
+        `other`: everything else on the machine (other users' work makes the figures noisy)."""
+        return {name: statistics.median(shares) for name, shares in self.shares.items() if shares}
+
+
+# -- 1. one large file: the app vs the old way vs the transfer floor -----------------------------
+
+
+class OldScript:
+    """The old script's way: the openai SDK's `content.retrieve` (the whole body in memory), then
+    `write_to_file`, then azure-storage-blob's `upload_blob` from the file. Synchronous SDKs with
+    their defaults, as the script had; the same identity, tokens fetched before the clock starts."""
+
+    def __init__(self, services: Services) -> None:
+        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+        from azure.storage.blob import BlobServiceClient
+        from openai import OpenAI
+
+        settings = services.settings
+        self.container = settings.output_container
+        self.credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        token = get_bearer_token_provider(self.credential, responses_api.COGNITIVE_SERVICES_SCOPE)
+        token()
+        self.credential.get_token("https://storage.azure.com/.default")
+        self.openai = OpenAI(base_url=settings.openai_base_url, api_key=token)
+        assert settings.storage_account_url
+        self.blobs = BlobServiceClient(settings.storage_account_url, credential=self.credential)
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="ci-files-bench-old-"))
+
+    def copy(self, container_id: str, file_id: str, blob: str) -> float:
+        started = time.perf_counter()
+        path = self.tmpdir / "download.bin"
+        self.openai.containers.files.content.retrieve(file_id, container_id=container_id).write_to_file(path)
+        with path.open("rb") as data:
+            self.blobs.get_blob_client(self.container, blob).upload_blob(data, overwrite=True)
+        elapsed = time.perf_counter() - started
+        path.unlink()
+        return elapsed
+
+    def close(self) -> None:
+        self.openai.close()
+        self.blobs.close()
+        self.credential.close()
+        self.tmpdir.rmdir()
+
+
+async def download_only(services: Services, container_id: str, file_id: str) -> int:
+    """The same bytes from the emulator through the app's download path, discarded."""
+    received = 0
+    async with responses_api.open_file_content(services.openai, container_id, file_id) as chunks:
+        async for chunk in chunks:
+            received += len(chunk)
+    return received
+
+
+def uploader(services: Services) -> Any:
+    """The SDK's own parallel upload, set like the app: the app's credential, BLOCK_BYTES blocks."""
+    from azure.storage.blob.aio import BlobServiceClient
+
+    return BlobServiceClient(
+        services.settings.storage_account_url or "",
+        credential=services.credential,
+        max_block_size=storage.BLOCK_BYTES,
+        max_single_put_size=storage.BLOCK_BYTES,
+    )
+
+
+async def upload_only(client: Any, container: str, blob: str, data: bytes) -> None:
+    """The same bytes from memory, BLOCKS_IN_FLIGHT blocks at a time."""
+    await client.get_blob_client(container, blob).upload_blob(
+        data, overwrite=True, max_concurrency=storage.BLOCKS_IN_FLIGHT
+    )
+
+
+def rotated(names: tuple[str, ...], rep: int) -> tuple[str, ...]:
+    """The measurements of one repetition, each rep starting one further: none always runs first
+    (after Azurite's clean-up of the previous blobs) or always last."""
+    shift = rep % len(names)
+    return names[shift:] + names[:shift]
+
+
+async def large_file(rig: Rig, plan: Plan) -> dict[str, Any]:
+    size = plan.large_bytes
+    prompt, specs = script(rig, [{"path": "/mnt/data/large.bin", "size": size}])
+    services = await warm(rig)
+    # A run of the script for the baselines to read from (started directly: nothing is copied).
+    started_run = await responses_api.start_response(services.openai, services.settings, RunRequest(prompt=prompt))
+    run = rig.emulator.run(started_run.id)
+    container_id, file_id = run["container_id"], run["files"][0]["file_id"]
+    data = content.generate(specs[0]["seed"], size)
+    old = await asyncio.to_thread(OldScript, services)
+    upload_client = uploader(services)
+    container = services.settings.output_container
+    await upload_only(upload_client, container, "bench-warm.bin", b"warm")  # its connection and token first
+    cpu, counter = RigCpu(), StorageCounter(services)
+    max_in_flight = 0
+
+    async def app() -> float:
+        nonlocal max_in_flight
+        counter.take()
+        started = time.perf_counter()
+        with cpu.span():
+            answer = await post_run(prompt)
+        elapsed = time.perf_counter() - started
+        max_in_flight = max(max_in_flight, counter.max_in_flight)
+        check_files(answer, specs)
+        await services.store.delete_run(answer["response_id"])
+        return elapsed
+
+    async def old_way() -> float:
+        blob = f"bench-{uuid.uuid4().hex}/old-way.bin"
+        elapsed = await asyncio.to_thread(old.copy, container_id, file_id, blob)
+        await _blob_client(services, blob).delete_blob()
+        return elapsed
+
+    async def download() -> float:
+        started = time.perf_counter()
+        if await download_only(services, container_id, file_id) != size:
+            raise BenchError("the download-only baseline got the wrong number of bytes")
+        return time.perf_counter() - started
+
+    async def upload() -> float:
+        blob = f"bench-{uuid.uuid4().hex}/upload-only.bin"
+        started = time.perf_counter()
+        await upload_only(upload_client, container, blob, data)
+        elapsed = time.perf_counter() - started
+        await _blob_client(services, blob).delete_blob()
+        return elapsed
+
+    measure = {"app": app, "old_way": old_way, "download_only": download, "upload_only": upload}
+    samples: dict[str, list[float]] = {name: [] for name in measure}
+    try:
+        for rep in range(plan.large_reps):
+            for name in rotated(tuple(measure), rep):
+                samples[name].append(await measure[name]())
+        await _blob_client(services, "bench-warm.bin").delete_blob()
+    finally:
+        counter.remove()
+        await upload_client.close()
+        await asyncio.to_thread(old.close)
+    best = {name: min(values) for name, values in samples.items()}
+    floor = max(best["download_only"], best["upload_only"])
+    return {
+        "bytes": size,
+        "reps": plan.large_reps,
+        "statistic": "best of reps",
+        "samples_s": samples,
+        "app_s": best["app"],
+        "old_way_s": best["old_way"],
+        "download_only_s": best["download_only"],
+        "upload_only_s": best["upload_only"],
+        "floor_s": floor,
+        "app_vs_old_way": best["app"] / best["old_way"],
+        "app_vs_floor": best["app"] / floor,
+        # What app / (a) would be if the app ran exactly at the floor: the best this rig allows.
+        "floor_vs_old_way": floor / best["old_way"],
+        "app_MiB_per_s": size / MIB / best["app"],
+        "floor_MiB_per_s": size / MIB / floor,
+        "app_storage_max_in_flight": max_in_flight,
+        "cpu_share_during_app": cpu.figures(),
+    }
+
+
+# -- 2. memory: one copy per fresh process --------------------------------------------------------
+
+
+async def copy_in_fresh_process(
+    rig: Rig, services: Services, size: int, overrides: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One run copying one `size`-byte file in a new interpreter (`bench.memchild`): its peak RSS
+    growth, time and CPU. `overrides` set tuning constants in that process only."""
+    warm_prompt, _ = script(rig, [{"path": "/mnt/data/warm.txt", "content": "warm"}])
+    prompt, specs = script(rig, [{"path": f"/mnt/data/memory-{size}.bin", "size": size}])
+    command = [sys.executable, "-m", "bench.memchild", "--warm-prompt", warm_prompt, "--prompt", prompt]
+    command += ["--bytes", str(size), "--sha256", specs[0]["sha256"]]
+    command += [f"--set={name}={value}" for name, value in (overrides or {}).items()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))))
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise BenchError(f"bench.memchild failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    await services.store.delete_run(child.pop("response_id"))
+    return child
+
+
+async def memory(rig: Rig, plan: Plan) -> dict[str, Any]:
+    services = await warm(rig)
+    sizes = [await copy_in_fresh_process(rig, services, size) for size in plan.memory_sizes]
+    growth = [s["rss_growth_bytes"] for s in sizes]
+    first, last = sizes[0], sizes[-1]
+    return {
+        "sizes": sizes,
+        "max_growth_MiB": max(growth) / MIB,
+        "spread_MiB": (max(growth) - min(growth)) / MIB,
+        "growth_per_GiB_of_file_MiB": (last["rss_growth_bytes"] - first["rss_growth_bytes"])
+        / (last["bytes"] - first["bytes"])
+        * 1024,
+        "app_cpu_s_per_GiB": last["cpu_s"] / (last["bytes"] / (1024 * MIB)),
+        # What upload_stream's docstring expects: twice the blocks held (TLS buffers) + ~10 MiB.
+        "expected_MiB": 2 * storage.BLOCK_BYTES * (storage.BLOCKS_IN_FLIGHT + 1) / MIB + 10,
+    }
+
+
+# -- 3. many files in one run: concurrent vs one after another ------------------------------------
+
+
+async def upload_files_only(client: Any, container: str, files: list[bytes], concurrency: int) -> float:
+    """The floor for many files: the same bytes from memory, `concurrency` files at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    names = [f"bench-{uuid.uuid4().hex}/{index:03d}.bin" for index in range(len(files))]
+
+    async def one(name: str, data: bytes) -> None:
+        async with gate:
+            await upload_only(client, container, name, data)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(name, data) for name, data in zip(names, files, strict=True)))
+    elapsed = time.perf_counter() - started
+    blobs = client.get_container_client(container)
+    for name in names:
+        await blobs.delete_blob(name)
+    return elapsed
+
+
+async def many_files(rig: Rig, plan: Plan) -> dict[str, Any]:
+    files = [{"path": f"/mnt/data/part-{i:02d}.bin", "size": plan.many_file_bytes} for i in range(plan.many_files)]
+    prompt, specs = script(rig, files)
+    data = [content.generate(spec["seed"], spec["bytes"]) for spec in specs]
+    in_flight = {"concurrent": 0, "sequential": 0}
+    cpu = {"concurrent": RigCpu(), "sequential": RigCpu()}
+    concurrency = load_settings().copy_concurrency  # the default, or what the environment says
+
+    async def app(mode: str, overrides: dict[str, Any]) -> float:
+        with app_settings(rig, **base_settings(plan), **overrides):
+            services = await warm(rig)
+            counter = StorageCounter(services)
+            try:
+                started = time.perf_counter()
+                with cpu[mode].span():
+                    answer = await post_run(prompt)
+                elapsed = time.perf_counter() - started
+                in_flight[mode] = max(in_flight[mode], counter.max_in_flight)
+            finally:
+                counter.remove()
+            check_files(answer, specs)
+            await services.store.delete_run(answer["response_id"])
+            return elapsed
+
+    async def upload() -> float:
+        services = await warm(rig)
+        client = uploader(services)
+        try:
+            container = services.settings.output_container
+            await upload_only(client, container, "bench-warm.bin", b"warm")
+            elapsed = await upload_files_only(client, container, data, concurrency)
+            await _blob_client(services, "bench-warm.bin").delete_blob()
+        finally:
+            await client.close()
+        return elapsed
+
+    measure = {
+        "concurrent": lambda: app("concurrent", {}),
+        "sequential": lambda: app("sequential", {"COPY_CONCURRENCY": 1}),
+        "upload_only": upload,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in measure}
+    for rep in range(plan.many_reps):
+        for name in rotated(tuple(measure), rep):
+            samples[name].append(await measure[name]())
+    best = {name: min(values) for name, values in samples.items()}
+    total = plan.many_files * plan.many_file_bytes
+    return {
+        "files": plan.many_files,
+        "file_bytes": plan.many_file_bytes,
+        "copy_concurrency": concurrency,
+        "reps": plan.many_reps,
+        "statistic": "best of reps",
+        "samples_s": samples,
+        "concurrent_s": best["concurrent"],
+        "sequential_s": best["sequential"],
+        "upload_only_s": best["upload_only"],
+        "concurrent_vs_sequential": best["concurrent"] / best["sequential"],
+        "concurrent_vs_upload_only": best["concurrent"] / best["upload_only"],
+        # What concurrent / sequential would be at the floor: the best this rig allows.
+        "upload_only_vs_sequential": best["upload_only"] / best["sequential"],
+        "concurrent_MiB_per_s": total / MIB / best["concurrent"],
+        "sequential_MiB_per_s": total / MIB / best["sequential"],
+        "storage_max_in_flight": in_flight,
+        "cpu_share": {mode: c.figures() for mode, c in cpu.items()},
+    }
+
+
+# -- 4. concurrent runs on one worker -------------------------------------------------------------
+
+
+def poll_schedule_sees(latency: float) -> float:
+    """When the pipeline's poll first finds a run of this model latency done (its sleeps alone)."""
+    elapsed, delay = 0.0, responses_api._POLL_FIRST_SECONDS
+    while elapsed < latency:
+        elapsed += delay
+        delay = min(delay * 1.5, responses_api._POLL_MAX_SECONDS)
+    return elapsed
+
+
+async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
+    prompt, specs = script(rig, [{"path": "/mnt/data/result.csv", "content": "a,b\n1,2\n"}], plan.concurrent_latency)
+    await warm(rig)
+    walls: list[float] = []
+    latencies: list[float] = []
+
+    async def one() -> float:
+        started = time.perf_counter()
+        check_files(await post_run(prompt), specs)
+        return time.perf_counter() - started
+
+    for _ in range(plan.concurrent_reps):
+        started = time.perf_counter()
+        latencies += await asyncio.gather(*(one() for _ in range(plan.concurrent_runs)))
+        walls.append(time.perf_counter() - started)
+    wall = statistics.median(walls)
+    return {
+        "runs": plan.concurrent_runs,
+        "model_latency_s": plan.concurrent_latency,
+        "reps": plan.concurrent_reps,
+        "statistic": "median of reps",
+        "wall_samples_s": walls,
+        "wall_s": wall,
+        "runs_per_s": plan.concurrent_runs / wall,
+        "run_latency_median_s": statistics.median(latencies),
+        "run_latency_max_s": max(latencies),
+        "poll_first_sees_done_s": poll_schedule_sees(plan.concurrent_latency),
+    }
+
+
+# -- 5. per-run cost -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _poll_first_delay(seconds: float) -> Iterator[None]:
+    saved = responses_api._POLL_FIRST_SECONDS
+    responses_api._POLL_FIRST_SECONDS = seconds
+    try:
+        yield
+    finally:
+        responses_api._POLL_FIRST_SECONDS = saved
+
+
+def _model_requests(rig: Rig) -> Counter[str]:
+    return Counter({k: v for k, v in rig.emulator.stats()["requests"].items() if v})
+
+
+async def per_run(rig: Rig, plan: Plan) -> dict[str, Any]:
+    prompt, specs = script(rig, [{"path": "/mnt/data/small.txt", "content": "hello world"}])
+    # A fresh worker: new services (a changed setting makes them), so the first run pays for
+    # tokens, the delegation key and the output container; then the steady state.
+    with app_settings(rig, **base_settings(plan), SAS_TTL_MINUTES=59):
+        services = await get_services()
+        counter = StorageCounter(services)
+        try:
+            rig.emulator.reset()
+            rig.identity.reset()
+            check_files(await post_run(prompt), specs)
+            first = {
+                "model": _model_requests(rig),
+                "identity": rig.identity.stats()["requests"],
+                "storage": counter.take(),
+            }
+            rig.emulator.reset()
+            rig.identity.reset()
+            times = []
+            for _ in range(plan.per_run_runs):
+                started = time.perf_counter()
+                check_files(await post_run(prompt), specs)
+                times.append(time.perf_counter() - started)
+            model, storage_counts = _model_requests(rig), counter.take()
+            identity = rig.identity.stats()["requests"]
+            # The same runs without the poll's first sleep: how much of a run is waiting.
+            no_poll = []
+            with _poll_first_delay(0.0):
+                for _ in range(plan.per_run_no_poll_runs):
+                    started = time.perf_counter()
+                    check_files(await post_run(prompt), specs)
+                    no_poll.append(time.perf_counter() - started)
+        finally:
+            counter.remove()
+    runs = plan.per_run_runs
+    median = statistics.median(times)
+    median_no_poll = statistics.median(no_poll)
+    return {
+        "runs": runs,
+        "median_s": median,
+        "p90_s": statistics.quantiles(times, n=10)[-1] if runs >= 2 else times[0],
+        "runs_per_s_sequential": 1 / median,
+        "median_without_poll_sleep_s": median_no_poll,
+        "poll_sleep_share": max(0.0, median - median_no_poll) / median,
+        "poll_first_delay_s": responses_api._POLL_FIRST_SECONDS,
+        "model_requests_per_run": sum(model.values()) / runs,
+        "model_requests_by_kind_per_run": {k: v / runs for k, v in sorted(model.items())},
+        "storage_requests_per_run": sum(storage_counts.values()) / runs,
+        "storage_requests_by_kind_per_run": {k: v / runs for k, v in sorted(storage_counts.items())},
+        "identity_requests_after_first_run": identity,
+        "delegation_key_requests_after_first_run": storage_counts["POST userdelegationkey"],
+        "first_run": {
+            "model_requests": sum(first["model"].values()),
+            "identity_requests": first["identity"],
+            "storage_requests": sum(first["storage"].values()),
+            "storage_requests_by_kind": dict(sorted(first["storage"].items())),
+            "delegation_key_requests": first["storage"]["POST userdelegationkey"],
+        },
+    }
+
+
+# -- 6. cold start -------------------------------------------------------------------------------
+
+_IMPORT_TIMER = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+
+
+def _import_seconds(modules: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_TIMER.format(modules)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return float(done.stdout.strip())
+
+
+def _cold_start(plan: Plan) -> dict[str, Any]:
+    variants = {"app": "function_app", "dependencies": ", ".join(COLD_START_DEPENDENCIES)}
+    for modules in variants.values():  # compile the .pyc files first: a deployed app has them
+        _import_seconds(modules)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(plan.cold_reps):
+        for name, modules in variants.items():
+            samples[name].append(_import_seconds(modules))
+    app, deps = statistics.median(samples["app"]), statistics.median(samples["dependencies"])
+    return {
+        "reps": plan.cold_reps,
+        "statistic": "median of reps",
+        "samples_s": samples,
+        "app_import_s": app,
+        "dependencies_import_s": deps,
+        "dependencies": list(COLD_START_DEPENDENCIES),
+        "app_vs_dependencies": app / deps,
+    }
+
+
+async def cold_start(rig: Rig, plan: Plan) -> dict[str, Any]:
+    return await asyncio.to_thread(_cold_start, plan)
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
+    "large_file": large_file,
+    "memory": memory,
+    "many_files": many_files,
+    "concurrent_runs": concurrent_runs,
+    "per_run": per_run,
+    "cold_start": cold_start,
+}
+assert tuple(MEASUREMENTS) == STAGES
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal:")), 0)
+    azurite = REPO_ROOT / "node_modules" / "azurite" / "package.json"
+    packages = ("azure-functions", "azure-storage-blob", "azure-identity", "azure-core", "aiohttp", "openai")
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": models[0] if models else platform.processor(),
+        "memory_GiB": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: metadata.version(name) for name in packages},
+        "azurite": json.loads(azurite.read_text())["version"] if azurite.exists() else None,
+    }
+
+
+def tuning() -> dict[str, Any]:
+    return {
+        "BLOCK_BYTES": storage.BLOCK_BYTES,
+        "BLOCKS_IN_FLIGHT": storage.BLOCKS_IN_FLIGHT,
+        "DOWNLOAD_CHUNK_BYTES": responses_api.DOWNLOAD_CHUNK_BYTES,
+        "COPY_CONCURRENCY": load_settings().copy_concurrency,
+    }
+
+
+async def run_benchmarks(
+    rig: Rig,
+    plan: Plan,
+    only: tuple[str, ...] = STAGES,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Every measurement in `only`, in order; the results as one JSON-able dict."""
+    from bench.report import goals
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "plan": asdict(plan),
+        "machine": machine(),
+    }
+    machine_cpu = RigCpu()
+    before, times_before = machine_cpu.sample(), os.times()
+    emulator_config = rig.emulator.config()
+    rig.emulator.config(latency=0.0, chunk_size=1 << 20)  # the emulator's defaults, whatever ran before
+    rig.identity.reset()
+    try:
+        with app_settings(rig, **base_settings(plan)):
+            results["tuning"] = tuning()
+            for name in only:
+                progress(f"[bench] {name} ...")
+                stage_started = time.perf_counter()
+                results[name] = await MEASUREMENTS[name](rig, plan)
+                results[name]["stage_s"] = time.perf_counter() - stage_started
+                progress(f"[bench] {name} done in {results[name]['stage_s']:.1f} s")
+    finally:
+        rig.emulator.config(**emulator_config)
+    results["goals"] = goals(results)
+    results["duration_s"] = time.perf_counter() - started
+    after, times = machine_cpu.sample(), os.times()
+    children = times.children_user + times.children_system - times_before.children_user - times_before.children_system
+    ours = sum(after[name] - before[name] for name in machine_cpu.pids) + children
+    results["machine"]["other_load_cpus"] = max(0.0, after["busy"] - before["busy"] - ours) / results["duration_s"]
+    return results

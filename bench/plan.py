@@ -1,0 +1,70 @@
+"""What a benchmark run measures, and how much of it: the full plan, `--huge`, and the `--smoke` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+#: The stages, in the order they run (`--only` picks some).
+STAGES = ("large_file", "memory", "many_files", "concurrent_runs", "per_run", "cold_start")
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    large_bytes: int  # 1. one file, timed against the old way and the transfer floor
+    large_reps: int  # best of this many of each
+    memory_sizes: tuple[int, ...]  # 2. one fresh process per size
+    many_files: int  # 3. this many files in one run ...
+    many_file_bytes: int  # ... of this size, concurrent vs COPY_CONCURRENCY=1
+    many_reps: int
+    concurrent_runs: int  # 4. this many runs at once against one worker ...
+    concurrent_latency: float  # ... with this model latency
+    concurrent_reps: int
+    per_run_runs: int  # 5. sequential runs of one small file, no model latency
+    per_run_no_poll_runs: int  # the same without the poll's first sleep (what waiting costs)
+    cold_reps: int  # 6. fresh interpreters per import variant
+
+    @property
+    def max_file_bytes(self) -> int:
+        """MAX_FILE_BYTES for the run: every file of the plan must be allowed."""
+        return max(self.large_bytes, *self.memory_sizes, self.many_file_bytes) + MIB
+
+
+FULL = Plan(
+    name="full",
+    large_bytes=256 * MIB,
+    large_reps=3,
+    memory_sizes=(64 * MIB, 256 * MIB, GIB),
+    many_files=32,
+    many_file_bytes=8 * MIB,
+    many_reps=3,
+    concurrent_runs=50,
+    concurrent_latency=1.0,
+    concurrent_reps=3,
+    per_run_runs=200,
+    per_run_no_poll_runs=50,
+    cold_reps=7,
+)
+
+PLANS = {
+    "full": FULL,
+    "huge": replace(FULL, name="huge", large_bytes=GIB, large_reps=2),
+    "smoke": Plan(
+        name="smoke",
+        large_bytes=3 * MIB,
+        large_reps=1,
+        memory_sizes=(MIB, 3 * MIB),
+        many_files=4,
+        many_file_bytes=256 * 1024,
+        many_reps=1,
+        concurrent_runs=4,
+        concurrent_latency=0.2,
+        concurrent_reps=1,
+        per_run_runs=3,
+        per_run_no_poll_runs=2,
+        cold_reps=1,
+    ),
+}

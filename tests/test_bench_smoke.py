@@ -1,0 +1,110 @@
+"""The benchmark's own code, run small so that it cannot rot: `python -m bench --smoke` in-process.
+
+Only that every figure is there is checked; the goals are for the full run (`python -m bench`) on
+a quiet machine, see the README's Benchmarks section.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.core import run_benchmarks
+from bench.plan import PLANS, STAGES
+from bench.report import table, write_results
+from tests.rig.rig import Rig
+
+FIGURES = {
+    "large_file": (
+        "app_s",
+        "old_way_s",
+        "download_only_s",
+        "upload_only_s",
+        "floor_s",
+        "app_vs_old_way",
+        "app_vs_floor",
+        "floor_vs_old_way",
+        "app_MiB_per_s",
+        "app_storage_max_in_flight",
+        "cpu_share_during_app.app",
+        "cpu_share_during_app.azurite",
+        "cpu_share_during_app.emulator",
+    ),
+    "memory": (
+        "max_growth_MiB",
+        "spread_MiB",
+        "growth_per_GiB_of_file_MiB",
+        "app_cpu_s_per_GiB",
+        "expected_MiB",
+    ),
+    "many_files": (
+        "concurrent_s",
+        "sequential_s",
+        "upload_only_s",
+        "concurrent_vs_sequential",
+        "concurrent_vs_upload_only",
+        "upload_only_vs_sequential",
+        "storage_max_in_flight.concurrent",
+        "storage_max_in_flight.sequential",
+        "cpu_share.concurrent.azurite",
+    ),
+    "concurrent_runs": ("wall_s", "runs_per_s", "run_latency_median_s", "run_latency_max_s", "poll_first_sees_done_s"),
+    "per_run": (
+        "median_s",
+        "median_without_poll_sleep_s",
+        "poll_sleep_share",
+        "model_requests_per_run",
+        "storage_requests_per_run",
+        "identity_requests_after_first_run",
+        "delegation_key_requests_after_first_run",
+        "first_run.model_requests",
+        "first_run.identity_requests",
+        "first_run.storage_requests",
+        "first_run.delegation_key_requests",
+    ),
+    "cold_start": ("app_import_s", "dependencies_import_s", "app_vs_dependencies"),
+}
+GOALS = {
+    "large_file.app_vs_old_way",
+    "large_file.app_vs_floor",
+    "memory.max_growth_MiB",
+    "memory.spread_MiB",
+    "many_files.concurrent_vs_sequential",
+    "concurrent_runs.wall_s",
+    "per_run.identity_requests_after_first_run",
+    "per_run.delegation_key_requests_after_first_run",
+    "cold_start.app_vs_dependencies",
+}
+
+
+def figure(results: dict[str, Any], dotted: str) -> Any:
+    value: Any = results
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def is_figure(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> None:
+    plan = PLANS["smoke"]
+    results = await run_benchmarks(rig, plan)
+
+    data = json.loads(write_results(results, tmp_path / "smoke.json").read_text())
+    assert set(STAGES) <= set(data) and set(FIGURES) == set(STAGES)
+    dotted = [f"{stage}.{name}" for stage, names in FIGURES.items() for name in names]
+    missing = [name for name in dotted if not is_figure(figure(data, name))]
+    assert not missing, missing
+    assert [s["bytes"] for s in data["memory"]["sizes"]] == list(plan.memory_sizes)
+    assert all(is_figure(s["rss_growth_bytes"]) and is_figure(s["copy_s"]) for s in data["memory"]["sizes"])
+    assert {g["figure"] for g in data["goals"]} == GOALS
+    assert all(isinstance(g["met"], bool) and is_figure(g["value"]) for g in data["goals"])
+    assert data["machine"]["nproc"] >= 1 and data["tuning"]["BLOCK_BYTES"] > 0
+
+    printed = table(data)
+    for heading in ("1. large file", "2. memory", "3. ", "4. ", "5. per run", "6. cold start", "goals:"):
+        assert heading in printed
