@@ -72,7 +72,7 @@ def functions() -> dict[str, Any]:
         else:
             import function_app
 
-            _functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+            _functions = {str(f.get_function_name()): f for f in function_app.app.get_functions()}
     return _functions
 
 
@@ -191,7 +191,7 @@ class StorageCounter:
             finally:
                 self.in_flight -= 1
 
-        self._transport.send = counting_send
+        self._transport.send = counting_send  # type: ignore[method-assign]
 
     def take(self) -> Counter[str]:
         counts, self.counts, self.max_in_flight = self.counts, Counter(), 0

@@ -1,4 +1,4 @@
-"""Tuning sweep: `.venv/bin/python -m bench.tune [--reps N] [--mib N]` (about 3 minutes).
+"""Tuning sweep: `.venv/bin/python -m bench.tune [--reps N] [--mib N]` (about 4 minutes).
 
 For each variant of BLOCK_BYTES / BLOCKS_IN_FLIGHT / DOWNLOAD_CHUNK_BYTES, one large file copied
 by the app in a fresh process (time, the app's CPU, peak RSS growth); then COPY_CONCURRENCY for
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tune", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--mib", type=int, default=256, help="size of the one large file")
     args = parser.parse_args(argv)
     with started_rig() as rig:

@@ -23,9 +23,11 @@ from .naming import content_disposition, manifest_blob, run_prefix, valid_unicod
 from .settings import Settings
 
 MIB = 1024 * 1024
-# Measured with `python -m bench.tune`: 2-8 MiB blocks and 2-8 in flight copy equally fast against
-# Azurite (its CPU is the limit), 1 in flight is ~30% slower; each block in flight costs about twice
-# its size (the TLS layer holds the request's ciphertext too): 4 x 4 MiB peaks at ~52 MiB per copy.
+# Measured with `python -m bench.tune`: with 2-8 MiB blocks and 2-8 in flight a copy takes the same
+# time within the noise (Azurite's CPU is the limit there), 1 in flight is 15-30% slower; each block
+# in flight costs about twice its size (TLS buffers): 4 x 4 MiB peaks at ~52 MiB per copy, 8 x 4 or
+# 4 x 8 MiB at 85-110 MiB. Real storage has latency that bytes in flight hide, so keep the most that
+# stay within the 64 MiB memory goal.
 BLOCK_BYTES = 4 * MIB
 BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 SAS_START_SKEW = timedelta(minutes=5)  # clocks of callers and of the service differ a little
