@@ -6,7 +6,7 @@ The app is called as the Functions Python worker calls it: the indexed function'
 awaited on one event loop with a ``func.HttpRequest`` and a context. Storage and the model are
 reached with the managed identity (the rig's identity endpoint), as in production. Nothing here
 switches the app's behaviour; the few private attributes read (the blob client's transport, to
-count storage requests; the poll's first delay, to show what waiting costs) are named where used.
+count storage requests) are named where used.
 """
 
 from __future__ import annotations
@@ -341,8 +341,10 @@ async def large_file(rig: Rig, plan: Plan) -> dict[str, Any]:
     prompt, specs = script(rig, [{"path": "/mnt/data/large.bin", "size": size}])
     services = await warm(rig)
     # A run of the script for the baselines to read from (started directly: nothing is copied).
-    started_run = await responses_api.start_response(services.openai, services.settings, RunRequest(prompt=prompt))
-    run = rig.emulator.run(started_run.id)
+    started_run = await responses_api.start_response(
+        services.openai, services.settings, RunRequest(prompt=prompt), listen=False
+    )
+    run = rig.emulator.run(started_run.response.id)
     container_id, file_id = run["container_id"], run["files"][0]["file_id"]
     data = content.generate(specs[0]["seed"], size)
     old = await asyncio.to_thread(OldScript, services)
@@ -552,15 +554,6 @@ async def many_files(rig: Rig, plan: Plan) -> dict[str, Any]:
 # -- 4. concurrent runs on one worker -------------------------------------------------------------
 
 
-def poll_schedule_sees(latency: float) -> float:
-    """When the pipeline's poll first finds a run of this model latency done (its sleeps alone)."""
-    elapsed, delay = 0.0, responses_api._POLL_FIRST_SECONDS
-    while elapsed < latency:
-        elapsed += delay
-        delay = min(delay * 1.5, responses_api._POLL_MAX_SECONDS)
-    return elapsed
-
-
 async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
     prompt, specs = script(rig, [{"path": "/mnt/data/result.csv", "content": "a,b\n1,2\n"}], plan.concurrent_latency)
     await warm(rig)
@@ -587,21 +580,11 @@ async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
         "runs_per_s": plan.concurrent_runs / wall,
         "run_latency_median_s": statistics.median(latencies),
         "run_latency_max_s": max(latencies),
-        "poll_first_sees_done_s": poll_schedule_sees(plan.concurrent_latency),
+        "overhead_past_model_median_s": statistics.median(latencies) - plan.concurrent_latency,
     }
 
 
 # -- 5. per-run cost -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _poll_first_delay(seconds: float) -> Iterator[None]:
-    saved = responses_api._POLL_FIRST_SECONDS
-    responses_api._POLL_FIRST_SECONDS = seconds
-    try:
-        yield
-    finally:
-        responses_api._POLL_FIRST_SECONDS = saved
 
 
 def _model_requests(rig: Rig) -> Counter[str]:
@@ -633,26 +616,15 @@ async def per_run(rig: Rig, plan: Plan) -> dict[str, Any]:
                 times.append(time.perf_counter() - started)
             model, storage_counts = _model_requests(rig), counter.take()
             identity = rig.identity.stats()["requests"]
-            # The same runs without the poll's first sleep: how much of a run is waiting.
-            no_poll = []
-            with _poll_first_delay(0.0):
-                for _ in range(plan.per_run_no_poll_runs):
-                    started = time.perf_counter()
-                    check_files(await post_run(prompt), specs)
-                    no_poll.append(time.perf_counter() - started)
         finally:
             counter.remove()
     runs = plan.per_run_runs
     median = statistics.median(times)
-    median_no_poll = statistics.median(no_poll)
     return {
         "runs": runs,
         "median_s": median,
         "p90_s": statistics.quantiles(times, n=10)[-1] if runs >= 2 else times[0],
         "runs_per_s_sequential": 1 / median,
-        "median_without_poll_sleep_s": median_no_poll,
-        "poll_sleep_share": max(0.0, median - median_no_poll) / median,
-        "poll_first_delay_s": responses_api._POLL_FIRST_SECONDS,
         "model_requests_per_run": sum(model.values()) / runs,
         "model_requests_by_kind_per_run": {k: v / runs for k, v in sorted(model.items())},
         "storage_requests_per_run": sum(storage_counts.values()) / runs,

@@ -24,7 +24,6 @@ class Plan:
     concurrent_latency: float  # ... with this model latency
     concurrent_reps: int
     per_run_runs: int  # 5. sequential runs of one small file, no model latency
-    per_run_no_poll_runs: int  # the same without the poll's first sleep (what waiting costs)
     cold_reps: int  # 6. fresh interpreters per import variant
 
     @property
@@ -45,7 +44,6 @@ FULL = Plan(
     concurrent_latency=1.0,
     concurrent_reps=3,
     per_run_runs=200,
-    per_run_no_poll_runs=50,
     cold_reps=7,
 )
 
@@ -64,7 +62,6 @@ PLANS = {
         concurrent_latency=0.2,
         concurrent_reps=1,
         per_run_runs=3,
-        per_run_no_poll_runs=2,
         cold_reps=1,
     ),
 }

@@ -57,15 +57,18 @@ async def create_run(services: Services, request: RunRequest, log: RunLog) -> di
     try:
         async with asyncio.timeout_at(deadline):
             with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
-                response = await responses_api.start_response(services.openai, services.settings, request)
-                if not is_valid_response_id(response.id):
+                started = await responses_api.start_response(
+                    services.openai, services.settings, request, listen=request.wait
+                )
+                if not is_valid_response_id(started.response.id):
+                    await started.stop_listening()
                     raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
-                log.response_id = response.id
+                log.response_id = started.response.id
     except TimeoutError:
         raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
     if not request.wait:
-        return Accepted(response.id, response.status or "queued")
-    return await _see_through(services, response, request.collect, ttl, deadline, log)
+        return Accepted(started.response.id, started.response.status or "queued")
+    return await _see_through(services, started, request.collect, ttl, deadline, log)
 
 
 async def get_run(
@@ -87,7 +90,7 @@ async def get_run(
     if response.status in responses_api.RUNNING:
         return Accepted(response.id, response.status or "queued")
     collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
-    return await _see_through(services, response, collect, ttl, deadline, log)
+    return await _see_through(services, responses_api.StartedRun(response), collect, ttl, deadline, log)
 
 
 async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
@@ -121,18 +124,25 @@ async def _retrieve(services: Services, response_id: str) -> Response:
 
 
 async def _see_through(
-    services: Services, response: Response, collect: Collect, ttl: timedelta, deadline: float, log: RunLog
+    services: Services,
+    started: responses_api.StartedRun,
+    collect: Collect,
+    ttl: timedelta,
+    deadline: float,
+    log: RunLog,
 ) -> dict[str, Any] | Accepted:
     """Wait for the model, copy the files; past the deadline, answer 202 and lose nothing."""
+    response = started.response
     stage = response.status or "queued"
     try:
         async with asyncio.timeout_at(deadline):
-            if response.status in responses_api.RUNNING:
+            if response.status in responses_api.RUNNING or started.events is not None:
                 with log.step(2, "wait for the model", status=response.status):
-                    response = await responses_api.wait_for_response(services.openai, response)
+                    response = await responses_api.wait_for_response(services.openai, response, started.events)
             _raise_for_status(response)
             stage = "copying"
-            record = await services.finishing.run(response.id, lambda: _finish(services, response, collect, log))
+            done = response
+            record = await services.finishing.run(response.id, lambda: _finish(services, done, collect, log))
     except TimeoutError:
         log.warning("time budget spent, answering 202", stage=stage, budget_s=services.settings.run_wait_seconds)
         return Accepted(response.id, stage)

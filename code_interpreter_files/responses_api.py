@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import openai
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.identity.aio import get_bearer_token_provider
-from openai import AsyncOpenAI
-from openai.types.responses import Response
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.responses import Response, ResponseStreamEvent
 
 from .models import ContainerFile, RunRequest
 from .settings import Settings
@@ -40,24 +41,61 @@ def build_client(settings: Settings, credential: AsyncTokenCredential | None) ->
     )
 
 
-async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRequest) -> Response:
-    """Start the run in background mode: it outlives any one HTTP request, and its id comes at once."""
-    options: dict[str, Any] = {}
-    if request.instructions is not None:
-        options["instructions"] = request.instructions
-    return await client.responses.create(
+@dataclass
+class StartedRun:
+    """A run started in background mode, with its event stream while the caller listens."""
+
+    response: Response
+    events: AsyncStream[ResponseStreamEvent] | None = None
+
+    async def stop_listening(self) -> None:
+        """Close the event stream; the run goes on in Azure OpenAI (background mode)."""
+        if self.events is not None:
+            await self.events.close()
+
+
+async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRequest, *, listen: bool) -> StartedRun:
+    """Start the run in background mode: it outlives any one HTTP request, and its id comes at once.
+
+    With `listen`, also stream its events (`background` + `stream`), so the end of the run is seen
+    the moment it happens, with no polling; closing the stream does not stop the run.
+    """
+    options: dict[str, Any] = {"instructions": request.instructions} if request.instructions is not None else {}
+    created = await client.responses.create(
         model=settings.deployment,
         input=request.prompt,
         tools=[CODE_INTERPRETER_TOOL],  # type: ignore[list-item]
         background=True,
         store=True,
+        stream=listen,
         metadata={"collect": request.collect},
         **options,
     )
+    if isinstance(created, Response):
+        return StartedRun(created)
+    try:
+        async for event in created:  # the first event, response.created, carries the id
+            if isinstance(getattr(event, "response", None), Response):
+                return StartedRun(event.response, created)  # type: ignore[union-attr]
+    except BaseException:
+        await created.close()
+        raise
+    raise RuntimeError("the Responses API event stream ended before the response was created")
 
 
-async def wait_for_response(client: AsyncOpenAI, response: Response) -> Response:
-    """Poll until the run leaves queued/in_progress; the caller bounds the wait with a timeout."""
+async def wait_for_response(
+    client: AsyncOpenAI, response: Response, events: AsyncStream[ResponseStreamEvent] | None = None
+) -> Response:
+    """Follow the run's events until it ends; poll when there is no stream or it ended early.
+    The caller bounds the wait with a timeout, which also closes the stream."""
+    if events is not None:
+        async with events:
+            async for event in events:
+                update = getattr(event, "response", None)
+                if isinstance(update, Response) and update.id == response.id:
+                    response = update
+                    if response.status not in RUNNING:
+                        return response
     delay = _POLL_FIRST_SECONDS
     while response.status in RUNNING:
         await asyncio.sleep(delay)

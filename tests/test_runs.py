@@ -57,6 +57,9 @@ async def test_default_run_copies_the_cited_file_in_every_auth_mode(
     sas = parse_qs(urlsplit(file["url"]).query)
     assert ("skoid" in sas) == (storage == "identity")  # user delegation SAS vs service SAS
     assert sas["spr"] == ["https"]
+    request = rig.emulator.run(answer["response_id"])["request"]
+    assert (request["background"], request["store"], request["stream"]) == (True, True, True)
+    assert rig.emulator.stats()["requests"].get("GET /responses/{id}", 0) == 0  # the events said when it ended
     auth = rig.emulator.stats()["auth"]
     assert auth["bearer_jwt" if model_auth == "identity" else "api_key"] >= 1
     assert auth["api_key" if model_auth == "identity" else "bearer_jwt"] == 0

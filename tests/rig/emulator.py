@@ -709,12 +709,40 @@ class Emulator:
         )
         script.runs += 1
         self.runs[run.id] = run
+        if body.get("stream"):
+            return await self._stream_events(request, run, background)
         if background:
             return web.json_response(self._response_obj(run, status="queued"))
         remaining = run.created + latency - time.time()
         if remaining > 0:
             await asyncio.sleep(remaining)
         return web.json_response(self._response_obj(run))
+
+    async def _stream_events(self, request: web.Request, run: Run, background: bool) -> web.StreamResponse:
+        """Server-sent events as the Responses API sends them: created, in_progress, then the final
+        event with the whole response. A cancelled run's stream just ends (clients retrieve it)."""
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await stream.prepare(request)
+        sequence = 0
+
+        async def send(kind: str, response: dict[str, Any]) -> None:
+            nonlocal sequence
+            data = json.dumps({"type": kind, "sequence_number": sequence, "response": response})
+            await stream.write(f"event: {kind}\ndata: {data}\n\n".encode())
+            sequence += 1
+
+        finals = {"completed": "response.completed", "failed": "response.failed", "incomplete": "response.incomplete"}
+        try:
+            await send("response.created", self._response_obj(run, status="queued" if background else "in_progress"))
+            await send("response.in_progress", self._response_obj(run, status="in_progress"))
+            while (status := run.status(time.time())) == "in_progress":  # a cancel flips it  # noqa: ASYNC110
+                await asyncio.sleep(min(0.02, max(0.0, run.created + run.latency - time.time())))
+            if status in finals:
+                await send(finals[status], self._response_obj(run))
+            await stream.write_eof()
+        except ConnectionResetError:
+            pass  # the client stopped listening; a background run goes on
+        return stream
 
     def _get_run(self, request: web.Request) -> Run:
         rid = request.match_info["id"]
