@@ -133,12 +133,12 @@ async def _see_through(
 ) -> dict[str, Any] | Accepted:
     """Wait for the model, copy the files; past the deadline, answer 202 and lose nothing."""
     response = started.response
-    stage = response.status or "queued"
+    stage: str = response.status or "queued"
     try:
         async with asyncio.timeout_at(deadline):
             if response.status in responses_api.RUNNING or started.events is not None:
                 with log.step(2, "wait for the model", status=response.status):
-                    response = await responses_api.wait_for_response(services.openai, response, started.events)
+                    response = await responses_api.wait_for_response(services.openai, started)
             _raise_for_status(response)
             stage = "copying"
             done = response
@@ -206,8 +206,8 @@ async def find_files(
     expired: set[str] = set()
     for container_id in run_containers:
         try:
-            for item in await responses_api.list_container_files(client, container_id):
-                listed.setdefault(item.file_id, item)
+            for entry in await responses_api.list_container_files(client, container_id):
+                listed.setdefault(entry.file_id, entry)
         except openai.APIStatusError as error:
             if not responses_api.is_container_expired(error):
                 raise
@@ -244,7 +244,7 @@ async def find_files(
                 )
             )
             continue
-        item = listed.get(citation.file_id)
+        item: ContainerFile | None = listed.get(citation.file_id)
         if item is None:
             # The model can cite thousands of ids that do not exist: look up a bounded number of them.
             if lookups >= limits.max_files_per_run:

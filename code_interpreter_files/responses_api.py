@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +46,15 @@ class StartedRun:
     """A run started in background mode, with its event stream while the caller listens."""
 
     response: Response
-    events: AsyncStream[ResponseStreamEvent] | None = None
+    stream: AsyncStream[ResponseStreamEvent] | None = None
+    events: AsyncIterator[ResponseStreamEvent] | None = None  # the one iterator over `stream`
 
     async def stop_listening(self) -> None:
-        """Close the event stream; the run goes on in Azure OpenAI (background mode)."""
-        if self.events is not None:
-            await self.events.close()
+        """Close the event stream (its iterator first); the run goes on in Azure OpenAI."""
+        if isinstance(self.events, AsyncGenerator):
+            await self.events.aclose()
+        if self.stream is not None:
+            await self.stream.close()
 
 
 async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRequest, *, listen: bool) -> StartedRun:
@@ -73,29 +76,33 @@ async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRe
     )
     if isinstance(created, Response):
         return StartedRun(created)
+    events = created.__aiter__()
+    started = StartedRun(Response.model_construct(), created, events)
     try:
-        async for event in created:  # the first event, response.created, carries the id
+        async for event in events:  # the first event, response.created, carries the id
             if isinstance(getattr(event, "response", None), Response):
-                return StartedRun(event.response, created)  # type: ignore[union-attr]
+                started.response = event.response  # type: ignore[union-attr]
+                return started
+        raise RuntimeError("the Responses API event stream ended before the response was created")
     except BaseException:
-        await created.close()
+        await started.stop_listening()
         raise
-    raise RuntimeError("the Responses API event stream ended before the response was created")
 
 
-async def wait_for_response(
-    client: AsyncOpenAI, response: Response, events: AsyncStream[ResponseStreamEvent] | None = None
-) -> Response:
+async def wait_for_response(client: AsyncOpenAI, started: StartedRun) -> Response:
     """Follow the run's events until it ends; poll when there is no stream or it ended early.
-    The caller bounds the wait with a timeout, which also closes the stream."""
-    if events is not None:
-        async with events:
-            async for event in events:
+    The caller bounds the wait with a timeout; the stream is closed however the wait ends."""
+    response = started.response
+    if started.events is not None:
+        try:
+            async for event in started.events:
                 update = getattr(event, "response", None)
                 if isinstance(update, Response) and update.id == response.id:
                     response = update
                     if response.status not in RUNNING:
                         return response
+        finally:
+            await started.stop_listening()
     delay = _POLL_FIRST_SECONDS
     while response.status in RUNNING:
         await asyncio.sleep(delay)

@@ -32,11 +32,14 @@ BLOCK_BYTES = 4 * MIB
 BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 SAS_START_SKEW = timedelta(minutes=5)  # clocks of callers and of the service differ a little
 _KEY_MARGIN = timedelta(minutes=5)
+
+
 # Retries of each storage request: 3, after about 3, 5 and 9 seconds (1 + 2**n, +-1 s). The SDK's
 # default (15 + 3**n: 18, 24, 42 s) kept one request to a dead storage account going for 80+ s, so
 # two failed operations spent a run's whole time budget (RUN_WAIT_SECONDS) and a clear error became
 # a 202 "copying" loop. Throttling (503) still backs off; a dead account fails in about 20 s.
-STORAGE_RETRY = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2, "random_jitter_range": 1}
+def _storage_retry() -> ExponentialRetry:
+    return ExponentialRetry(retry_total=3, initial_backoff=1, increment_base=2, random_jitter_range=1)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class OutputStore:
     """One per worker: a blob client, the output container, and a cached user delegation key."""
 
     def __init__(self, settings: Settings, credential: AsyncTokenCredential | None) -> None:
-        retry = ExponentialRetry(**STORAGE_RETRY)
+        retry = _storage_retry()
         if settings.storage_account_url:
             self._service = BlobServiceClient(settings.storage_account_url, credential=credential, retry_policy=retry)
             self._account_key: str | None = None
@@ -114,7 +117,7 @@ class OutputStore:
         async def stage(data: bytes) -> None:
             block_id = base64.b64encode(f"{attempt}-{len(block_ids):08d}".encode()).decode()
             block_ids.append(block_id)
-            pending.add(asyncio.create_task(client.stage_block(block_id, data, length=len(data))))
+            pending.add(asyncio.ensure_future(client.stage_block(block_id, data, length=len(data))))
             if len(pending) >= BLOCKS_IN_FLIGHT:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending.difference_update(done)
@@ -173,7 +176,7 @@ class OutputStore:
         else:
             signing = {"user_delegation_key": await self._user_delegation_key(now)}
         token = generate_blob_sas(
-            account_name=self._service.account_name,
+            account_name=str(self._service.account_name),
             container_name=self._container.container_name,
             blob_name=blob,
             permission=BlobSasPermissions(read=True),
