@@ -11,7 +11,6 @@ from urllib.parse import quote
 MANIFEST_NAME = "manifest.json"
 MAX_FILENAME_CHARS = 120
 _MAX_EXTENSION_CHARS = 16
-_CLEAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9_-]{1,120}")
 PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ALLOWED_PUNCTUATION = frozenset(" ._-()+,@=[]&'!~")
@@ -46,7 +45,7 @@ def manifest_blob(response_id: str) -> str:
 
 def _id_segment(file_id: str) -> str:
     """The file id when it is a plain id; a hash otherwise ('~' never appears in a plain id)."""
-    if _CLEAN_ID.fullmatch(file_id):
+    if PLAIN_ID.fullmatch(file_id):
         return file_id
     return "~" + hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
