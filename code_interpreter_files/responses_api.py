@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ RUNNING = frozenset({"queued", "in_progress"})
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _POLL_FIRST_SECONDS = 0.1
 _POLL_MAX_SECONDS = 2.0
+_STREAM_END_SECONDS = 1.0
 
 
 def build_client(settings: Settings, credential: AsyncTokenCredential | None) -> AsyncOpenAI:
@@ -46,15 +48,26 @@ class StartedRun:
     """A run started in background mode, with its event stream while the caller listens."""
 
     response: Response
-    stream: AsyncStream[ResponseStreamEvent] | None = None
-    events: AsyncIterator[ResponseStreamEvent] | None = None  # the one iterator over `stream`
+    events: AsyncStream[ResponseStreamEvent] | None = None
 
     async def stop_listening(self) -> None:
-        """Close the event stream (its iterator first); the run goes on in Azure OpenAI."""
-        if isinstance(self.events, AsyncGenerator):
-            await self.events.aclose()
-        if self.stream is not None:
-            await self.stream.close()
+        """Close the event stream; the run goes on in Azure OpenAI (background mode)."""
+        if self.events is not None:
+            await self.events.close()
+
+
+async def _next_event(events: AsyncStream[ResponseStreamEvent]) -> ResponseStreamEvent | None:
+    """The next event, or None at the end of the stream (read with __anext__: no wrapper generator
+    is left suspended behind a stream that is closed early)."""
+    try:
+        return await events.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _response_of(event: ResponseStreamEvent) -> Response | None:
+    update = getattr(event, "response", None)
+    return update if isinstance(update, Response) else None
 
 
 async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRequest, *, listen: bool) -> StartedRun:
@@ -76,16 +89,13 @@ async def start_response(client: AsyncOpenAI, settings: Settings, request: RunRe
     )
     if isinstance(created, Response):
         return StartedRun(created)
-    events = created.__aiter__()
-    started = StartedRun(Response.model_construct(), created, events)
     try:
-        async for event in events:  # the first event, response.created, carries the id
-            if isinstance(getattr(event, "response", None), Response):
-                started.response = event.response  # type: ignore[union-attr]
-                return started
+        while (event := await _next_event(created)) is not None:  # response.created carries the id
+            if (response := _response_of(event)) is not None:
+                return StartedRun(response, created)
         raise RuntimeError("the Responses API event stream ended before the response was created")
     except BaseException:
-        await started.stop_listening()
+        await created.close()
         raise
 
 
@@ -95,11 +105,17 @@ async def wait_for_response(client: AsyncOpenAI, started: StartedRun) -> Respons
     response = started.response
     if started.events is not None:
         try:
-            async for event in started.events:
-                update = getattr(event, "response", None)
-                if isinstance(update, Response) and update.id == response.id:
+            while (event := await _next_event(started.events)) is not None:
+                update = _response_of(event)
+                if update is not None and update.id == response.id:
                     response = update
                     if response.status not in RUNNING:
+                        # The service ends the stream right after the final event: read to its end,
+                        # so that the SDK's generators finish instead of waiting for the collector.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_STREAM_END_SECONDS):
+                                while await _next_event(started.events) is not None:
+                                    pass
                         return response
         finally:
             await started.stop_listening()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -185,3 +187,24 @@ async def test_unknown_and_malformed_run_ids(app: AppClient) -> None:
         assert reply.status == 400 and reply.error_code() == "invalid_run_id", bad
     reply = await app.get_run("resp_abc", sas_ttl_minutes="-1")
     assert reply.status == 400
+
+
+def _suspended_sdk_generators() -> set[int]:
+    """Async generators of the HTTP stack that were started and neither finished nor closed."""
+    gc.collect()
+    return {
+        id(g)
+        for g in gc.get_objects()
+        if inspect.isasyncgen(g)
+        and g.ag_frame is not None
+        and any(part in g.ag_code.co_filename for part in ("openai", "httpx2", "httpcore2"))
+    }
+
+
+async def test_a_finished_run_leaves_no_stream_half_read(app: AppClient) -> None:
+    """The event stream is read to its end: nothing is left for the garbage collector to close,
+    possibly on another thread, which breaks with 'async generator already executing'."""
+    before = _suspended_sdk_generators()
+    for _ in range(3):
+        assert (await app.post_run(prompt="hello")).status == 200
+    assert _suspended_sdk_generators() - before == set()
