@@ -110,7 +110,9 @@ def _error_for(error: Exception) -> ApiError:
             f"Azure OpenAI answered {error.status_code}: {hint}",
             upstream_status=error.status_code,
         )
-    if isinstance(error, ClientAuthenticationError):
+    if isinstance(error, ClientAuthenticationError) or (
+        isinstance(error, HttpResponseError) and error.status_code in (401, 403)
+    ):
         return ApiError(
             502,
             "storage_auth_error",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -10,13 +11,12 @@ from urllib.parse import quote
 
 import httpx2
 import openai
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from openai.types.responses import Response
 
 from . import responses_api
 from .citations import answer_text, container_ids, file_citations, is_id_like, link_files
 from .errors import ApiError, FileCopyError
-from .identity import IdentityError
 from .models import Collect, ContainerFile, CopiedFile, FailedFile, FoundFile, RunRecord, RunRequest
 from .naming import blob_name, content_type_for, is_plain_id, is_valid_response_id, safe_filename, valid_unicode
 from .runlog import RunLog
@@ -108,9 +108,11 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
             await services.openai.responses.cancel(response_id)
         except openai.BadRequestError:
             log.info("the response finished before it could be cancelled")
+    await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
     deleted = await services.store.delete_run(response_id)
     if response is not None:
-        await services.openai.responses.delete(response_id)
+        with contextlib.suppress(openai.NotFoundError):  # a concurrent DELETE got there first
+            await services.openai.responses.delete(response_id)
     elif deleted == 0:
         raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
     log.info("run deleted", blobs_deleted=deleted)
@@ -212,7 +214,7 @@ async def find_files(
             if not responses_api.is_container_expired(error):
                 raise
             expired.add(container_id)
-    if expired and not citations:
+    if expired and not citations and not listed:
         raise ApiError(
             410,
             "container_expired",
@@ -359,8 +361,16 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
             f"the download from the container broke off ({type(error).__name__}); ask again to retry",
             True,
         )
-    except IdentityError:
-        raise
+    except HttpResponseError as error:
+        if error.status_code in (401, 403):  # a missing role or a refused token: the run's problem, not the file's
+            raise
+        failure = FailedFile(
+            file.filename,
+            file.file_id,
+            "storage_error",
+            f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry",
+            True,
+        )
     except AzureError as error:
         failure = FailedFile(
             file.filename,

@@ -117,6 +117,8 @@ async def wait_for_response(client: AsyncOpenAI, started: StartedRun) -> Respons
                                 while await _next_event(started.events) is not None:
                                     pass
                         return response
+        except openai.APIConnectionError:  # the stream broke off (or timed out): the run goes on
+            pass
         finally:
             await started.stop_listening()
     delay = _POLL_FIRST_SECONDS

@@ -20,7 +20,6 @@ class RunLog:
         self.invocation_id = invocation_id
         self.operation = operation
         self.response_id: str | None = None
-        self.timings_ms: dict[str, int] = {}
 
     def _fields(self, **fields: Any) -> tuple[str, dict[str, Any]]:
         context = {"invocation_id": self.invocation_id, "response_id": self.response_id or "-", **fields}
@@ -45,7 +44,6 @@ class RunLog:
             outcome = "done"
         finally:
             elapsed = round((time.perf_counter() - started) * 1000)
-            self.timings_ms[name] = elapsed
             self.info(f"[{number}/{STEPS}] {name} {outcome}", elapsed_ms=elapsed)
 
     def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

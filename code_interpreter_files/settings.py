@@ -27,6 +27,8 @@ SETTING_NAMES: tuple[str, ...] = (
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
 HTTP_ANSWER_LIMIT_SECONDS = 230
+# A user delegation key lives at most 7 days; the app asks for one that covers the longest TTL + 1 h.
+MAX_SAS_TTL_MINUTES = 7 * 24 * 60 - 65
 
 
 class SettingsError(Exception):
@@ -135,6 +137,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             invalid["OUTPUT_STORAGE_ACCOUNT_URL"] = str(error)
     if not account_url and not connection_string:
         missing.append("OUTPUT_STORAGE_ACCOUNT_URL or OUTPUT_STORAGE_CONNECTION_STRING")
+    if connection_string and not _signs_with_account_key(connection_string):
+        invalid["OUTPUT_STORAGE_CONNECTION_STRING"] = "needs AccountKey= (to sign links) or UseDevelopmentStorage=true"
     if account_url and connection_string:
         invalid["OUTPUT_STORAGE_CONNECTION_STRING"] = "set only one of it and OUTPUT_STORAGE_ACCOUNT_URL"
 
@@ -142,8 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _valid_container_name(container):
         invalid["OUTPUT_CONTAINER"] = "3-63 lowercase letters, digits and single hyphens"
 
-    ttl_max = integer("SAS_TTL_MAX_MINUTES", 1440, 1, 7 * 24 * 60)
-    ttl = integer("SAS_TTL_MINUTES", min(60, ttl_max), 1, 7 * 24 * 60)
+    ttl_max = integer("SAS_TTL_MAX_MINUTES", 1440, 1, MAX_SAS_TTL_MINUTES)
+    ttl = integer("SAS_TTL_MINUTES", min(60, ttl_max), 1, MAX_SAS_TTL_MINUTES)
     if ttl > ttl_max and "SAS_TTL_MINUTES" not in invalid:
         invalid["SAS_TTL_MINUTES"] = "must not exceed SAS_TTL_MAX_MINUTES"
 
@@ -165,6 +169,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if missing or invalid:
         raise SettingsError(missing, invalid)
     return settings
+
+
+def _signs_with_account_key(connection_string: str) -> bool:
+    """Service SAS links are signed with the account key: a SAS-only connection string cannot sign."""
+    parts = dict(p.split("=", 1) for p in connection_string.split(";") if "=" in p)
+    keys = {k.strip().lower(): v.strip() for k, v in parts.items()}
+    return bool(keys.get("accountkey")) or keys.get("usedevelopmentstorage", "").lower() == "true"
 
 
 def _valid_container_name(name: str) -> bool:

@@ -32,5 +32,18 @@ class SingleFlight:
         finally:
             waiters[0] -= 1
             if waiters[0] == 0 and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await self._cancel(key, flight)
+
+    async def cancel(self, key: str) -> None:
+        """Stop the work for `key`, if any (its run is being deleted)."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            await self._cancel(key, flight)
+
+    async def _cancel(self, key: str, flight: tuple[asyncio.Task[Any], list[int]]) -> None:
+        # Forget the flight first: a caller arriving while it winds down starts a new one instead
+        # of joining a cancelled task (and getting CancelledError, which no JSON answer catches).
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight[0].cancel()
+        await asyncio.gather(flight[0], return_exceptions=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import uuid
@@ -228,10 +229,11 @@ class OutputStore:
             deleted += 1
         except ResourceNotFoundError:
             pass
-        async for blob in self._container.list_blobs(name_starts_with=run_prefix(response_id) + "/"):
-            try:
-                await self._container.delete_blob(blob.name)
-                deleted += 1
-            except ResourceNotFoundError:
-                pass
+        try:
+            async for blob in self._container.list_blobs(name_starts_with=run_prefix(response_id) + "/"):
+                with contextlib.suppress(ResourceNotFoundError):
+                    await self._container.delete_blob(blob.name)
+                    deleted += 1
+        except ResourceNotFoundError:  # no output container yet: nothing to delete
+            pass
         return deleted

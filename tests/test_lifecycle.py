@@ -208,3 +208,24 @@ async def test_a_finished_run_leaves_no_stream_half_read(app: AppClient) -> None
     for _ in range(3):
         assert (await app.post_run(prompt="hello")).status == 200
     assert _suspended_sdk_generators() - before == set()
+
+
+async def test_a_broken_event_stream_falls_back_to_polling(app: AppClient, rig) -> None:
+    info = app.script(latency=0.5, cut_events=True, files=[{"path": "/mnt/data/a.txt", "content": "a"}])
+    polls = rig.emulator.stats()["requests"].get("GET /responses/{id}", 0)
+    reply = await app.post_run(prompt=info["prompt"])
+    assert reply.status == 200, reply.body
+    assert [f["filename"] for f in reply.json["files"]] == ["a.txt"]
+    assert rig.emulator.stats()["requests"]["GET /responses/{id}"] > polls
+
+
+async def test_delete_before_any_output_container_exists_is_404(app: AppClient, configure) -> None:
+    configure(OUTPUT_CONTAINER="never-created-yet")
+    reply = await app.delete_run("resp_neverexisted")
+    assert reply.status == 404 and reply.error_code() == "run_not_found"
+
+
+async def test_concurrent_deletes_are_204_and_404_never_502(app: AppClient) -> None:
+    answer = (await app.post_run(prompt="twice")).json
+    replies = await asyncio.gather(*(app.delete_run(answer["response_id"]) for _ in range(2)))
+    assert sorted(r.status for r in replies) in ([204, 204], [204, 404])

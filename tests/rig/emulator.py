@@ -144,6 +144,7 @@ class Script:
     error: dict[str, Any] | None = None
     container_expires: Any = "never"
     no_container: bool = False
+    cut_events: bool = False  # the event stream breaks off after response.in_progress
     extra_annotations: list[dict[str, Any]] = field(default_factory=list)
     runs: int = 0
 
@@ -283,7 +284,7 @@ def _parse_fail(raw: Any) -> FailSpec:
 
 def _parse_script(script_id: str, body: Any) -> Script:
     """Validate a script body (fields: files, text, latency, fail_first, status, error,
-    container_expires, no_container, extra_annotations).
+    container_expires, no_container, extra_annotations, cut_events).
 
     In ``extra_annotations`` the string ``"$container_id"`` becomes the run's container id and
     ``"$file_id:<n>"`` the id of the run's n-th file (as listed in ``files``)."""
@@ -321,6 +322,7 @@ def _parse_script(script_id: str, body: Any) -> Script:
         container_expires=expires,
         no_container=bool(body.get("no_container", False)),
         extra_annotations=extra,
+        cut_events=bool(body.get("cut_events", False)),
     )
 
 
@@ -735,6 +737,10 @@ class Emulator:
         try:
             await send("response.created", self._response_obj(run, status="queued" if background else "in_progress"))
             await send("response.in_progress", self._response_obj(run, status="in_progress"))
+            if run.script.cut_events:
+                if request.transport is not None:
+                    request.transport.close()  # the connection drops mid-stream
+                return stream
             while (status := run.status(time.time())) == "in_progress":  # a cancel flips it  # noqa: ASYNC110
                 await asyncio.sleep(min(0.02, max(0.0, run.created + run.latency - time.time())))
             if status in finals:
