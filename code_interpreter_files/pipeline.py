@@ -361,17 +361,9 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
             f"the download from the container broke off ({type(error).__name__}); ask again to retry",
             True,
         )
-    except HttpResponseError as error:
-        if error.status_code in (401, 403):  # a missing role or a refused token: the run's problem, not the file's
-            raise
-        failure = FailedFile(
-            file.filename,
-            file.file_id,
-            "storage_error",
-            f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry",
-            True,
-        )
     except AzureError as error:
+        if isinstance(error, HttpResponseError) and error.status_code in (401, 403):
+            raise  # a missing role or a refused token: the run's problem, not the file's
         failure = FailedFile(
             file.filename,
             file.file_id,
