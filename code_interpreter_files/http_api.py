@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,10 +12,10 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import pipeline
+from . import pipeline, responses_api
 from .errors import ApiError
 from .identity import IdentityError
-from .models import RunRequest
+from .models import RunRequest, UnsupportedManifest
 from .naming import is_valid_response_id, valid_unicode
 from .runlog import RunLog, logger
 from .services import get_services
@@ -93,16 +94,28 @@ def _error_for(error: Exception) -> ApiError:
         return ApiError(503, "not_configured", f"{error}; see the README's settings table")
     if isinstance(error, IdentityError):
         return ApiError(503, "identity_error", str(error))
+    if isinstance(error, UnsupportedManifest):
+        return ApiError(500, "unsupported_manifest", str(error))
+    if isinstance(error, openai.RateLimitError):
+        asked = responses_api.retry_after_seconds(error.response.headers, str(error.message))
+        seconds = max(1, math.ceil(asked if asked is not None else responses_api.DEFAULT_RETRY_AFTER_SECONDS))
+        return ApiError(
+            429,
+            "rate_limited",
+            f"Azure OpenAI is rate limiting this deployment; retry after {seconds} seconds",
+            headers={"Retry-After": str(seconds)},
+            upstream_status=429,
+        )
     if isinstance(error, openai.APITimeoutError):
         return ApiError(504, "timeout", "Azure OpenAI did not answer in time")
     if isinstance(error, openai.APIConnectionError):
         return ApiError(502, "upstream_error", "could not reach Azure OpenAI: check AZURE_OPENAI_ENDPOINT")
     if isinstance(error, openai.APIStatusError):
         hint = {
-            401: "the credentials were refused: check the API key, or that the identity's token is valid",
+            401: "the credentials were refused: check the API key, or the identity's token and its audience "
+            "(AZURE_OPENAI_TOKEN_SCOPE: https://ai.azure.com/.default or https://cognitiveservices.azure.com/.default)",
             403: "the identity lacks the Cognitive Services OpenAI User role on the Azure OpenAI resource",
             404: "check AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT",
-            429: "rate limited even after retries: try again later",
         }.get(error.status_code, "try again later")
         return ApiError(
             502,

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-from dataclasses import dataclass
+import mimetypes
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -15,9 +20,20 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from openai.types.responses import Response
 
 from . import responses_api
-from .citations import answer_text, container_ids, file_citations, is_id_like, link_files
+from .citations import answer_text, container_ids, file_citations, image_outputs, is_id_like, link_files
 from .errors import ApiError, FileCopyError
-from .models import Collect, ContainerFile, CopiedFile, FailedFile, FoundFile, RunRecord, RunRequest
+from .models import (
+    Citation,
+    Collect,
+    ContainerFile,
+    CopiedFile,
+    FailedFile,
+    FoundFile,
+    Origin,
+    RunRecord,
+    RunRequest,
+    RunWarning,
+)
 from .naming import blob_name, content_type_for, is_plain_id, is_valid_response_id, safe_filename, valid_unicode
 from .runlog import RunLog
 from .services import Services
@@ -25,9 +41,14 @@ from .services import Services
 RETRY_AFTER_SECONDS = 5
 FAILED_STATUSES = {
     "failed": (502, "run_failed"),
-    "incomplete": (502, "run_incomplete"),
     "cancelled": (409, "run_cancelled"),
 }
+CONTAINER_GONE = (
+    "the Code Interpreter container expired or was deleted (containers end after 20 idle minutes, and on Azure "
+    "after one hour however busy)"
+)
+_DATA_IMAGE = re.compile(r"data:(image/[a-z0-9.+-]{1,40});base64,", re.IGNORECASE)
+_DELETE_RESPONSE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,15 @@ class Accepted:
 
     response_id: str
     status: str
+
+
+@dataclass(kw_only=True)
+class Findings:
+    """What find_files learnt: the files to copy, those already lost, and what the caller should know."""
+
+    found: list[FoundFile] = field(default_factory=list)
+    failed: list[FailedFile] = field(default_factory=list)
+    warnings: list[RunWarning] = field(default_factory=list)
 
 
 def sas_ttl(services: Services, minutes: int | None) -> timedelta:
@@ -54,21 +84,27 @@ async def create_run(services: Services, request: RunRequest, log: RunLog) -> di
     """POST /api/runs: start the run; with `wait`, see it through within the time budget."""
     ttl = sas_ttl(services, request.sas_ttl_minutes)
     deadline = _deadline(services)
-    try:
-        async with asyncio.timeout_at(deadline):
-            with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
-                started = await responses_api.start_response(
-                    services.openai, services.settings, request, listen=request.wait
-                )
-                if not is_valid_response_id(started.response.id):
-                    await started.stop_listening()
-                    raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
-                log.response_id = started.response.id
-    except TimeoutError:
-        raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
-    if not request.wait:
-        return Accepted(started.response.id, started.response.status or "queued")
-    return await _see_through(services, started, request.collect, ttl, deadline, log)
+    with responses_api.deadline_of_answer(deadline):
+        try:
+            async with asyncio.timeout_at(deadline):
+                with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
+                    started = await responses_api.start_response(
+                        services.openai,
+                        services.settings,
+                        prompt=request.prompt,
+                        instructions=request.instructions,
+                        metadata={"collect": request.collect},
+                        listen=request.wait,
+                    )
+                    if not is_valid_response_id(started.response.id):
+                        await started.stop_listening()
+                        raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
+                    log.response_id = started.response.id
+        except TimeoutError:
+            raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
+        if not request.wait:
+            return Accepted(started.response.id, started.response.status or "queued")
+        return await _see_through(services, started, request.collect, ttl, deadline, log)
 
 
 async def get_run(
@@ -81,20 +117,25 @@ async def get_run(
     if manifest is not None:
         return await answer(services, RunRecord.from_manifest(manifest), ttl, log)
     deadline = _deadline(services)
-    try:
-        async with asyncio.timeout_at(deadline):
-            with log.step(1, "retrieve response"):
-                response = await _retrieve(services, response_id)
-    except TimeoutError:
-        raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
-    if response.status in responses_api.RUNNING:
-        return Accepted(response.id, response.status or "queued")
-    collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
-    return await _see_through(services, responses_api.StartedRun(response), collect, ttl, deadline, log)
+    with responses_api.deadline_of_answer(deadline):
+        try:
+            async with asyncio.timeout_at(deadline):
+                with log.step(1, "retrieve response"):
+                    response = await _retrieve(services, response_id)
+        except TimeoutError:
+            raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
+        if response.status in responses_api.RUNNING:
+            return Accepted(response.id, response.status or "queued")
+        collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
+        return await _see_through(services, responses_api.StartedRun(response=response), collect, ttl, deadline, log)
 
 
 async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
-    """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response."""
+    """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response.
+
+    Once the blobs are gone the answer is 204 whatever the response delete says: Azure may refuse to
+    delete a response that still runs (cancel is best effort), which is logged and retried briefly.
+    """
     log.response_id = response_id
     try:
         response: Response | None = await _retrieve(services, response_id)
@@ -106,21 +147,38 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
         log.info("cancelling the running response")
         try:
             await services.openai.responses.cancel(response_id)
-        except openai.BadRequestError:
-            log.info("the response finished before it could be cancelled")
+        except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError):
+            log.info("the response could not be cancelled (it finished, or the service refused)")
     await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
     deleted = await services.store.delete_run(response_id)
     if response is not None:
-        with contextlib.suppress(openai.NotFoundError):  # a concurrent DELETE got there first
-            await services.openai.responses.delete(response_id)
+        await _delete_response(services, response_id, log)
     elif deleted == 0:
         raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
     log.info("run deleted", blobs_deleted=deleted)
 
 
+async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:
+    """Delete the stored response; a refusal after the files are gone is logged, never the caller's error."""
+    for attempt in range(_DELETE_RESPONSE_ATTEMPTS):
+        try:
+            await services.openai.responses.delete(response_id)
+            return
+        except openai.NotFoundError:  # a concurrent DELETE got there first
+            return
+        except (openai.BadRequestError, openai.ConflictError) as error:  # still running: refused for now
+            if attempt + 1 == _DELETE_RESPONSE_ATTEMPTS:
+                log.warning("Azure OpenAI refused to delete the response", upstream=responses_api.describe(error))
+                return
+            await asyncio.sleep(0.5 * 2**attempt)
+        except (openai.APIStatusError, openai.APIConnectionError) as error:
+            log.warning("could not delete the stored response", error=type(error).__name__)
+            return
+
+
 async def _retrieve(services: Services, response_id: str) -> Response:
     try:
-        return await services.openai.responses.retrieve(response_id)
+        return await responses_api.retrieve(services.openai, response_id)
     except openai.NotFoundError:
         raise ApiError(404, "run_not_found", f"Azure OpenAI knows no response {response_id}") from None
 
@@ -140,7 +198,9 @@ async def _see_through(
         async with asyncio.timeout_at(deadline):
             if response.status in responses_api.RUNNING or started.events is not None:
                 with log.step(2, "wait for the model", status=response.status):
-                    response = await responses_api.wait_for_response(services.openai, started)
+                    response = await responses_api.wait_for_response(
+                        services.openai, started, services.settings.run_events_idle_seconds
+                    )
             _raise_for_status(response)
             stage = "copying"
             done = response
@@ -152,15 +212,18 @@ async def _see_through(
 
 
 def _raise_for_status(response: Response) -> None:
+    """A failed or cancelled run has nothing to copy; an incomplete one often wrote files first."""
     if response.status in FAILED_STATUSES:
         status, code = FAILED_STATUSES[response.status]
-        if response.error is not None:
-            reason = f"{response.error.code}: {response.error.message}"
-        elif response.incomplete_details is not None:
-            reason = str(response.incomplete_details.reason)
-        else:
-            reason = "no reason given"
+        reason = f"{response.error.code}: {response.error.message}" if response.error is not None else "no reason given"
         raise ApiError(status, code, f"the run ended with status {response.status} ({reason})")
+
+
+def _incomplete_reason(response: Response) -> str | None:
+    if response.status != "incomplete":
+        return None
+    details = response.incomplete_details
+    return str(details.reason) if details is not None and details.reason else "unknown"
 
 
 async def _finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
@@ -170,25 +233,30 @@ async def _finish(services: Services, response: Response, collect: Collect, log:
         return RunRecord.from_manifest(manifest)
     await services.store.ensure_container()
     with log.step(3, "find files", collect=collect):
-        found, failed = await find_files(services, response, collect)
+        findings = await find_files(services, response, collect)
     log.table(
         "files found",
-        ("filename", "file_id", "bytes", "cited"),
-        [(f.filename, f.file_id, f.bytes if f.bytes is not None else "?", "yes" if f.cited else "no") for f in found],
+        ("filename", "file_id", "bytes", "origin"),
+        [(f.filename, f.file_id, f.bytes if f.bytes is not None else "?", f.origin) for f in findings.found],
     )
-    if not found and not failed:
+    for warning in findings.warnings:
+        log.warning("warning for the caller", code=warning.code, detail=warning.message)
+    if not findings.found and not findings.failed:
         log.warning("no files: the answer cites none and the container holds none the model wrote")
-    with log.step(4, "copy files", count=len(found), concurrency=services.settings.copy_concurrency):
-        copied, copy_failures = await copy_files(services, response.id, found, log)
+    with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
+        copied, copy_failures = await copy_files(services, response.id, findings.found, log)
     record = RunRecord(
-        response.id, response.status or "completed", answer_text(response), copied, failed + copy_failures
+        response_id=response.id,
+        status=response.status or "completed",
+        text=answer_text(response),
+        incomplete_reason=_incomplete_reason(response),
+        files=copied,
+        failed_files=findings.failed + copy_failures,
+        warnings=findings.warnings,
     )
     if not copied and record.failed_files and all(f.code == "container_expired" for f in record.failed_files):
         raise ApiError(
-            410,
-            "container_expired",
-            "the Code Interpreter container expired (20 idle minutes) before its files could be copied: "
-            "run the prompt again",
+            410, "container_expired", f"{CONTAINER_GONE} before its files could be copied: run the prompt again"
         )
     if record.complete and not await services.store.write_manifest(response.id, record.to_manifest()):
         log.info("another request finished this run first; using its manifest")
@@ -196,108 +264,186 @@ async def _finish(services: Services, response: Response, collect: Collect, log:
     return record
 
 
-async def find_files(
-    services: Services, response: Response, collect: Collect
-) -> tuple[list[FoundFile], list[FailedFile]]:
-    """The cited files (by file id), and the container's own assistant files when asked for or
-    when nothing is cited. Citations are untrusted: they must point into this run's containers."""
-    client, limits = services.openai, services.settings
-    citations = file_citations(response)
-    run_containers = container_ids(response)
+async def _list_containers(
+    services: Services, run_containers: list[str]
+) -> tuple[dict[str, ContainerFile], dict[str, openai.APIStatusError]]:
+    """The files of each container by id, and the containers whose listing failed (never fatal:
+    on Azure the listing can fail with 403/404/500 while downloads by id still work)."""
     listed: dict[str, ContainerFile] = {}
-    expired: set[str] = set()
+    unlisted: dict[str, openai.APIStatusError] = {}
     for container_id in run_containers:
         try:
-            for entry in await responses_api.list_container_files(client, container_id):
+            for entry in await responses_api.list_container_files(services.openai, container_id):
                 listed.setdefault(entry.file_id, entry)
         except openai.APIStatusError as error:
-            if not responses_api.is_container_expired(error):
-                raise
-            expired.add(container_id)
-    if expired and not citations and not listed:
-        raise ApiError(
-            410,
-            "container_expired",
-            "the Code Interpreter container expired before its files could be listed: run the prompt again",
-        )
+            unlisted[container_id] = error
+    return listed, unlisted
 
-    found: list[FoundFile] = []
-    failed: list[FailedFile] = []
+
+async def find_files(services: Services, response: Response, collect: Collect) -> Findings:
+    """The cited files (by file id), the images the run only showed, and the container's own
+    assistant files when asked for or when nothing is cited. Citations are untrusted: they must
+    point into this run's containers. A file whose metadata cannot be read is downloaded by id."""
+    limits = services.settings
+    citations = file_citations(response)
+    run_containers = container_ids(response)
+    listed, unlisted = await _list_containers(services, run_containers)
+    findings = Findings()
+    for container_id, error in unlisted.items():
+        fallback = "the cited files are downloaded by id" + (
+            ", and collect=all could not add the uncited ones" if collect == "all" else ""
+        )
+        findings.warnings.append(
+            RunWarning(
+                code="container_listing_failed",
+                message=f"Azure OpenAI answered {responses_api.describe(error)} when listing the files of "
+                f"container {container_id}; {fallback}",
+            )
+        )
+    images = image_outputs(response)
+    if unlisted and not citations and not images and not listed:
+        if all(responses_api.is_container_gone(e) for e in unlisted.values()):
+            raise ApiError(
+                410, "container_expired", f"{CONTAINER_GONE} before its files could be listed: run the prompt again"
+            )
+
     lookups = 0
     for citation in citations:
-        shown = safe_filename(citation.filename or citation.file_id)
+        shown = safe_filename(_citation_name(citation))
         if not is_plain_id(citation.file_id):  # `..`, `x/content`, `%2F`: never part of a URL path
-            failed.append(
+            findings.failed.append(
                 FailedFile(
-                    shown,
-                    valid_unicode(citation.file_id[:128]),
-                    "invalid_citation",
-                    "the citation's file id is not an Azure OpenAI file id",
+                    filename=shown,
+                    file_id=valid_unicode(citation.file_id[:128]),
+                    code="invalid_citation",
+                    message="the citation's file id is not an Azure OpenAI file id",
                 )
             )
             continue
         if citation.container_id not in run_containers:
-            failed.append(
+            findings.failed.append(
                 FailedFile(
-                    shown,
-                    citation.file_id,
-                    "unknown_container",
-                    "the citation points at a container this run did not use",
+                    filename=shown,
+                    file_id=citation.file_id,
+                    code="unknown_container",
+                    message="the citation points at a container this run did not use",
                 )
             )
             continue
         item: ContainerFile | None = listed.get(citation.file_id)
-        if item is None:
+        if item is None and citation.container_id not in unlisted:
             # The model can cite thousands of ids that do not exist: look up a bounded number of them.
             if lookups >= limits.max_files_per_run:
-                failed.append(
+                findings.failed.append(
                     FailedFile(
-                        shown,
-                        citation.file_id,
-                        "too_many_files",
-                        f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files "
-                        "the container does not list; this one was not looked up",
+                        filename=shown,
+                        file_id=citation.file_id,
+                        code="too_many_files",
+                        message=f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) "
+                        "files the container does not list; this one was not looked up",
                     )
                 )
                 continue
             lookups += 1
             try:
-                item = await responses_api.retrieve_container_file(client, citation.container_id, citation.file_id)
+                item = await responses_api.retrieve_container_file(
+                    services.openai, citation.container_id, citation.file_id
+                )
             except openai.APIStatusError as error:
-                failed.append(_download_failure(shown, citation.file_id, error))
-                continue
-        name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
-        found.append(_found(item, name, cited=True))
+                if responses_api.is_container_gone(error) or responses_api.is_file_missing(error):
+                    findings.failed.append(_download_failure(shown, citation.file_id, error))
+                    continue
+                # Metadata unavailable (403, 5xx): the content endpoint may still work.
+        if item is not None:
+            name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
+            findings.found.append(_found(item, name, origin="cited"))
+        else:
+            findings.found.append(
+                FoundFile(
+                    container_id=citation.container_id,
+                    file_id=citation.file_id,
+                    filename=shown,
+                    sandbox_path=citation.sandbox_path,
+                    bytes=None,
+                    origin="cited",
+                )
+            )
+
+    for call_id, container_id, n, url in images:
+        image = _image_output(call_id, container_id, n, url, limits.max_file_bytes)
+        (findings.found if isinstance(image, FoundFile) else findings.failed).append(image)  # type: ignore[arg-type]
+
     # Citations of other containers (or with invalid ids) are not citations of this run's files.
     cited_ids = {c.file_id for c in citations if c.container_id in run_containers and is_plain_id(c.file_id)}
     if collect == "all" or not cited_ids:
-        found += [
-            _found(item, item.path, cited=False)
+        findings.found += [
+            _found(item, item.path, origin="listed")
             for item in listed.values()
             if item.file_id not in cited_ids and item.source in (None, "assistant")
         ]
 
-    over = found[limits.max_files_per_run :]
-    failed += [
+    over = findings.found[limits.max_files_per_run :]
+    findings.failed += [
         FailedFile(
-            f.filename,
-            f.file_id,
-            "too_many_files",
-            f"the run has more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files",
+            filename=f.filename,
+            file_id=f.file_id,
+            code="too_many_files",
+            message=f"the run has more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files",
         )
         for f in over
     ]
-    return found[: limits.max_files_per_run], failed
+    findings.found = findings.found[: limits.max_files_per_run]
+    return findings
 
 
-def _found(item: ContainerFile, name: str | None, *, cited: bool) -> FoundFile:
+def _citation_name(citation: Citation) -> str:
+    """The citation's file name, unless it is only the id: then the `sandbox:` link's, else the id."""
+    if not is_id_like(citation.filename, citation.file_id):
+        return citation.filename or citation.file_id
+    if citation.sandbox_path:
+        return citation.sandbox_path.rsplit("/", 1)[-1]
+    return citation.file_id
+
+
+def _image_output(call_id: str, container_id: str, n: int, url: Any, limit: int) -> FoundFile | FailedFile:
+    """An image the run only showed: a `data:image/...;base64,` URL inside the response. Any other URL
+    is refused, never fetched: it came from the model."""
+    file_id = f"{call_id}-{n}"
+    match = _DATA_IMAGE.match(url) if isinstance(url, str) else None
+    data: bytes | None = None
+    if match is not None and (len(url) - match.end()) * 3 // 4 <= limit:
+        with contextlib.suppress(binascii.Error, ValueError):
+            data = base64.b64decode(url[match.end() :], validate=True)
+    if match is None or data is None:
+        return FailedFile(
+            filename=f"{file_id}.png",
+            file_id=file_id,
+            code="invalid_image_output",
+            message="the image output is not a base64 data URL of an image within MAX_FILE_BYTES",
+        )
+    media_type = match.group(1).lower()
+    extension = {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type) or (
+        mimetypes.guess_extension(media_type) or ".png"
+    )
+    return FoundFile(
+        container_id=container_id,
+        file_id=file_id,
+        filename=safe_filename(file_id + extension),
+        sandbox_path=None,
+        bytes=len(data),
+        origin="image_output",
+        data=data,
+    )
+
+
+def _found(item: ContainerFile, name: str | None, *, origin: Origin) -> FoundFile:
     return FoundFile(
         container_id=item.container_id,
         file_id=item.file_id,
         filename=safe_filename(name or item.path or item.file_id),
         sandbox_path=item.path or None,
         bytes=item.bytes,
-        cited=cited,
+        origin=origin,
     )
 
 
@@ -322,17 +468,33 @@ async def copy_files(
     return [r for r in results if isinstance(r, CopiedFile)], [r for r in results if isinstance(r, FailedFile)]
 
 
+@contextlib.asynccontextmanager
+async def _content(services: Services, file: FoundFile) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The file's bytes: streamed from the container, or the image output the response carried."""
+    if file.data is not None:
+
+        async def inline() -> AsyncIterator[bytes]:
+            yield file.data or b""
+
+        yield inline()
+        return
+    async with responses_api.open_file_content(services.openai, file.container_id, file.file_id) as chunks:
+        yield chunks
+
+
 async def copy_file(services: Services, response_id: str, file: FoundFile, log: RunLog) -> CopiedFile | FailedFile:
-    """Stream one container file into its blob. Nothing is written unless every byte arrived."""
+    """Stream one file into its blob. Nothing is written unless every byte arrived."""
     limit = services.settings.max_file_bytes
+
+    def failed(code: str, message: str, retryable: bool = False) -> FailedFile:
+        return FailedFile(filename=file.filename, file_id=file.file_id, code=code, message=message, retryable=retryable)
+
     if file.bytes is not None and file.bytes > limit:
-        return FailedFile(
-            file.filename, file.file_id, "file_too_large", f"{file.bytes} bytes is more than MAX_FILE_BYTES ({limit})"
-        )
+        return failed("file_too_large", f"{file.bytes} bytes is more than MAX_FILE_BYTES ({limit})")
     blob = blob_name(response_id, file.file_id, file.filename)
     content_type = content_type_for(file.filename)
     try:
-        async with responses_api.open_file_content(services.openai, file.container_id, file.file_id) as chunks:
+        async with _content(services, file) as chunks:
             stored = await services.store.upload_stream(
                 blob,
                 chunks,
@@ -350,13 +512,11 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
                 },
             )
     except FileCopyError as error:
-        failure = FailedFile(file.filename, file.file_id, error.code, error.message, error.retryable)
+        failure = failed(error.code, error.message, error.retryable)
     except openai.APIStatusError as error:
         failure = _download_failure(file.filename, file.file_id, error)
     except (openai.APIConnectionError, httpx2.HTTPError) as error:
-        failure = FailedFile(
-            file.filename,
-            file.file_id,
+        failure = failed(
             "download_interrupted",
             f"the download from the container broke off ({type(error).__name__}); ask again to retry",
             True,
@@ -364,45 +524,44 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
     except AzureError as error:
         if isinstance(error, HttpResponseError) and error.status_code in (401, 403):
             raise  # a missing role or a refused token: the run's problem, not the file's
-        failure = FailedFile(
-            file.filename,
-            file.file_id,
-            "storage_error",
-            f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry",
-            True,
+        failure = failed(
+            "storage_error", f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry", True
         )
     else:
         return CopiedFile(
-            file.filename,
-            file.file_id,
-            file.container_id,
-            blob,
-            stored.bytes,
-            content_type,
-            stored.sha256,
-            file.cited,
-            file.sandbox_path,
+            filename=file.filename,
+            file_id=file.file_id,
+            container_id=file.container_id,
+            blob=blob,
+            bytes=stored.bytes,
+            content_type=content_type,
+            sha256=stored.sha256,
+            cited=file.cited,
+            origin=file.origin,
+            sandbox_path=file.sandbox_path,
         )
     log.warning("file not copied", file_id=file.file_id, code=failure.code)
     return failure
 
 
 def _download_failure(filename: str, file_id: str, error: openai.APIStatusError) -> FailedFile:
-    if responses_api.is_container_expired(error):
+    if responses_api.is_container_gone(error):
         return FailedFile(
-            filename,
-            file_id,
-            "container_expired",
-            "the Code Interpreter container expired (20 idle minutes): run the prompt again",
+            filename=filename,
+            file_id=file_id,
+            code="container_expired",
+            message=f"{CONTAINER_GONE}: run the prompt again",
         )
     if error.status_code == 404:
-        return FailedFile(filename, file_id, "file_not_found", "the container has no such file")
+        return FailedFile(
+            filename=filename, file_id=file_id, code="file_not_found", message="the container has no such file"
+        )
     return FailedFile(
-        filename,
-        file_id,
-        "upstream_error",
-        f"Azure OpenAI answered {error.status_code} for this file; ask again to retry",
-        True,
+        filename=filename,
+        file_id=file_id,
+        code="upstream_error",
+        message=f"Azure OpenAI answered {error.status_code} for this file; ask again to retry",
+        retryable=True,
     )
 
 
@@ -418,7 +577,9 @@ async def answer(services: Services, record: RunRecord, ttl: timedelta, log: Run
     return {
         "response_id": record.response_id,
         "status": record.status,
+        "incomplete_reason": record.incomplete_reason,
         "text": link_files(record.text, urls),
         "files": files,
         "failed_files": [f.to_answer() for f in record.failed_files],
+        "warnings": [w.to_answer() for w in record.warnings],
     }

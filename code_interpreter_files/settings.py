@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 MIB = 1024 * 1024
 
@@ -23,7 +26,11 @@ SETTING_NAMES: tuple[str, ...] = (
     "MAX_FILE_BYTES",
     "RUN_WAIT_SECONDS",
     "COPY_CONCURRENCY",
+    "AZURE_OPENAI_TOKEN_SCOPE",
+    "RUN_EVENTS",
+    "RUN_EVENTS_IDLE_SECONDS",
 )
+API_VERSIONS = ("v1", "preview", "latest")
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
 HTTP_ANSWER_LIMIT_SECONDS = 230
@@ -50,7 +57,7 @@ class Settings:
     openai_base_url: str
     deployment: str
     api_version: str | None
-    api_key: str | None
+    api_key: SecretStr | None
     storage_account_url: str | None
     storage_connection_string: str | None
     output_container: str
@@ -60,6 +67,9 @@ class Settings:
     max_file_bytes: int
     run_wait_seconds: float
     copy_concurrency: int
+    token_scope: str = "https://ai.azure.com/.default"
+    run_events: Literal["stream", "poll"] = "stream"
+    run_events_idle_seconds: float = 30
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -151,11 +161,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if ttl > ttl_max and "SAS_TTL_MINUTES" not in invalid:
         invalid["SAS_TTL_MINUTES"] = "must not exceed SAS_TTL_MAX_MINUTES"
 
+    api_version = text("AZURE_OPENAI_API_VERSION")
+    if api_version is not None and api_version not in API_VERSIONS:
+        invalid["AZURE_OPENAI_API_VERSION"] = (
+            "the v1 API takes only v1, preview or latest; dated versions belong to the old /openai/deployments API"
+        )
+    run_events = text("RUN_EVENTS") or "stream"
+    if run_events not in ("stream", "poll"):
+        invalid["RUN_EVENTS"] = "stream or poll"
+        run_events = "stream"
+    api_key = text("AZURE_OPENAI_API_KEY")
     settings = Settings(
         openai_base_url=base_url,
         deployment=deployment,
-        api_version=text("AZURE_OPENAI_API_VERSION"),
-        api_key=text("AZURE_OPENAI_API_KEY"),
+        api_version=api_version,
+        api_key=SecretStr(api_key) if api_key else None,
         storage_account_url=account_url,
         storage_connection_string=None if account_url else connection_string,
         output_container=container,
@@ -165,6 +185,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_file_bytes=integer("MAX_FILE_BYTES", 512 * MIB, 1, 4 * 1024 * 1024 * MIB),
         run_wait_seconds=integer("RUN_WAIT_SECONDS", 180, 1, HTTP_ANSWER_LIMIT_SECONDS - 20),
         copy_concurrency=integer("COPY_CONCURRENCY", 4, 1, 64),
+        token_scope=text("AZURE_OPENAI_TOKEN_SCOPE") or "https://ai.azure.com/.default",
+        run_events=run_events,  # type: ignore[arg-type]
+        run_events_idle_seconds=integer("RUN_EVENTS_IDLE_SECONDS", 30, 1, 600),
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
