@@ -34,9 +34,18 @@ from .models import (
     RunRequest,
     RunWarning,
 )
-from .naming import blob_name, content_type_for, is_plain_id, is_valid_response_id, safe_filename, valid_unicode
+from .naming import (
+    blob_name,
+    content_type_for,
+    is_plain_id,
+    is_valid_response_id,
+    manifest_blob,
+    safe_filename,
+    valid_unicode,
+)
 from .runlog import RunLog
 from .services import Services
+from .storage import ExistingBlob, LeaseHeld
 
 RETRY_AFTER_SECONDS = 5
 FAILED_STATUSES = {
@@ -49,6 +58,10 @@ CONTAINER_GONE = (
 )
 _DATA_IMAGE = re.compile(r"data:(image/[a-z0-9.+-]{1,40});base64,", re.IGNORECASE)
 _DELETE_RESPONSE_ATTEMPTS = 3
+
+
+def run_deleted() -> ApiError:
+    return ApiError(409, "run_deleted", "the run was deleted (DELETE /api/runs/{id}) while its files were being copied")
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ async def get_run(
     manifest = await services.store.read_manifest(response_id)
     if manifest is not None:
         return await answer(services, RunRecord.from_manifest(manifest), ttl, log)
+    if await services.store.is_deleted(response_id):
+        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     deadline = _deadline(services)
     with responses_api.deadline_of_answer(deadline):
         try:
@@ -137,12 +152,17 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
     delete a response that still runs (cancel is best effort), which is logged and retried briefly.
     """
     log.response_id = response_id
+    if await services.store.is_deleted(response_id):
+        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     try:
         response: Response | None = await _retrieve(services, response_id)
     except ApiError as error:
         if error.status != 404:
             raise
         response = None
+    if response is None and not await services.store.copied_files(response_id):
+        if await services.store.read_manifest(response_id) is None:
+            raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
     if response is not None and response.status in responses_api.RUNNING:
         log.info("cancelling the running response")
         try:
@@ -153,8 +173,6 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
     deleted = await services.store.delete_run(response_id)
     if response is not None:
         await _delete_response(services, response_id, log)
-    elif deleted == 0:
-        raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
     log.info("run deleted", blobs_deleted=deleted)
 
 
@@ -204,7 +222,16 @@ async def _see_through(
             _raise_for_status(response)
             stage = "copying"
             done = response
-            record = await services.finishing.run(response.id, lambda: _finish(services, done, collect, log))
+            try:
+                record = await services.finishing.run(response.id, lambda: _finish(services, done, collect, log))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this request's own deadline or shutdown
+                raise run_deleted() from None  # the shared copy was stopped by a DELETE
+    except LeaseHeld:
+        log.info("another request or instance is copying this run", stage=stage)
+        return Accepted(response.id, "copying")
     except TimeoutError:
         log.warning("time budget spent, answering 202", stage=stage, budget_s=services.settings.run_wait_seconds)
         return Accepted(response.id, stage)
@@ -227,11 +254,23 @@ def _incomplete_reason(response: Response) -> str | None:
 
 
 async def _finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
-    """Find, copy and record the files once; a manifest that exists already wins."""
-    manifest = await services.store.read_manifest(response.id)
+    """Find, copy and record the files once, across instances: under the run's lease, skipping what an
+    earlier attempt committed; a manifest that exists already wins; a DELETE stops it (tombstone)."""
+    store = services.store
+    manifest = await store.read_manifest(response.id)
     if manifest is not None:
         return RunRecord.from_manifest(manifest)
-    await services.store.ensure_container()
+    if await store.is_deleted(response.id):
+        raise run_deleted()
+    async with await store.lease_run(response.id):
+        manifest = await store.read_manifest(response.id)  # the previous holder may have just finished
+        if manifest is not None:
+            return RunRecord.from_manifest(manifest)
+        return await _copy_and_record(services, response, collect, log)
+
+
+async def _copy_and_record(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
+    store = services.store
     with log.step(3, "find files", collect=collect):
         findings = await find_files(services, response, collect)
     log.table(
@@ -243,8 +282,9 @@ async def _finish(services: Services, response: Response, collect: Collect, log:
         log.warning("warning for the caller", code=warning.code, detail=warning.message)
     if not findings.found and not findings.failed:
         log.warning("no files: the answer cites none and the container holds none the model wrote")
+    existing = await store.copied_files(response.id)
     with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
-        copied, copy_failures = await copy_files(services, response.id, findings.found, log)
+        copied, copy_failures = await copy_files(services, response.id, findings.found, log, existing)
     record = RunRecord(
         response_id=response.id,
         status=response.status or "completed",
@@ -258,9 +298,15 @@ async def _finish(services: Services, response: Response, collect: Collect, log:
         raise ApiError(
             410, "container_expired", f"{CONTAINER_GONE} before its files could be copied: run the prompt again"
         )
-    if record.complete and not await services.store.write_manifest(response.id, record.to_manifest()):
+    if not record.complete:
+        return record  # a failure worth retrying: no manifest, so the next attempt copies what is missing
+    written = await store.write_manifest(response.id, record.to_manifest())
+    if await store.is_deleted(response.id):  # DELETE came while we wrote: take it back
+        await store.delete_blob(manifest_blob(response.id))
+        raise run_deleted()
+    if not written:
         log.info("another request finished this run first; using its manifest")
-        return RunRecord.from_manifest(await services.store.read_manifest(response.id) or record.to_manifest())
+        return RunRecord.from_manifest(await store.read_manifest(response.id) or record.to_manifest())
     return record
 
 
@@ -448,12 +494,20 @@ def _found(item: ContainerFile, name: str | None, *, origin: Origin) -> FoundFil
 
 
 async def copy_files(
-    services: Services, response_id: str, files: list[FoundFile], log: RunLog
+    services: Services,
+    response_id: str,
+    files: list[FoundFile],
+    log: RunLog,
+    existing: dict[str, ExistingBlob] | None = None,
 ) -> tuple[list[CopiedFile], list[FailedFile]]:
-    """Copy concurrently, at most COPY_CONCURRENCY at a time; one failure never hides the others."""
+    """Copy concurrently, at most COPY_CONCURRENCY at a time; one failure never hides the others.
+    A file an earlier attempt committed (same blob name, same size) is reused, not copied again."""
     gate = asyncio.Semaphore(services.settings.copy_concurrency)
 
     async def one(file: FoundFile) -> CopiedFile | FailedFile:
+        done = _already_copied(response_id, file, (existing or {}).get(file.file_id))
+        if done is not None:
+            return done
         async with gate:
             return await copy_file(services, response_id, file, log)
 
@@ -466,6 +520,25 @@ async def copy_files(
         raise errors.exceptions[0] from None
     results = [task.result() for task in tasks]
     return [r for r in results if isinstance(r, CopiedFile)], [r for r in results if isinstance(r, FailedFile)]
+
+
+def _already_copied(response_id: str, file: FoundFile, blob: ExistingBlob | None) -> CopiedFile | None:
+    if blob is None or blob.name != blob_name(response_id, file.file_id, file.filename):
+        return None
+    if file.bytes is not None and file.bytes != blob.bytes:
+        return None
+    return CopiedFile(
+        filename=file.filename,
+        file_id=file.file_id,
+        container_id=file.container_id,
+        blob=blob.name,
+        bytes=blob.bytes,
+        content_type=blob.content_type,
+        sha256=blob.sha256,
+        cited=file.cited,
+        origin=file.origin,
+        sandbox_path=file.sandbox_path,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -528,6 +601,9 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
             "storage_error", f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry", True
         )
     else:
+        if await services.store.is_deleted(response_id):  # DELETE came during the copy: take it back
+            await services.store.delete_blob(blob)
+            raise run_deleted()
         return CopiedFile(
             filename=file.filename,
             file_id=file.file_id,

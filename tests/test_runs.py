@@ -16,11 +16,16 @@ from tests.appclient import AppClient
 MODES = [("identity", "identity"), ("identity", "key"), ("connection_string", "identity"), ("connection_string", "key")]
 
 
-def storage_names(rig, response_id: str) -> list[str]:
-    """What is really in the output container under the run's prefix (read with the account key)."""
+BOOKKEEPING = ("lock", "run.json", "deleted")  # the run's lease blob, start record and DELETE's tombstone
+
+
+def storage_names(rig, response_id: str, *, bookkeeping: bool = False) -> list[str]:
+    """What is really in the output container under the run's prefix (read with the account key):
+    the files and the manifest; with `bookkeeping`, also the lock, run record and tombstone."""
     service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
     container = service.get_container_client(rig.OUTPUT_CONTAINER)
-    return sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
+    names = sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
+    return names if bookkeeping else [n for n in names if n.split("/", 1)[1] not in BOOKKEEPING]
 
 
 def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None:
