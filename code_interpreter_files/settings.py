@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 MIB = 1024 * 1024
 
@@ -23,6 +27,17 @@ SETTING_NAMES: tuple[str, ...] = (
     "MAX_FILE_BYTES",
     "RUN_WAIT_SECONDS",
     "COPY_CONCURRENCY",
+)
+
+# Read by the queue, callback and webhook modules. Kept apart from SETTING_NAMES on the queue branch
+# only so the deploy test does not ask for them before infra learns them; the settings rewrite merges them.
+QUEUE_SETTING_NAMES: tuple[str, ...] = (
+    "RUNS_QUEUE",
+    "RUNS_QUEUE_STORAGE__queueServiceUri",
+    "RUNS_QUEUE_STORAGE",
+    "CALLBACK_ALLOWED_HOSTS",
+    "CALLBACK_SIGNING_SECRET",
+    "AZURE_OPENAI_WEBHOOK_SECRET",
 )
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
@@ -60,6 +75,12 @@ class Settings:
     max_file_bytes: int
     run_wait_seconds: float
     copy_concurrency: int
+    runs_queue: str = "code-interpreter-runs"
+    queue_service_url: str | None = None
+    queue_connection_string: SecretStr | None = None
+    callback_allowed_hosts: tuple[str, ...] = ()
+    callback_signing_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -165,10 +186,53 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_file_bytes=integer("MAX_FILE_BYTES", 512 * MIB, 1, 4 * 1024 * 1024 * MIB),
         run_wait_seconds=integer("RUN_WAIT_SECONDS", 180, 1, HTTP_ANSWER_LIMIT_SECONDS - 20),
         copy_concurrency=integer("COPY_CONCURRENCY", 4, 1, 64),
+        **_queue_settings(text, invalid),
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
     return settings
+
+
+def _queue_settings(text: Callable[[str], str | None], invalid: dict[str, str]) -> dict[str, Any]:
+    """Queue, callback and webhook settings (minimal on the queue branch; the settings rewrite owns them)."""
+    queue = text("RUNS_QUEUE") or "code-interpreter-runs"
+    if not _valid_container_name(queue):  # queue names follow the container name rules
+        invalid["RUNS_QUEUE"] = "3-63 lowercase letters, digits and single hyphens"
+    queue_url = text("RUNS_QUEUE_STORAGE__queueServiceUri")
+    queue_conn = text("RUNS_QUEUE_STORAGE")
+    if queue_url:
+        try:
+            queue_url = _https_url(queue_url)
+        except ValueError:
+            invalid["RUNS_QUEUE_STORAGE__queueServiceUri"] = "expected https://<account>.queue.core.windows.net"
+    if queue_url and queue_conn:
+        invalid["RUNS_QUEUE_STORAGE"] = "set only one of it and RUNS_QUEUE_STORAGE__queueServiceUri"
+    hosts = tuple(h.strip().lower() for h in (text("CALLBACK_ALLOWED_HOSTS") or "").split(",") if h.strip())
+    if any(not h.isascii() or any(c in h for c in "/:@?#[] ") for h in hosts):
+        invalid["CALLBACK_ALLOWED_HOSTS"] = "comma-separated host names, without scheme, port or path"
+    signing = text("CALLBACK_SIGNING_SECRET")
+    if hosts and not signing:
+        invalid["CALLBACK_SIGNING_SECRET"] = "required when CALLBACK_ALLOWED_HOSTS is set"
+    if signing and not _is_whsec(signing):
+        invalid["CALLBACK_SIGNING_SECRET"] = "expected whsec_<base64>"
+    webhook = text("AZURE_OPENAI_WEBHOOK_SECRET")
+    return {
+        "runs_queue": queue,
+        "queue_service_url": queue_url,
+        "queue_connection_string": SecretStr(queue_conn) if queue_conn and not queue_url else None,
+        "callback_allowed_hosts": hosts,
+        "callback_signing_secret": SecretStr(signing) if signing else None,
+        "webhook_secret": SecretStr(webhook) if webhook else None,
+    }
+
+
+def _is_whsec(value: str) -> bool:
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value[len("whsec_") :], validate=True)) >= 16
+    except ValueError:
+        return False
 
 
 def _signs_with_account_key(connection_string: str) -> bool:
@@ -196,4 +260,4 @@ IDENTITY_SETTING_NAMES = ("AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEAD
 def settings_fingerprint(env: Mapping[str, str] | None = None) -> tuple[str | None, ...]:
     """The raw values the clients are built from: a new fingerprint means a new configuration."""
     env = os.environ if env is None else env
-    return tuple(env.get(name) for name in SETTING_NAMES + IDENTITY_SETTING_NAMES)
+    return tuple(env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + IDENTITY_SETTING_NAMES)
