@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ def _queue_settings(text: Callable[[str], str | None], invalid: dict[str, str]) 
     if queue_url and queue_conn:
         invalid["RUNS_QUEUE_STORAGE"] = "set only one of it and RUNS_QUEUE_STORAGE__queueServiceUri"
     hosts = tuple(h.strip().lower() for h in (text("CALLBACK_ALLOWED_HOSTS") or "").split(",") if h.strip())
-    if any(not h.isascii() or any(c in h for c in "/:@?#[] ") for h in hosts):
+    if any(not _is_ip(h) and any(c in h for c in "/:@?#[]\\ ") for h in hosts):
         invalid["CALLBACK_ALLOWED_HOSTS"] = "comma-separated host names, without scheme, port or path"
     signing = text("CALLBACK_SIGNING_SECRET")
     if hosts and not signing:
@@ -224,6 +225,14 @@ def _queue_settings(text: Callable[[str], str | None], invalid: dict[str, str]) 
         "callback_signing_secret": SecretStr(signing) if signing else None,
         "webhook_secret": SecretStr(webhook) if webhook else None,
     }
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_whsec(value: str) -> bool:
