@@ -221,6 +221,21 @@ class OutputStore:
             return None
         return json.loads(await downloader.readall())
 
+    async def create_marker(self, name: str) -> bool:
+        """Create an empty blob only if none exists (If-None-Match: *); False: it existed already.
+
+        Used for create-only markers such as the webhook replay guard (webhooks.py)."""
+        await self.ensure_container()
+        try:
+            await self._container.upload_blob(name, b"", overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def delete_marker(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._container.delete_blob(name)
+
     async def delete_run(self, response_id: str) -> int:
         """Delete the manifest first (so nothing claims files that are going), then every blob."""
         deleted = 0
