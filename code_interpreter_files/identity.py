@@ -19,7 +19,7 @@ class IdentityError(Exception):
 
 
 def needs_credential(settings: Settings) -> bool:
-    return settings.api_key is None or settings.uses_identity_for_storage
+    return settings.api_key is None or settings.uses_identity_for_storage or settings.queue_service_url is not None
 
 
 class AppCredential(DefaultAzureCredential):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -31,6 +33,17 @@ SETTING_NAMES: tuple[str, ...] = (
     "RUN_EVENTS_IDLE_SECONDS",
 )
 API_VERSIONS = ("v1", "preview", "latest")
+
+# Read by the queue, callback and webhook modules. Kept apart from SETTING_NAMES on the queue branch
+# only so the deploy test does not ask for them before infra learns them; the settings rewrite merges them.
+QUEUE_SETTING_NAMES: tuple[str, ...] = (
+    "RUNS_QUEUE",
+    "RUNS_QUEUE_STORAGE__queueServiceUri",
+    "RUNS_QUEUE_STORAGE",
+    "CALLBACK_ALLOWED_HOSTS",
+    "CALLBACK_SIGNING_SECRET",
+    "AZURE_OPENAI_WEBHOOK_SECRET",
+)
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
 HTTP_ANSWER_LIMIT_SECONDS = 230
@@ -70,6 +83,12 @@ class Settings:
     token_scope: str = "https://ai.azure.com/.default"
     run_events: Literal["stream", "poll"] = "stream"
     run_events_idle_seconds: float = 30
+    runs_queue: str = "code-interpreter-runs"
+    queue_service_url: str | None = None
+    queue_connection_string: SecretStr | None = None
+    callback_allowed_hosts: tuple[str, ...] = ()
+    callback_signing_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -188,10 +207,61 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_scope=text("AZURE_OPENAI_TOKEN_SCOPE") or "https://ai.azure.com/.default",
         run_events=run_events,  # type: ignore[arg-type]
         run_events_idle_seconds=integer("RUN_EVENTS_IDLE_SECONDS", 30, 1, 600),
+        **_queue_settings(text, invalid),
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
     return settings
+
+
+def _queue_settings(text: Callable[[str], str | None], invalid: dict[str, str]) -> dict[str, Any]:
+    """Queue, callback and webhook settings (minimal on the queue branch; the settings rewrite owns them)."""
+    queue = text("RUNS_QUEUE") or "code-interpreter-runs"
+    if not _valid_container_name(queue):  # queue names follow the container name rules
+        invalid["RUNS_QUEUE"] = "3-63 lowercase letters, digits and single hyphens"
+    queue_url = text("RUNS_QUEUE_STORAGE__queueServiceUri")
+    queue_conn = text("RUNS_QUEUE_STORAGE")
+    if queue_url:
+        try:
+            queue_url = _https_url(queue_url)
+        except ValueError:
+            invalid["RUNS_QUEUE_STORAGE__queueServiceUri"] = "expected https://<account>.queue.core.windows.net"
+    if queue_url and queue_conn:
+        invalid["RUNS_QUEUE_STORAGE"] = "set only one of it and RUNS_QUEUE_STORAGE__queueServiceUri"
+    hosts = tuple(h.strip().lower() for h in (text("CALLBACK_ALLOWED_HOSTS") or "").split(",") if h.strip())
+    if any(not _is_ip(h) and any(c in h for c in "/:@?#[]\\ ") for h in hosts):
+        invalid["CALLBACK_ALLOWED_HOSTS"] = "comma-separated host names, without scheme, port or path"
+    signing = text("CALLBACK_SIGNING_SECRET")
+    if hosts and not signing:
+        invalid["CALLBACK_SIGNING_SECRET"] = "required when CALLBACK_ALLOWED_HOSTS is set"
+    if signing and not _is_whsec(signing):
+        invalid["CALLBACK_SIGNING_SECRET"] = "expected whsec_<base64>"
+    webhook = text("AZURE_OPENAI_WEBHOOK_SECRET")
+    return {
+        "runs_queue": queue,
+        "queue_service_url": queue_url,
+        "queue_connection_string": SecretStr(queue_conn) if queue_conn and not queue_url else None,
+        "callback_allowed_hosts": hosts,
+        "callback_signing_secret": SecretStr(signing) if signing else None,
+        "webhook_secret": SecretStr(webhook) if webhook else None,
+    }
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_whsec(value: str) -> bool:
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value[len("whsec_") :], validate=True)) >= 16
+    except ValueError:
+        return False
 
 
 def _signs_with_account_key(connection_string: str) -> bool:
@@ -219,4 +289,4 @@ IDENTITY_SETTING_NAMES = ("AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEAD
 def settings_fingerprint(env: Mapping[str, str] | None = None) -> tuple[str | None, ...]:
     """The raw values the clients are built from: a new fingerprint means a new configuration."""
     env = os.environ if env is None else env
-    return tuple(env.get(name) for name in SETTING_NAMES + IDENTITY_SETTING_NAMES)
+    return tuple(env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + IDENTITY_SETTING_NAMES)

@@ -286,6 +286,20 @@ class OutputStore:
             return None
         return json.loads(await downloader.readall())
 
+    async def create_marker(self, name: str) -> bool:
+        """Create an empty blob only if none exists (If-None-Match: *); False: it existed already.
+
+        Used for create-only markers such as the webhook replay guard (webhooks.py)."""
+        await self.ensure_container()
+        try:
+            await self._container.upload_blob(name, b"", overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def delete_marker(self, name: str) -> None:
+        await self.delete_blob(name)
+
     async def write_run_info(self, response_id: str, info: dict[str, Any]) -> None:
         """What the run was started with (callback URL, collect ...), for whoever finishes it."""
         await self.ensure_container()
