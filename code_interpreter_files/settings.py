@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -23,6 +25,10 @@ SETTING_NAMES: tuple[str, ...] = (
     "MAX_FILE_BYTES",
     "RUN_WAIT_SECONDS",
     "COPY_CONCURRENCY",
+    "INPUT_CONTAINER",
+    "MAX_INPUT_FILES",
+    "MAX_INPUT_BYTES",
+    "OWNER_TAG",
 )
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
@@ -60,6 +66,10 @@ class Settings:
     max_file_bytes: int
     run_wait_seconds: float
     copy_concurrency: int
+    input_container: str = "code-interpreter-inputs"
+    max_input_files: int = 10
+    max_input_bytes: int = 512 * MIB
+    owner_tag: str = "cif-unset"
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -146,6 +156,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _valid_container_name(container):
         invalid["OUTPUT_CONTAINER"] = "3-63 lowercase letters, digits and single hyphens"
 
+    input_container = text("INPUT_CONTAINER") or "code-interpreter-inputs"
+    if not _valid_container_name(input_container):
+        invalid["INPUT_CONTAINER"] = "3-63 lowercase letters, digits and single hyphens"
+    owner_tag = text("OWNER_TAG") or _derived_owner_tag(account_url or connection_string or "", container)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", owner_tag):
+        invalid["OWNER_TAG"] = "1-64 letters, digits, '_', '.' or '-'"
+
     ttl_max = integer("SAS_TTL_MAX_MINUTES", 1440, 1, MAX_SAS_TTL_MINUTES)
     ttl = integer("SAS_TTL_MINUTES", min(60, ttl_max), 1, MAX_SAS_TTL_MINUTES)
     if ttl > ttl_max and "SAS_TTL_MINUTES" not in invalid:
@@ -165,10 +182,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_file_bytes=integer("MAX_FILE_BYTES", 512 * MIB, 1, 4 * 1024 * 1024 * MIB),
         run_wait_seconds=integer("RUN_WAIT_SECONDS", 180, 1, HTTP_ANSWER_LIMIT_SECONDS - 20),
         copy_concurrency=integer("COPY_CONCURRENCY", 4, 1, 64),
+        input_container=input_container,
+        max_input_files=integer("MAX_INPUT_FILES", 10, 1, 50),
+        max_input_bytes=integer("MAX_INPUT_BYTES", 512 * MIB, 1, 8 * 1024 * MIB),
+        owner_tag=owner_tag,
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
     return settings
+
+
+def _derived_owner_tag(storage: str, container: str) -> str:
+    """Tags the runs this app starts (response metadata "owner"), the same for every worker of one
+    deployment: derived from where its outputs go, never from a secret (only the account's name)."""
+    account = storage
+    if not storage.startswith(("https://", "http://")):
+        parts = dict(p.split("=", 1) for p in storage.split(";") if "=" in p)
+        keys = {k.strip().lower(): v.strip() for k, v in parts.items()}
+        account = keys.get("accountname") or ("devstoreaccount1" if keys.get("usedevelopmentstorage") else "")
+    return "cif-" + hashlib.sha256(f"{account}/{container}".encode()).hexdigest()[:16]
 
 
 def _signs_with_account_key(connection_string: str) -> bool:
