@@ -10,6 +10,7 @@ while adding files to a running container (`POST /containers/{id}/files`) is not
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from .services import Services
 
 ContinuedIn = Literal["same_container", "new_container"]
 GONE_STATUSES = frozenset({"expired", "deleted"})
+MAX_TURNS_CARRIED = 20  # how far back a conversation's files are looked for
 
 
 @dataclass(frozen=True)
@@ -102,33 +104,48 @@ async def resolve_previous(services: Services, response_id: str) -> Previous:
 
 
 async def carried_outputs(
-    services: Services, response_id: str, room: int
+    services: Services, previous: Response, room: int
 ) -> tuple[list[PreparedInput], list[dict[str, str]]]:
-    """The previous run's copied outputs (its manifest) as inputs, at most `room` of them."""
-    manifest = await services.store.read_manifest(response_id)
-    if manifest is None:
-        return [], [
-            {
-                "code": "previous_files_not_copied",
-                "message": "the previous run's files were never copied (GET the run first); none were carried",
-            }
-        ]
+    """The conversation's copied outputs (manifests), newest turn first, one file per name, at most
+    `room`: a file made two turns ago and not touched since is still carried."""
     container = services.settings.output_container
     carried: list[PreparedInput] = []
+    names: set[str] = set()
     skipped: list[str] = []
     warnings: list[dict[str, str]] = []
-    for entry in manifest.get("files", []):
-        name = safe_filename(str(entry.get("filename") or ""))
-        blob = entry.get("blob")
-        if len(carried) >= room:
-            skipped.append(name)
-            continue
-        version = await services.store.blob_version(container, blob) if isinstance(blob, str) else None
-        if version is None:
-            warnings.append({"code": "carried_file_missing", "message": f"'{name}' is no longer in Blob Storage"})
-            continue
-        size, etag = version
-        carried.append(PreparedInput(name=name, size=size, container=container, blob=blob, etag=etag, carried=True))
+    response: Response | None = previous
+    for turn in range(MAX_TURNS_CARRIED):
+        if response is None:
+            break
+        manifest = await services.store.read_manifest(response.id)
+        if manifest is None:
+            warnings.append(
+                {
+                    "code": "previous_files_not_copied",
+                    "message": f"the files of {response.id} were never copied (GET that run first); "
+                    "they were not carried",
+                }
+            )
+        for entry in (manifest or {}).get("files", []):
+            name = safe_filename(str(entry.get("filename") or ""))
+            blob = entry.get("blob")
+            if name in names:
+                continue
+            if len(carried) >= room:
+                skipped.append(name)
+                continue
+            version = await services.store.blob_version(container, blob) if isinstance(blob, str) else None
+            if version is None:
+                warnings.append({"code": "carried_file_missing", "message": f"'{name}' is no longer in Blob Storage"})
+                continue
+            names.add(name)
+            size, etag = version
+            carried.append(PreparedInput(name=name, size=size, container=container, blob=blob, etag=etag, carried=True))
+        earlier = response.previous_response_id
+        response = None
+        if earlier and is_valid_response_id(earlier) and turn + 1 < MAX_TURNS_CARRIED:
+            with contextlib.suppress(openai.NotFoundError):
+                response = await services.openai.responses.retrieve(earlier)
     if skipped:
         warnings.append(
             {
@@ -159,7 +176,7 @@ async def prepare_run(
             continued_in="same_container",
             warnings=previous.warnings,
         )
-    carried, warnings = await carried_outputs(services, previous_response_id, MAX_FILE_IDS - len(input_files))
+    carried, warnings = await carried_outputs(services, previous.response, MAX_FILE_IDS - len(input_files))
     uploaded = await upload_inputs(services, input_files, log, carried=carried)
     log.info("continuing in a new container", carried=len(carried), inputs=len(uploaded) - len(carried))
     return RunSetup(

@@ -129,8 +129,8 @@ async def prepare_inputs(
 ) -> list[PreparedInput]:
     """Check every input before anything is uploaded: count, existence, total size; final names.
 
-    The caller's inputs keep their names first; carried files (already checked by the caller) get
-    the names left over.
+    The caller's inputs are named first (made safe, then unique); a carried file (checked by the
+    caller) whose name one of them took is left out: the caller's file is its newer version.
     """
     settings = services.settings
     if len(specs) > settings.max_input_files:
@@ -171,6 +171,8 @@ async def prepare_inputs(
                 f"the input files add up to more than MAX_INPUT_BYTES ({settings.max_input_bytes} bytes)",
             )
     for item in carried:
+        if item.name in taken:  # the caller's file of that name is its newer version
+            continue
         prepared.append(
             PreparedInput(
                 name=unique_name(item.name, taken),
