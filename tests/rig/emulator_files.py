@@ -136,9 +136,10 @@ def spec_types() -> tuple[type[Any], type[Any]]:
 
     @dataclass
     class StoredSpec(ScriptFile):
-        """A container file whose bytes are a stored file's (an input, or a copy of one)."""
+        """A container file whose bytes are another's: a stored file (an input), or a container file's
+        spec (a copy of an input or of an earlier run's file)."""
 
-        stored: StoredFile | None = None
+        stored: Any = None
 
         def chunks(self, chunk_size: int) -> Iterator[bytes]:
             assert self.stored is not None
@@ -562,8 +563,8 @@ class FilesApi:
                     (cf.spec for cf in container.files if posixpath.basename(cf.spec.path) == spec.copy_of_input),
                     None,
                 )
-                if not isinstance(source, self.StoredSpec) or source.stored is None:
-                    raise _error(400, f"Emulator: the container has no input file {spec.copy_of_input!r} to copy.")
+                if source is None:
+                    raise _error(400, f"Emulator: the container has no file {spec.copy_of_input!r} to copy.")
                 spec = self.StoredSpec(
                     path=spec.path,
                     size=source.size,
@@ -571,7 +572,7 @@ class FilesApi:
                     seed=None,
                     data=None,
                     cite=spec.cite,
-                    stored=source.stored,
+                    stored=source,
                 )
             made.append(_em().ContainerFile(id="cfile_" + os.urandom(16).hex(), spec=spec, created_at=now))
         return made
