@@ -309,3 +309,73 @@ async def test_a_foreign_or_unknown_previous_response_is_not_found(env, rig) -> 
             input="x",
             tools=[{"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-unknown"]}}],
         )
+
+
+# ---- the emulator's bodies follow the published schemas
+
+
+@pytest.fixture(scope="module")
+def openai_schemas() -> dict[str, Any]:
+    import yaml
+
+    with open("/work/shared/specs/openai-openapi.yaml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["components"]
+
+
+def assert_schema(components: dict[str, Any], name: str, body: Any) -> None:
+    import jsonschema
+
+    jsonschema.Draft202012Validator({"components": components, "$ref": f"#/components/schemas/{name}"}).validate(body)
+
+
+def test_emulator_files_bodies_follow_the_published_schemas(rig, openai_schemas) -> None:
+    import httpx
+
+    with httpx.Client(base_url=rig.emulator_url + "/openai/v1", headers={"api-key": rig.api_key}) as http:
+        created = http.post("/files", data={"purpose": "assistants"}, files={"file": ("a.csv", CSV, "text/csv")})
+        assert created.status_code == 200, created.text
+        assert_schema(openai_schemas, "OpenAIFile", created.json())
+        assert_schema(openai_schemas, "OpenAIFile", http.get(f"/files/{created.json()['id']}").json())
+        assert http.get(f"/files/{created.json()['id']}/content").content == CSV
+        assert_schema(openai_schemas, "DeleteFileResponse", http.delete(f"/files/{created.json()['id']}").json())
+        assert http.get(f"/files/{created.json()['id']}").status_code == 404
+
+        upload = http.post(
+            "/uploads",
+            json={"bytes": 6, "filename": "b.bin", "mime_type": "application/octet-stream", "purpose": "assistants"},
+        ).json()
+        assert_schema(openai_schemas, "Upload", upload)
+        parts = [
+            http.post(f"/uploads/{upload['id']}/parts", files={"data": ("blob", d)}).json() for d in (b"abc", b"def")
+        ]
+        for part in parts:
+            assert_schema(openai_schemas, "UploadPart", part)
+        wrong = http.post(f"/uploads/{upload['id']}/complete", json={"part_ids": [parts[0]["id"]]})
+        assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]["message"]
+        done = http.post(f"/uploads/{upload['id']}/complete", json={"part_ids": [p["id"] for p in parts]}).json()
+        assert_schema(openai_schemas, "Upload", done)
+        assert done["status"] == "completed" and done["file"]["bytes"] == 6
+        assert http.get(f"/files/{done['file']['id']}/content").content == b"abcdef"
+
+        marker = rig.emulator.add_script({"files": []})["marker"]
+        response = http.post(
+            "/responses",
+            json={
+                "model": "m",
+                "input": marker,
+                "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+            },
+        ).json()
+        container_id = rig.emulator.run(response["id"])["container_id"]
+        container = http.get(f"/containers/{container_id}").json()
+        assert_schema(openai_schemas, "ContainerResource", container)
+        assert container["status"] == "running"
+        rig.emulator.expire_container(container_id)
+        assert http.get(f"/containers/{container_id}").json()["status"] == "expired"
+        reuse = http.post(
+            "/responses",
+            json={"model": "m", "input": marker, "tools": [{"type": "code_interpreter", "container": container_id}]},
+        )
+        assert reuse.status_code == 400
+        assert_schema(openai_schemas, "Error", reuse.json()["error"])
+        assert reuse.json()["error"]["message"] == "Container is expired."
