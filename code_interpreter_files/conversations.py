@@ -62,6 +62,19 @@ class RunSetup:
         """The answer's `inputs`: the caller's files (carried ones are the previous run's outputs)."""
         return [i.to_answer() for i in self.inputs if not i.carried]
 
+    def record(self) -> dict[str, Any]:
+        """What the run's answer needs later, in any worker (`save_setup`): inputs, continued_in,
+        warnings; and the uploaded file ids (also in the response's tools) and carried files."""
+        return {
+            "version": 1,
+            "inputs": self.answer_inputs(),
+            "continued_in": self.continued_in,
+            "previous_response_id": self.previous_response_id,
+            "warnings": self.warnings,
+            "file_ids": self.file_ids,
+            "carried": [{"name": i.name, "sha256": i.sha256} for i in self.inputs if i.carried],
+        }
+
 
 def _not_found(response_id: str) -> ApiError:
     # The same answer as for an id Azure OpenAI does not know: a foreign run is not disclosed.
@@ -217,3 +230,16 @@ async def carried_sha256(services: Services, response: Response) -> dict[str, st
         known[entry.get("sandbox_path") or f"/mnt/data/{safe_filename(str(entry.get('filename') or ''))}"] = digest
         known[f"/mnt/data/{safe_filename(str(entry.get('filename') or ''))}"] = digest
     return known
+
+
+async def save_setup(services: Services, response_id: str, setup: RunSetup) -> None:
+    """Keep the run's input record next to its outputs (`<response id>/inputs.json`)."""
+    if setup.inputs or setup.continued_in is not None or setup.warnings:
+        await services.store.ensure_container()
+        await services.store.write_run_inputs(response_id, setup.record())
+
+
+async def load_setup(services: Services, response_id: str) -> dict[str, Any]:
+    """The record `save_setup` kept; a run started without inputs or a previous run has none."""
+    empty: dict[str, Any] = {"inputs": [], "continued_in": None, "warnings": [], "file_ids": [], "carried": []}
+    return await services.store.read_run_inputs(response_id) or empty

@@ -19,11 +19,11 @@ import hashlib
 import posixpath
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import openai
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from .errors import ApiError
 from .naming import MAX_FILENAME_CHARS, content_type_for, safe_filename, valid_unicode
@@ -74,7 +74,15 @@ class InlineInput(BaseModel):
         return base64.b64decode(self.content_base64, validate=True)
 
 
-InputSpec = BlobInput | InlineInput
+def _kind(value: Any) -> str:
+    """Which model an item is for: one clear error per item instead of one per union member."""
+    if isinstance(value, BlobInput) or (isinstance(value, dict) and "blob" in value):
+        return "blob"
+    return "inline"
+
+
+# The `input_files` items of a run request: `list[InputSpec]`.
+InputSpec = Annotated[Annotated[BlobInput, Tag("blob")] | Annotated[InlineInput, Tag("inline")], Discriminator(_kind)]
 
 
 @dataclass(frozen=True)

@@ -272,3 +272,22 @@ class OutputStore:
                 break
             offset += len(data)
             yield data
+
+    async def write_run_inputs(self, response_id: str, record: dict[str, Any]) -> None:
+        """`<response id>/inputs.json`: a run's inputs and how it continued, written when it starts, so
+        whichever worker finishes the run can answer with them (output blobs are `<id>/<file id>/<name>`,
+        so the name never collides)."""
+        data = valid_unicode(json.dumps(record, ensure_ascii=False)).encode()
+        await self._container.upload_blob(
+            f"{run_prefix(response_id)}/inputs.json",
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    async def read_run_inputs(self, response_id: str) -> dict[str, Any] | None:
+        try:
+            downloader = await self._container.download_blob(f"{run_prefix(response_id)}/inputs.json")
+        except ResourceNotFoundError:
+            return None
+        return json.loads(await downloader.readall())

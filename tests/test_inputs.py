@@ -272,6 +272,11 @@ async def test_continuing_in_the_live_container_then_in_a_new_one(env, rig) -> N
         "/mnt/data/chart.png": carried.sha256,
         "/mnt/data/blue.png": carried.sha256,
     }
+    await conversations.save_setup(services, third.id, new)
+    record = await conversations.load_setup(services, third.id)
+    assert (record["inputs"], record["continued_in"], record["file_ids"]) == ([], "new_container", new.file_ids)
+    assert record["carried"] == [{"name": "chart.png", "sha256": carried.sha256}]
+    assert (await conversations.load_setup(services, first.id))["continued_in"] is None
     known = await conversations.carried_sha256(services, third)
     assert known["/mnt/data/chart.png"] == carried.sha256
     assert await inputs.delete_uploaded(services, conversations.uploaded_file_ids(third)) == []
