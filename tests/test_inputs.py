@@ -175,7 +175,8 @@ async def test_large_blob_input_streams_in_parts_with_bounded_memory(env, rig) -
     assert len(stored["parts"]) == -(-size // inputs.PART_BYTES)
     assert max(stored["parts"]) == inputs.PART_BYTES
     # (PARTS_IN_FLIGHT + 1) parts of 4 MiB and the SDKs' copies stay far below the 64 MiB file
-    assert peak < 32 * MIB, f"peak {peak / MIB:.1f} MiB"
+    print(f"input streaming: {size} bytes, tracemalloc peak {peak / MIB:.1f} MiB")
+    assert peak < 24 * MIB, f"peak {peak / MIB:.1f} MiB"
     await inputs.delete_uploaded(services, [uploaded.file_id])
 
 
@@ -226,6 +227,41 @@ async def test_a_refused_upload_names_the_file_and_deletes_the_others(env, rig) 
     assert error.value.code == "input_upload_failed" and "'renamed.bin'" in error.value.message
     state = files_state(rig.emulator)
     assert (state["files_uploaded"], state["files_deleted"], state["uploads_cancelled"]) == (1, 1, 1)
+
+
+async def test_a_blob_replaced_after_the_checks_is_refused_and_nothing_stays_uploaded(env, rig) -> None:
+    put_blob(rig, "moving.csv", CSV)
+    services = await get_services()
+    first = InlineInput(name="first.txt", content_base64="MQ==")
+    prepared = await inputs.prepare_inputs(services, [first, BlobInput(blob="moving.csv")])
+    put_blob(rig, "moving.csv", CSV + b"Rome,17\n")  # a new version between the checks and the upload
+    with pytest.raises(ApiError) as error:
+        await inputs.upload_prepared(services, prepared, log())
+    assert (error.value.status, error.value.code) == (409, "input_changed")
+    assert "'moving.csv'" in error.value.message
+    state = files_state(rig.emulator)
+    assert (state["files_uploaded"], state["files_live"]) == (1, 0)
+
+
+async def test_a_cancelled_upload_leaves_nothing_behind(env, rig) -> None:
+    import asyncio
+
+    put_blob(rig, "slow.bin", seed="cancelled", size=24 * MIB)
+    services = await get_services()
+    task = asyncio.create_task(
+        inputs.upload_inputs(
+            services, [InlineInput(name="first.txt", content_base64="MQ=="), BlobInput(blob="slow.bin")], log()
+        )
+    )
+    while files_state(rig.emulator)["upload_parts"] < 1:  # the first file is up, parts are on their way
+        assert not task.done()
+        await asyncio.sleep(0.01)
+    task.cancel()  # the caller's time budget ran out
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    state = files_state(rig.emulator)
+    assert (state["files_uploaded"], state["files_deleted"], state["files_live"]) == (1, 1, 0)
+    assert state["uploads_cancelled"] == 1
 
 
 # ---- conversations
