@@ -97,23 +97,34 @@ async def resolve_previous(services: Services, response_id: str) -> Previous:
     if not used:
         return Previous(response=response, container_id=None, container_alive=False)
     container_id = used[-1]
-    warnings: list[dict[str, str]] = []
+    alive, warning = await container_alive(services, container_id)
+    warnings = [warning] if warning else []
+    return Previous(response=response, container_id=container_id, container_alive=alive, warnings=warnings)
+
+
+async def container_alive(services: Services, container_id: str) -> tuple[bool, dict[str, str] | None]:
+    """Whether the container still runs: `containers.retrieve` (status not expired); when that lookup
+    itself is refused (an RBAC check failing on get-container is a known Azure failure), listing one
+    of its files (documented on Azure) answers instead. If neither can tell: not alive, and the files
+    are carried into a new container, which works either way."""
     try:
         container = await services.openai.containers.retrieve(container_id)
-        alive = (container.status or "").lower() not in GONE_STATUSES
+        return (container.status or "").lower() not in GONE_STATUSES, None
     except openai.APIStatusError as error:
-        alive = False
-        if error.status_code != 404 and not responses_api.is_container_expired(error):
-            # An RBAC check failing on the container lookup is a known Azure failure: carrying the
-            # files into a new container works either way.
-            warnings.append(
-                {
-                    "code": "container_check_failed",
-                    "message": f"could not check the previous container (Azure OpenAI answered "
-                    f"{error.status_code}): the files were carried into a new one",
-                }
-            )
-    return Previous(response=response, container_id=container_id, container_alive=alive, warnings=warnings)
+        if error.status_code == 404 or responses_api.is_container_expired(error):
+            return False, None
+        refused = error.status_code
+    try:
+        await services.openai.containers.files.list(container_id=container_id, limit=1)
+        return True, None
+    except openai.APIStatusError as error:
+        if error.status_code == 404 or responses_api.is_container_expired(error):
+            return False, None
+    return False, {
+        "code": "container_check_failed",
+        "message": f"could not check the previous container (Azure OpenAI answered {refused}): "
+        "the files were carried into a new one",
+    }
 
 
 async def carried_outputs(

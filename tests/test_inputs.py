@@ -328,6 +328,22 @@ async def test_continuing_in_the_live_container_then_in_a_new_one(env, rig) -> N
     await inputs.delete_uploaded(services, fourth.file_ids)
 
 
+async def test_a_refused_container_lookup_falls_back_to_listing_its_files(env, rig) -> None:
+    services = await get_services()
+    first = await finished_run(services, rig)
+    container_id = rig.emulator.run(first.id)["container_id"]
+    queue_fault(rig.emulator, "containers", 403)  # "get-container not supported for CheckAccess"
+    same = await conversations.prepare_run(services, [], first.id, log())
+    assert (same.continued_in, same.container, same.warnings) == ("same_container", container_id, [])
+
+    rig.emulator.expire_container(container_id)
+    queue_fault(rig.emulator, "containers", 403)
+    new = await conversations.prepare_run(services, [], first.id, log())
+    assert (new.continued_in, new.warnings) == ("new_container", [])
+    assert [i.name for i in new.inputs] == ["chart.png"]
+    await inputs.delete_uploaded(services, new.file_ids)
+
+
 async def test_a_foreign_or_unknown_previous_response_is_not_found(env, rig) -> None:
     services = await get_services()
     foreign = await finished_run(services, rig, owner=False)

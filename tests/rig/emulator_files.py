@@ -481,6 +481,7 @@ class FilesApi:
     # ---- containers
 
     async def get_container(self, request: web.Request) -> web.StreamResponse:
+        await self._fault(request, "containers")
         cid = request.match_info["cid"]
         container = self.emulator.containers.get(cid)
         if container is None:
@@ -580,12 +581,12 @@ class FilesApi:
     # ---- control
 
     async def ctl_faults(self, request: web.Request) -> web.StreamResponse:
-        """`{"target": "files" | "uploads" | "parts", "status": 400, "after": 0, "times": 1}`: the next
+        """`{"target": "files" | "uploads" | "parts" | "containers", "status": 403, "after": 0, "times": 1}`: the next
         `times` requests to target, after `after` good ones, answer `status`."""
         body = await request.json()
         target, status = body.get("target"), body.get("status")
-        if target not in ("files", "uploads", "parts") or not isinstance(status, int):
-            raise _error(400, "faults need 'target' (files, uploads, parts) and an integer 'status'")
+        if target not in ("files", "uploads", "parts", "containers") or not isinstance(status, int):
+            raise _error(400, "faults need 'target' (files, uploads, parts, containers) and an integer 'status'")
         self.faults[target] = [0] * int(body.get("after", 0)) + [status] * int(body.get("times", 1))
         return web.json_response({"target": target, "queued": self.faults[target]})
 
@@ -623,7 +624,8 @@ def parse_copy_file(index: int, raw: dict[str, Any]) -> ScriptFile:
 
 
 def queue_fault(control: EmulatorControl, target: str, status: int, *, after: int = 0, times: int = 1) -> None:
-    """Make the next `times` requests to `target` (files, uploads, parts), after `after`, fail."""
+    """Make the next `times` requests to `target` (files, uploads, parts, containers: `GET /containers/{id}`),
+    after `after` good ones, fail with `status`."""
     body = {"target": target, "status": status, "after": after, "times": times}
     control._call("POST", "/_emulator/files/faults", body)
 
