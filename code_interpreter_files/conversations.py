@@ -22,7 +22,7 @@ from . import responses_api
 from .citations import container_ids
 from .errors import ApiError
 from .inputs import MAX_FILE_IDS, InputSpec, PreparedInput, UploadedInput, code_interpreter_container, upload_inputs
-from .naming import is_plain_id, is_valid_response_id, safe_filename
+from .naming import is_plain_id, is_valid_response_id, safe_filename, valid_unicode
 from .runlog import RunLog
 from .services import Services
 
@@ -84,7 +84,7 @@ def _not_found(response_id: str) -> ApiError:
 async def resolve_previous(services: Services, response_id: str) -> Previous:
     """The previous run, if it is a finished run of this app, and whether its container lives."""
     if not is_valid_response_id(response_id):
-        raise _not_found(response_id[:130])
+        raise _not_found(valid_unicode(response_id[:130]))
     try:
         response = await services.openai.responses.retrieve(response_id)
     except openai.NotFoundError:
