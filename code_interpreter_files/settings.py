@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +45,12 @@ QUEUE_SETTING_NAMES: tuple[str, ...] = (
     "CALLBACK_ALLOWED_HOSTS",
     "CALLBACK_SIGNING_SECRET",
     "AZURE_OPENAI_WEBHOOK_SECRET",
+)
+INPUT_SETTING_NAMES: tuple[str, ...] = (
+    "INPUT_CONTAINER",
+    "MAX_INPUT_FILES",
+    "MAX_INPUT_BYTES",
+    "OWNER_TAG",
 )
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
@@ -89,6 +97,10 @@ class Settings:
     callback_allowed_hosts: tuple[str, ...] = ()
     callback_signing_secret: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    input_container: str = "code-interpreter-inputs"
+    max_input_files: int = 10
+    max_input_bytes: int = 512 * MIB
+    owner_tag: str = "cif-unset"
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -175,6 +187,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _valid_container_name(container):
         invalid["OUTPUT_CONTAINER"] = "3-63 lowercase letters, digits and single hyphens"
 
+    input_container = text("INPUT_CONTAINER") or "code-interpreter-inputs"
+    if not _valid_container_name(input_container):
+        invalid["INPUT_CONTAINER"] = "3-63 lowercase letters, digits and single hyphens"
+    owner_tag = text("OWNER_TAG") or _derived_owner_tag(account_url or connection_string or "", container)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", owner_tag):
+        invalid["OWNER_TAG"] = "1-64 letters, digits, '_', '.' or '-'"
+
     ttl_max = integer("SAS_TTL_MAX_MINUTES", 1440, 1, MAX_SAS_TTL_MINUTES)
     ttl = integer("SAS_TTL_MINUTES", min(60, ttl_max), 1, MAX_SAS_TTL_MINUTES)
     if ttl > ttl_max and "SAS_TTL_MINUTES" not in invalid:
@@ -208,6 +227,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         run_events=run_events,  # type: ignore[arg-type]
         run_events_idle_seconds=integer("RUN_EVENTS_IDLE_SECONDS", 30, 1, 600),
         **_queue_settings(text, invalid),
+        input_container=input_container,
+        max_input_files=integer("MAX_INPUT_FILES", 10, 1, 50),
+        max_input_bytes=integer("MAX_INPUT_BYTES", 512 * MIB, 1, 8 * 1024 * MIB),
+        owner_tag=owner_tag,
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
@@ -262,6 +285,15 @@ def _is_whsec(value: str) -> bool:
         return len(base64.b64decode(value[len("whsec_") :], validate=True)) >= 16
     except ValueError:
         return False
+def _derived_owner_tag(storage: str, container: str) -> str:
+    """Tags the runs this app starts (response metadata "owner"), the same for every worker of one
+    deployment: derived from where its outputs go, never from a secret (only the account's name)."""
+    account = storage
+    if not storage.startswith(("https://", "http://")):
+        parts = dict(p.split("=", 1) for p in storage.split(";") if "=" in p)
+        keys = {k.strip().lower(): v.strip() for k, v in parts.items()}
+        account = keys.get("accountname") or ("devstoreaccount1" if keys.get("usedevelopmentstorage") else "")
+    return "cif-" + hashlib.sha256(f"{account}/{container}".encode()).hexdigest()[:16]
 
 
 def _signs_with_account_key(connection_string: str) -> bool:
@@ -289,4 +321,4 @@ IDENTITY_SETTING_NAMES = ("AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEAD
 def settings_fingerprint(env: Mapping[str, str] | None = None) -> tuple[str | None, ...]:
     """The raw values the clients are built from: a new fingerprint means a new configuration."""
     env = os.environ if env is None else env
-    return tuple(env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + IDENTITY_SETTING_NAMES)
+    return tuple(env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + INPUT_SETTING_NAMES + IDENTITY_SETTING_NAMES)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
@@ -375,3 +376,56 @@ class OutputStore:
             except ResourceNotFoundError:
                 pass
         return deleted
+
+    # ---- reading blobs back (input files; a previous run's outputs). Owner: inputs helper.
+
+    async def blob_version(self, container: str, blob: str) -> tuple[int, str] | None:
+        """Size and ETag of a blob of this account (`container` is INPUT_CONTAINER or OUTPUT_CONTAINER);
+        None when the blob or its container does not exist."""
+        try:
+            properties = await self._service.get_blob_client(container, blob).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return int(properties.size), str(properties.etag)
+
+    async def read_blob(
+        self, container: str, blob: str, *, size: int, etag: str, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes in ranged reads of at most `chunk_bytes`, each pinned to `etag`.
+
+        Ranged GETs rather than one download: the SDK's downloader fetches its first 32 MiB
+        (max_single_get_size) in one piece, so memory would follow the file size up to that; here it
+        is one range at a time whatever the size. A blob replaced midway fails (412) instead of
+        mixing two versions.
+        """
+        client = self._service.get_blob_client(container, blob)
+        offset = 0
+        while offset < size:
+            length = min(chunk_bytes, size - offset)
+            downloader = await client.download_blob(
+                offset=offset, length=length, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            data = await downloader.readall()
+            if not data:
+                break
+            offset += len(data)
+            yield data
+
+    async def write_run_inputs(self, response_id: str, record: dict[str, Any]) -> None:
+        """`<response id>/inputs.json`: a run's inputs and how it continued, written when it starts, so
+        whichever worker finishes the run can answer with them (output blobs are `<id>/<file id>/<name>`,
+        so the name never collides)."""
+        data = valid_unicode(json.dumps(record, ensure_ascii=False)).encode()
+        await self._container.upload_blob(
+            f"{run_prefix(response_id)}/inputs.json",
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    async def read_run_inputs(self, response_id: str) -> dict[str, Any] | None:
+        try:
+            downloader = await self._container.download_blob(f"{run_prefix(response_id)}/inputs.json")
+        except ResourceNotFoundError:
+            return None
+        return json.loads(await downloader.readall())

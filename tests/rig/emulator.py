@@ -37,6 +37,7 @@ import jwt
 from aiohttp import web
 
 from . import content as gen
+from . import emulator_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "/openai/v1"
@@ -229,6 +230,8 @@ def _parse_file(script_id: str, index: int, raw: Any) -> ScriptFile:
     if not isinstance(raw, dict) or not isinstance(raw.get("path"), str) or not raw["path"]:
         raise _bad_request(f"files[{index}] needs a 'path' string", "files")
     path: str = raw["path"]
+    if "copy_of_input" in raw:  # inputs hook: a copy of an input file (tests/rig/emulator_files.py)
+        return emulator_files.parse_copy_file(index, raw)
     if ("content" in raw) == ("size" in raw):
         raise _bad_request(f"files[{index}] needs exactly one of 'content' or 'size'", "files")
     seed: str | None = None
@@ -439,6 +442,7 @@ class Emulator:
             },
         )
         self.scripts["default"] = default
+        self.files_api = emulator_files.FilesApi(self)  # Files, Uploads, GET /containers/{id}, inputs
         self.reset_stats()
 
     # ---- stats
@@ -450,6 +454,7 @@ class Emulator:
         self.auth: Counter[str] = Counter({"api_key": 0, "bearer_jwt": 0, "rejected": 0})
         self.audiences: set[str] = set()
         self.api_versions: set[str] = set()
+        self.files_api.reset_stats()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -459,6 +464,7 @@ class Emulator:
             "auth": dict(self.auth),
             "jwt_audiences": sorted(self.audiences),
             "api_versions": sorted(self.api_versions),
+            "files": self.files_api.stats(),
         }
 
     # ---- app
@@ -473,6 +479,7 @@ class Emulator:
         r.add_get(PREFIX + "/containers/{cid}/files", self.list_files)
         r.add_get(PREFIX + "/containers/{cid}/files/{fid}", self.get_file)
         r.add_get(PREFIX + "/containers/{cid}/files/{fid}/content", self.get_content)
+        self.files_api.add_routes(r)
         r.add_post("/_emulator/scripts", self.ctl_add_script)
         r.add_get("/_emulator/runs/{id}", self.ctl_run)
         r.add_get("/_emulator/scripts/{id}/runs", self.ctl_script_runs)
@@ -699,8 +706,10 @@ class Emulator:
         now = time.time()
         latency = script.latency if script.latency is not None else self.latency
         container = None
+        # inputs hooks (tests/rig/emulator_files.py): previous_response_id, file_ids, a container by id
+        self.files_api.check_previous(body)
         if has_ci and not script.no_container:
-            container = self._new_container(script, now + latency)
+            container = self.files_api.container_for(script, tools, now + latency)
         run = Run(
             id="resp_" + secrets.token_hex(24),
             script=script,
