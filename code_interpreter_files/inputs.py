@@ -12,20 +12,18 @@ to 64 MB), each part is small bytes the SDK retries like any request, and `compl
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import posixpath
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import openai
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from .errors import ApiError
+from .models import BlobInput, InputSpec
 from .naming import MAX_FILENAME_CHARS, content_type_for, safe_filename, valid_unicode
 from .runlog import RunLog
 from .services import Services
@@ -40,49 +38,6 @@ PARTS_IN_FLIGHT = 2  # parts uploading while the next range is read: memory ~ (2
 # (documented range: 3600 s to 30 days, anchor created_at).
 FILE_TTL_SECONDS = 24 * 3600
 MAX_FILE_IDS = 50  # `container.file_ids` takes at most 50 files (AutoCodeInterpreterToolParam)
-MAX_BLOB_NAME_CHARS = 1024  # Blob Storage's limit
-MAX_INLINE_BASE64_CHARS = 1_400_000  # more than a 1 MiB body can hold
-
-
-class BlobInput(BaseModel):
-    """`{"blob": "<name in INPUT_CONTAINER>", "name"?: "<file name in the container>"}`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    blob: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
-    name: str | None = Field(default=None, min_length=1, max_length=MAX_BLOB_NAME_CHARS)
-
-
-class InlineInput(BaseModel):
-    """`{"name": "<file name>", "content_base64": "..."}`: a small file inside the request body."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    name: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
-    content_base64: str = Field(max_length=MAX_INLINE_BASE64_CHARS)
-
-    @field_validator("content_base64")
-    @classmethod
-    def _is_base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be standard base64 (A-Z, a-z, 0-9, +, /, = padding)") from None
-        return value
-
-    def data(self) -> bytes:
-        return base64.b64decode(self.content_base64, validate=True)
-
-
-def _kind(value: Any) -> str:
-    """Which model an item is for: one clear error per item instead of one per union member."""
-    if isinstance(value, BlobInput) or (isinstance(value, dict) and "blob" in value):
-        return "blob"
-    return "inline"
-
-
-# The `input_files` items of a run request: `list[InputSpec]`.
-InputSpec = Annotated[Annotated[BlobInput, Tag("blob")] | Annotated[InlineInput, Tag("inline")], Discriminator(_kind)]
 
 
 @dataclass(frozen=True)

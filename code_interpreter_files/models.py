@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 MAX_PROMPT_CHARS = 32_000
+MAX_BLOB_NAME_CHARS = 1024  # Blob Storage's limit
+MAX_INLINE_BASE64_CHARS = 1_400_000  # more than a 1 MiB body can hold
+
+
+class BlobInput(BaseModel):
+    """`{"blob": "<name in INPUT_CONTAINER>", "name"?: "<file name in the container>"}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    blob: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+
+
+class InlineInput(BaseModel):
+    """`{"name": "<file name>", "content_base64": "..."}`: a small file inside the request body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    content_base64: str = Field(max_length=MAX_INLINE_BASE64_CHARS)
+
+    @field_validator("content_base64")
+    @classmethod
+    def _is_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be standard base64 (A-Z, a-z, 0-9, +, /, = padding)") from None
+        return value
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content_base64, validate=True)
+
+
+def _kind(value: Any) -> str:
+    """Which model an item is for: one clear error per item instead of one per union member."""
+    if isinstance(value, BlobInput) or (isinstance(value, dict) and "blob" in value):
+        return "blob"
+    return "inline"
+
+
+# The `input_files` items of a run request: `list[InputSpec]`.
+InputSpec = Annotated[Annotated[BlobInput, Tag("blob")] | Annotated[InlineInput, Tag("inline")], Discriminator(_kind)]
+
 MANIFEST_VERSION = 2  # 1: before warnings, origin and incomplete runs; read as such
 Collect = Literal["cited", "all"]
 Origin = Literal["cited", "listed", "image_output"]
@@ -24,6 +70,10 @@ class RunRequest(BaseModel):
     collect: Collect = "cited"
     sas_ttl_minutes: int | None = Field(default=None, ge=1)
     wait: bool = True
+    # No max_length here: inputs.py answers 400 too_many_inputs naming MAX_INPUT_FILES.
+    input_files: list[InputSpec] = Field(default_factory=list)
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=200)
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +191,9 @@ class RunRecord:
     files: list[CopiedFile] = field(default_factory=list)
     failed_files: list[FailedFile] = field(default_factory=list)
     warnings: list[RunWarning] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, bytes, sha256} of the caller's files
+    continued_in: str | None = None  # same_container | new_container, for a continued conversation
+    error: dict[str, str] | None = None  # {code, message}: the run could not be finished (poison queue)
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -152,6 +205,9 @@ class RunRecord:
             "files": [asdict(f) for f in self.files],
             "failed_files": [f.to_answer() for f in self.failed_files],
             "warnings": [w.to_answer() for w in self.warnings],
+            "inputs": self.inputs,
+            "continued_in": self.continued_in,
+            "error": self.error,
         }
 
     @classmethod
@@ -172,6 +228,9 @@ class RunRecord:
             files=[CopiedFile.from_manifest(f) for f in data["files"]],
             failed_files=[FailedFile(**f) for f in data["failed_files"]],
             warnings=[RunWarning(**w) for w in data.get("warnings", [])],
+            inputs=data.get("inputs", []),
+            continued_in=data.get("continued_in"),
+            error=data.get("error"),
         )
 
     @property

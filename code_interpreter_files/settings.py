@@ -285,6 +285,8 @@ def _is_whsec(value: str) -> bool:
         return len(base64.b64decode(value[len("whsec_") :], validate=True)) >= 16
     except ValueError:
         return False
+
+
 def _derived_owner_tag(storage: str, container: str) -> str:
     """Tags the runs this app starts (response metadata "owner"), the same for every worker of one
     deployment: derived from where its outputs go, never from a secret (only the account's name)."""
@@ -321,4 +323,6 @@ IDENTITY_SETTING_NAMES = ("AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEAD
 def settings_fingerprint(env: Mapping[str, str] | None = None) -> tuple[str | None, ...]:
     """The raw values the clients are built from: a new fingerprint means a new configuration."""
     env = os.environ if env is None else env
-    return tuple(env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + INPUT_SETTING_NAMES + IDENTITY_SETTING_NAMES)
+    return tuple(
+        env.get(name) for name in SETTING_NAMES + QUEUE_SETTING_NAMES + INPUT_SETTING_NAMES + IDENTITY_SETTING_NAMES
+    )

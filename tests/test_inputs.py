@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from code_interpreter_files import conversations, inputs, pipeline
 from code_interpreter_files.errors import ApiError
-from code_interpreter_files.inputs import BlobInput, InlineInput, InputSpec
+from code_interpreter_files.models import BlobInput, InlineInput, InputSpec
 from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import Services, get_services
 from tests.rig import content as gen
