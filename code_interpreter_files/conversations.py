@@ -63,7 +63,7 @@ class RunSetup:
         return [i.to_answer() for i in self.inputs if not i.carried]
 
     def record(self) -> dict[str, Any]:
-        """What the run's answer needs later, in any worker (`save_setup`): inputs, continued_in,
+        """What the run's answer needs later, in any worker (the run record, `run.json`): inputs, continued_in,
         warnings; and the uploaded file ids (also in the response's tools) and carried files."""
         return {
             "version": 1,
@@ -244,13 +244,11 @@ async def carried_sha256(services: Services, response: Response) -> dict[str, st
 
 
 async def save_setup(services: Services, response_id: str, setup: RunSetup) -> None:
-    """Keep the run's input record next to its outputs (`<response id>/inputs.json`)."""
-    if setup.inputs or setup.continued_in is not None or setup.warnings:
-        await services.store.ensure_container()
-        await services.store.write_run_inputs(response_id, setup.record())
+    """Keep the run's input record in its run record (`<response id>/run.json`)."""
+    await services.store.write_run_info(response_id, setup.record())
 
 
 async def load_setup(services: Services, response_id: str) -> dict[str, Any]:
-    """The record `save_setup` kept; a run started without inputs or a previous run has none."""
+    """The record kept at the start; a run started without inputs or a previous run has none."""
     empty: dict[str, Any] = {"inputs": [], "continued_in": None, "warnings": [], "file_ids": [], "carried": []}
-    return await services.store.read_run_inputs(response_id) or empty
+    return {**empty, **await services.store.read_run_info(response_id)}

@@ -12,7 +12,7 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import pipeline, responses_api
+from . import pipeline, queue_finish, responses_api, webhooks
 from .errors import ApiError
 from .identity import IdentityError
 from .models import RunRequest, UnsupportedManifest
@@ -174,6 +174,44 @@ async def delete_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     services = await get_services()
     await pipeline.delete_run(services, response_id_from(req), log)
     return func.HttpResponse(status_code=204)
+
+
+async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    """Verify an Azure OpenAI webhook and queue the finish of its run (once per webhook id)."""
+    services = await get_services()
+    if services.settings.webhook_secret is None:
+        raise ApiError(404, "webhook_not_configured", "AZURE_OPENAI_WEBHOOK_SECRET is not set")
+
+    async def act(event: webhooks.WebhookEvent) -> None:
+        assert event.response_id is not None
+        log.response_id = event.response_id
+        await services.queue.enqueue_finish(event.response_id, "cited", None)  # collect: from the run's metadata
+
+    outcome = await webhooks.handle_webhook(
+        req.get_body(),
+        dict(req.headers),
+        settings=services.settings,
+        openai=services.openai,
+        markers=services.store,
+        act=act,
+    )
+    return json_response(200, {"status": outcome.action})
+
+
+async def on_queue_message(msg: func.QueueMessage, context: func.Context, operation: str) -> None:
+    """A RUNS_QUEUE (or poison) message. Errors are logged and re-raised: the host retries them."""
+    log = RunLog(context.invocation_id, operation)
+    log.info("queue message", dequeue_count=msg.dequeue_count, message_id=msg.id)
+    try:
+        services = await get_services()
+        body = msg.get_body().decode("utf-8")
+        if operation == "record_poison":
+            await queue_finish.record_poison(services, body, log)
+        else:
+            await queue_finish.handle_message(services, body, log)
+    except Exception as error:
+        log.warning("queue message failed; the host retries it", error=type(error).__name__, detail=str(error)[:200])
+        raise
 
 
 def health() -> func.HttpResponse:

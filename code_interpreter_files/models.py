@@ -193,7 +193,7 @@ class RunRecord:
     warnings: list[RunWarning] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, bytes, sha256} of the caller's files
     continued_in: str | None = None  # same_container | new_container, for a continued conversation
-    error: dict[str, str] | None = None  # {code, message}: the run could not be finished (poison queue)
+    error: dict[str, Any] | None = None  # {status, code, message}: how the run ended without its files
 
     def to_manifest(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ import openai
 from azure.core.exceptions import AzureError, HttpResponseError
 from openai.types.responses import Response
 
-from . import responses_api
+from . import callbacks, conversations, inputs, responses_api
 from .citations import answer_text, container_ids, file_citations, image_outputs, is_id_like, link_files
 from .errors import ApiError, FileCopyError
 from .models import (
@@ -48,6 +48,9 @@ from .services import Services
 from .storage import ExistingBlob, LeaseHeld
 
 RETRY_AFTER_SECONDS = 5
+# A synchronous POST also queues its run's finish, visible this long after its answer was due: if the
+# worker dies mid-copy, the queue still finishes the run (and calls back) even though nobody polls.
+SAFETY_FINISH_MARGIN_SECONDS = 10
 FAILED_STATUSES = {
     "failed": (502, "run_failed"),
     "cancelled": (409, "run_cancelled"),
@@ -94,30 +97,66 @@ def _deadline(services: Services) -> float:
 
 
 async def create_run(services: Services, request: RunRequest, log: RunLog) -> dict[str, Any] | Accepted:
-    """POST /api/runs: start the run; with `wait`, see it through within the time budget."""
+    """POST /api/runs: upload its inputs, start the run and queue its finish; with `wait`, see it
+    through within the time budget (the queue finishes it otherwise, even if nobody polls)."""
     ttl = sas_ttl(services, request.sas_ttl_minutes)
+    callback_url = (
+        callbacks.validate_callback_url(request.callback_url, services.settings) if request.callback_url else None
+    )
     deadline = _deadline(services)
     with responses_api.deadline_of_answer(deadline):
         try:
             async with asyncio.timeout_at(deadline):
                 with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
-                    started = await responses_api.start_response(
-                        services.openai,
-                        services.settings,
-                        prompt=request.prompt,
-                        instructions=request.instructions,
-                        metadata={"collect": request.collect},
-                        listen=request.wait,
+                    setup = await conversations.prepare_run(
+                        services, request.input_files, request.previous_response_id, log
                     )
+                    try:
+                        started = await responses_api.start_response(
+                            services.openai,
+                            services.settings,
+                            prompt=request.prompt,
+                            instructions=request.instructions,
+                            metadata={"collect": request.collect},
+                            container=setup.container,
+                            previous_response_id=setup.previous_response_id,
+                            listen=request.wait,
+                        )
+                    except BaseException:
+                        await inputs.delete_uploaded(services, setup.file_ids, log)
+                        raise
                     if not is_valid_response_id(started.response.id):
                         await started.stop_listening()
                         raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
                     log.response_id = started.response.id
+                    await _record_start(services, started.response.id, request, setup, callback_url, log)
         except TimeoutError:
             raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
         if not request.wait:
             return Accepted(started.response.id, started.response.status or "queued")
         return await _see_through(services, started, request.collect, ttl, deadline, log)
+
+
+async def _record_start(
+    services: Services,
+    response_id: str,
+    request: RunRequest,
+    setup: conversations.RunSetup,
+    callback_url: str | None,
+    log: RunLog,
+) -> None:
+    """Queue the run's finish (at once for `wait: false`, as a safety net past the answer otherwise),
+    then keep what finishing it needs in any worker: inputs, continuation, callback."""
+    delay = 0 if not request.wait else services.settings.run_wait_seconds + SAFETY_FINISH_MARGIN_SECONDS
+    try:
+        await services.queue.enqueue_finish(response_id, request.collect, callback_url, delay_seconds=int(delay))
+    except AzureError as error:  # the run has started: answer anyway; a GET can still finish it
+        log.warning("could not queue the run's finish", error=type(error).__name__)
+    info = setup.record()
+    if callback_url is not None:
+        info["callback_url"] = callback_url
+    if setup.inputs or setup.continued_in or setup.warnings or callback_url:
+        await services.store.write_run_info(response_id, info)
 
 
 async def get_run(
@@ -136,7 +175,7 @@ async def get_run(
         try:
             async with asyncio.timeout_at(deadline):
                 with log.step(1, "retrieve response"):
-                    response = await _retrieve(services, response_id)
+                    response = await retrieve(services, response_id)
         except TimeoutError:
             raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
         if response.status in responses_api.RUNNING:
@@ -155,7 +194,7 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
     if await services.store.is_deleted(response_id):
         raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     try:
-        response: Response | None = await _retrieve(services, response_id)
+        response: Response | None = await retrieve(services, response_id)
     except ApiError as error:
         if error.status != 404:
             raise
@@ -170,6 +209,9 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
         except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError):
             log.info("the response could not be cancelled (it finished, or the service refused)")
     await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
+    info = await services.store.read_run_info(response_id)
+    uploaded = conversations.uploaded_file_ids(response) if response is not None else info.get("file_ids", [])
+    await inputs.delete_uploaded(services, uploaded, log)
     deleted = await services.store.delete_run(response_id)
     if response is not None:
         await _delete_response(services, response_id, log)
@@ -194,7 +236,7 @@ async def _delete_response(services: Services, response_id: str, log: RunLog) ->
             return
 
 
-async def _retrieve(services: Services, response_id: str) -> Response:
+async def retrieve(services: Services, response_id: str) -> Response:
     try:
         return await responses_api.retrieve(services.openai, response_id)
     except openai.NotFoundError:
@@ -219,11 +261,12 @@ async def _see_through(
                     response = await responses_api.wait_for_response(
                         services.openai, started, services.settings.run_events_idle_seconds
                     )
-            _raise_for_status(response)
+            await inputs.delete_uploaded(services, conversations.uploaded_file_ids(response), log)
+            raise_for_status(response)
             stage = "copying"
             done = response
             try:
-                record = await services.finishing.run(response.id, lambda: _finish(services, done, collect, log))
+                record = await services.finishing.run(response.id, lambda: finish(services, done, collect, log))
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -238,7 +281,7 @@ async def _see_through(
     return await answer(services, record, ttl, log)
 
 
-def _raise_for_status(response: Response) -> None:
+def raise_for_status(response: Response) -> None:
     """A failed or cancelled run has nothing to copy; an incomplete one often wrote files first."""
     if response.status in FAILED_STATUSES:
         status, code = FAILED_STATUSES[response.status]
@@ -253,7 +296,7 @@ def _incomplete_reason(response: Response) -> str | None:
     return str(details.reason) if details is not None and details.reason else "unknown"
 
 
-async def _finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
+async def finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
     """Find, copy and record the files once, across instances: under the run's lease, skipping what an
     earlier attempt committed; a manifest that exists already wins; a DELETE stops it (tombstone)."""
     store = services.store
@@ -285,6 +328,9 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
     existing = await store.copied_files(response.id)
     with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
         copied, copy_failures = await copy_files(services, response.id, findings.found, log, existing)
+    info = await store.read_run_info(response.id)
+    copied = await _without_inputs(services, response, info, copied)
+    findings.warnings += [RunWarning(**w) for w in info.get("warnings", [])]
     record = RunRecord(
         response_id=response.id,
         status=response.status or "completed",
@@ -293,6 +339,8 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
         files=copied,
         failed_files=findings.failed + copy_failures,
         warnings=findings.warnings,
+        inputs=info.get("inputs", []),
+        continued_in=info.get("continued_in"),
     )
     if not copied and record.failed_files and all(f.code == "container_expired" for f in record.failed_files):
         raise ApiError(
@@ -307,7 +355,26 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
     if not written:
         log.info("another request finished this run first; using its manifest")
         return RunRecord.from_manifest(await store.read_manifest(response.id) or record.to_manifest())
+    if info.get("callback_url"):  # the one who wrote the manifest calls back, through the queue
+        await services.queue.enqueue_callback(response.id, info["callback_url"], attempt=1, delay_seconds=0)
     return record
+
+
+async def _without_inputs(
+    services: Services, response: Response, info: dict[str, Any], copied: list[CopiedFile]
+) -> list[CopiedFile]:
+    """Drop what is only a copy of an input or of a carried file (same name or id, same bytes): those
+    are the caller's files, not the run's outputs. Their blobs are deleted again."""
+    known = await conversations.carried_sha256(services, response)
+    known.update({f"/mnt/data/{i['name']}": i["sha256"] for i in info.get("inputs", []) if "name" in i})
+    kept = []
+    for file in copied:
+        path = file.sandbox_path or f"/mnt/data/{file.filename}"
+        if file.sha256 in (known.get(file.file_id), known.get(path)):
+            await services.store.delete_blob(file.blob)
+        else:
+            kept.append(file)
+    return kept
 
 
 async def _list_containers(
@@ -400,6 +467,8 @@ async def find_files(services: Services, response: Response, collect: Collect) -
                     findings.failed.append(_download_failure(shown, citation.file_id, error))
                     continue
                 # Metadata unavailable (403, 5xx): the content endpoint may still work.
+        if item is not None and item.source == "user":
+            continue  # the caller's own input, cited by the model: not an output
         if item is not None:
             name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
             findings.found.append(_found(item, name, origin="cited"))
@@ -642,7 +711,13 @@ def _download_failure(filename: str, file_id: str, error: openai.APIStatusError)
 
 
 async def answer(services: Services, record: RunRecord, ttl: timedelta, log: RunLog) -> dict[str, Any]:
-    """Sign a fresh read-only link per file and put the links into the model's text."""
+    """Sign a fresh read-only link per file and put the links into the model's text. A run that could
+    not be finished (poison queue) with nothing copied answers its error."""
+    warnings = [w.to_answer() for w in record.warnings]
+    if record.error is not None:
+        if not record.files:
+            raise ApiError(int(record.error["status"]), str(record.error["code"]), str(record.error["message"]))
+        warnings.append({"code": str(record.error["code"]), "message": str(record.error["message"])})
     with log.step(5, "sign links", files=len(record.files), ttl_minutes=int(ttl.total_seconds() // 60)):
         files, urls = [], {}
         for file in record.files:
@@ -657,5 +732,7 @@ async def answer(services: Services, record: RunRecord, ttl: timedelta, log: Run
         "text": link_files(record.text, urls),
         "files": files,
         "failed_files": [f.to_answer() for f in record.failed_files],
-        "warnings": [w.to_answer() for w in record.warnings],
+        "warnings": warnings,
+        "inputs": record.inputs,
+        "continued_in": record.continued_in,
     }

@@ -68,6 +68,7 @@ class ExistingBlob:
     bytes: int
     sha256: str
     content_type: str
+    container_id: str
 
 
 class LeaseHeld(Exception):
@@ -348,6 +349,7 @@ class OutputStore:
                         bytes=blob.size,
                         sha256=metadata["sha256"],
                         content_type=blob.content_settings.content_type or "application/octet-stream",
+                        container_id=unquote(metadata.get("container_id", "")),
                     )
         except ResourceNotFoundError:  # no output container yet
             pass
@@ -410,22 +412,3 @@ class OutputStore:
                 break
             offset += len(data)
             yield data
-
-    async def write_run_inputs(self, response_id: str, record: dict[str, Any]) -> None:
-        """`<response id>/inputs.json`: a run's inputs and how it continued, written when it starts, so
-        whichever worker finishes the run can answer with them (output blobs are `<id>/<file id>/<name>`,
-        so the name never collides)."""
-        data = valid_unicode(json.dumps(record, ensure_ascii=False)).encode()
-        await self._container.upload_blob(
-            f"{run_prefix(response_id)}/inputs.json",
-            data,
-            overwrite=True,
-            content_settings=ContentSettings(content_type="application/json"),
-        )
-
-    async def read_run_inputs(self, response_id: str) -> dict[str, Any] | None:
-        try:
-            downloader = await self._container.download_blob(f"{run_prefix(response_id)}/inputs.json")
-        except ResourceNotFoundError:
-            return None
-        return json.loads(await downloader.readall())

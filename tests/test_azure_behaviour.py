@@ -213,7 +213,9 @@ def test_dated_api_versions_are_refused_at_start() -> None:
     assert "dated" in error.value.invalid["AZURE_OPENAI_API_VERSION"]
 
 
-async def test_the_ai_azure_com_audience_is_the_default_and_the_legacy_one_works(app: AppClient, configure, rig) -> None:
+async def test_the_ai_azure_com_audience_is_the_default_and_the_legacy_one_works(
+    app: AppClient, configure, rig
+) -> None:
     rig.emulator.reset()
     assert (await app.post_run(prompt="hello")).status == 200
     assert rig.emulator.stats()["jwt_audiences"] == ["https://ai.azure.com"]

@@ -146,7 +146,7 @@ async def test_blob_and_inline_inputs_reach_the_run_and_are_deleted_after(env, r
     sources = {f.path: f.source for f in listed.data}
     assert sources["/mnt/data/notes (2).txt"] == "user" and sources["/mnt/data/weather_copy.csv"] == "assistant"
     # The pipeline copies only what the model wrote: the inputs are not outputs.
-    found, _ = await pipeline.find_files(services, response, "all")
+    found = (await pipeline.find_files(services, response, "all")).found
     assert [f.filename for f in found] == ["weather_copy.csv"]
 
     assert conversations.uploaded_file_ids(response) == setup.file_ids

@@ -30,14 +30,20 @@ def storage_names(rig, response_id: str, *, bookkeeping: bool = False) -> list[s
 
 def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None:
     bindings = {name: f.get_bindings_dict()["bindings"][0] for name, f in app.functions.items()}
+    http = {name: b for name, b in bindings.items() if b["type"] == "httpTrigger"}
     assert {
-        name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value))
-        for name, b in bindings.items()
+        name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value)) for name, b in http.items()
     } == {
         "create_run": ("runs", ["POST"], "function"),
         "get_run": ("runs/{response_id}", ["GET"], "function"),
         "delete_run": ("runs/{response_id}", ["DELETE"], "function"),
+        "openai_webhook": ("openai-webhook", ["POST"], "anonymous"),  # verified by its signature instead
         "health": ("health", ["GET"], "anonymous"),
+    }
+    queues = {name: (b["queueName"], b["connection"]) for name, b in bindings.items() if b["type"] == "queueTrigger"}
+    assert queues == {
+        "finish_run": ("%RUNS_QUEUE%", "RUNS_QUEUE_STORAGE"),
+        "record_poison": ("%RUNS_QUEUE%-poison", "RUNS_QUEUE_STORAGE"),
     }
 
 
