@@ -241,6 +241,7 @@ class Script:
     images: list[ScriptImage] = field(default_factory=list)
     logs: str | None = None
     extra_annotations: list[dict[str, Any]] = field(default_factory=list)
+    off_spec: bool = False  # its responses may break the schema on purpose (hostile-input tests)
     runs: int = 0
     create_500_served: int = 0
 
@@ -459,6 +460,10 @@ def _parse_script(script_id: str, body: Any) -> Script:
       "data:image/png;base64,..."}]`` only when the request has ``include:
       ["code_interpreter_call.outputs"]``; without it ``outputs`` is null (as on the real service).
     - ``logs``: with that include, a ``{"type": "logs", "logs": <logs>}`` output before the images.
+    - ``off_spec``: true when the script's responses break the published schema on purpose (e.g. an
+      ``error.code`` outside the enum); implied by ``extra_annotations`` and by a
+      ``citation_filename`` of null. Their violations are listed apart (``deliberate_violations``)
+      and do not fail the session's schema check.
 
     Faults (each consumed per script, over all its runs, in order of the list):
     - ``fail_first``: ``[{status, times?, on?, retry_after?, retry_after_ms?, message?, code?}]``:
@@ -546,9 +551,11 @@ def _parse_script(script_id: str, body: Any) -> Script:
     refused = body.get("delete_refused_while_running", False)
     if not (refused is None or isinstance(refused, bool) or (type(refused) is int and refused in (400, 409))):
         raise _bad_request("'delete_refused_while_running' must be true, 400 or 409")
+    files = [_parse_file(script_id, i, f) for i, f in enumerate(files_raw)]
+    off_spec = bool(body.get("off_spec", False)) or bool(extra) or any(f.citation_filename is None for f in files)
     return Script(
         id=script_id,
-        files=[_parse_file(script_id, i, f) for i, f in enumerate(files_raw)],
+        files=files,
         text=body.get("text"),
         latency=float(latency) if latency is not None else None,
         faults=faults,
@@ -559,6 +566,7 @@ def _parse_script(script_id: str, body: Any) -> Script:
         expired_shape=shape,
         no_container=bool(body.get("no_container", False)),
         extra_annotations=extra,
+        off_spec=off_spec,
         cut_events=bool(body.get("cut_events", False)),
         stream_closes_before_created="eof" if closes is True else (closes or None),
         silent_stream=bool(body.get("silent_stream", False)),
@@ -772,7 +780,7 @@ class Emulator:
         if name is None:
             self.schemas.note_unchecked(where)
         else:
-            self.schemas.check(name, body, where)
+            self.schemas.check(name, body, where, deliberate=bool(request.get("off_spec")))
 
     def _check_auth(self, request: web.Request) -> None:
         """Raise the 401 the service answers unless the request has the key or a valid Entra ID token."""
@@ -995,6 +1003,7 @@ class Emulator:
         if not isinstance(body, dict):
             raise _bad_request("Request body must be a JSON object.")
         script = self._pick_script(body)
+        request["off_spec"] = script.off_spec
         self._fault(script, "create")
         if not body.get("model"):
             raise _bad_request("Missing required parameter: 'model'.", "model")
@@ -1026,7 +1035,7 @@ class Emulator:
         async def send(kind: str, response: dict[str, Any]) -> None:
             nonlocal sequence
             data = json.dumps({"type": kind, "sequence_number": sequence, "response": response})
-            self.schemas.check(EVENT_SCHEMAS[kind], data, f"POST /responses event {kind}")
+            self.schemas.check(EVENT_SCHEMAS[kind], data, f"POST /responses event {kind}", deliberate=script.off_spec)
             await stream.write(f"event: {kind}\ndata: {data}\n\n".encode())
             sequence += 1
 
@@ -1073,12 +1082,14 @@ class Emulator:
     async def get_response(self, request: web.Request) -> web.StreamResponse:
         self.requests["GET /responses/{id}"] += 1
         run = self._get_run(request)
+        request["off_spec"] = run.script.off_spec
         self._fault(run.script, "get_response")
         return web.json_response(self._response_obj(run))
 
     async def cancel_response(self, request: web.Request) -> web.StreamResponse:
         self.requests["POST /responses/{id}/cancel"] += 1
         run = self._get_run(request)
+        request["off_spec"] = run.script.off_spec
         self._fault(run.script, "cancel")
         status = run.status(time.time())
         if status == "cancelled":

@@ -22,7 +22,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _core(seed: str) -> tuple[bytes, bytes, bytes]:
-    colour = hashlib.sha256(seed.encode()).digest()
+    colour = hashlib.shake_256(seed.encode()).digest(3 * SIDE * SIDE)
     rows = b"".join(b"\x00" + colour[y * 3 * SIDE : (y + 1) * 3 * SIDE] for y in range(SIDE))
     header = _chunk(b"IHDR", struct.pack(">IIBBBBB", SIDE, SIDE, 8, 2, 0, 0, 0))
     return header, _chunk(b"IDAT", zlib.compress(rows, 0)), _chunk(b"IEND", b"")
