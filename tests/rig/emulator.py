@@ -1311,6 +1311,7 @@ async def _serve(host: str, port: int, emulator: Emulator) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    emulator.schemas.close()
 
 
 def main(argv: list[str] | None = None) -> None:

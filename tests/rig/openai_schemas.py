@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -193,14 +194,29 @@ def load(spec: Path | None = None) -> Schemas:
     return Schemas(spec=spec, sha256=digest, validators=validators)
 
 
+def _validate(spec: Path | None, name: str, text: bytes | str) -> tuple[str, str, list[tuple[str, list[str]]]]:
+    """In the worker process: ``(spec path, sha256, [(schema, errors)])`` for one body; a stream
+    event is checked against its event schema, and its embedded ``response`` against
+    ``AzureResponse`` (the event schemas refer to plain ``Response``)."""
+    schemas = load(spec)
+    body = json.loads(text)
+    pending = [(name, body)]
+    if name in EVENT_SCHEMAS.values() and isinstance(body, dict) and "response" in body:
+        pending.append((AZURE_RESPONSE, body["response"]))
+    return str(schemas.spec), schemas.sha256, [(schema, schemas.errors(schema, value)) for schema, value in pending]
+
+
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class SchemaChecker:
     """Counts the bodies validated per schema and keeps the first ``keep`` violations.
 
-    Checks run on one worker thread, in order, so serving a body never waits for its validation
-    (and the spec loads there too); ``flush`` waits for the checks queued so far.
-    A stream event is checked against its event schema, and its embedded ``response`` against
-    ``AzureResponse`` (the event schemas refer to plain ``Response``).
+    Checks run in order in one worker *process* (where the spec loads too): a Response takes ~10 ms
+    of CPU to validate, which in a thread would hold the GIL and slow the emulator's answers.
+    Serving a body never waits for its check; ``flush`` is done once the checks queued before it are.
     """
 
     keep: int = 50
@@ -211,46 +227,50 @@ class SchemaChecker:
     deliberate_violations: list[str] = field(default_factory=list)
     unchecked: Counter[str] = field(default_factory=Counter)
     load_error: str | None = None
+    spec_path: str | None = None
+    sha256: str | None = None
     bodies_queued: int = 0
     bodies_checked: int = 0
-    _schemas: Schemas | None = None
-    _pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
-    )
+    _pool: ProcessPoolExecutor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self, name: str, text: bytes | str, where: str, deliberate: bool = False) -> Future[None]:
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # spawn: a forked copy of a running event loop is no place to work
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def check(self, name: str, text: bytes | str, where: str, deliberate: bool = False) -> Future[Any]:
         """Queue a check of the JSON ``text`` against schema ``name``; ``where`` names the route.
         ``deliberate``: a body a test made off-spec on purpose (its violations are kept apart)."""
         with self._lock:
             self.bodies_queued += 1
-        return self._pool.submit(self._check, name, text, where, deliberate)
+        future = self._executor().submit(_validate, self.spec, name, text)
+        future.add_done_callback(lambda done: self._tally(done, where, deliberate))
+        return future
 
     def note_unchecked(self, where: str) -> None:
         """A JSON body the spec has no schema for (counted, so nothing goes by unseen)."""
         with self._lock:
             self.unchecked[where] += 1
 
-    def flush(self) -> Future[None]:
-        """A future done once every check queued before it has run."""
-        return self._pool.submit(lambda: None)
+    def flush(self) -> Future[Any]:
+        """A future done once every check queued before it has been tallied."""
+        return self._executor().submit(_nothing)
 
-    def _check(self, name: str, text: bytes | str, where: str, deliberate: bool) -> None:
-        if self._schemas is None and self.load_error is None:
-            try:
-                self._schemas = load(self.spec)
-            except Exception as exc:  # noqa: BLE001 - reported in the stats, where the session test sees it
-                self.load_error = f"{type(exc).__name__}: {exc}"
-        schemas = self._schemas
-        if schemas is None:
-            return  # counted as queued, never as checked: the session check sees the gap
-        body = json.loads(text)
-        pending = [(name, body)]
-        if name in EVENT_SCHEMAS.values() and isinstance(body, dict) and "response" in body:
-            pending.append((AZURE_RESPONSE, body["response"]))
-        for schema, value in pending:
-            errors = schemas.errors(schema, value)
-            with self._lock:
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _tally(self, done: Future[Any], where: str, deliberate: bool) -> None:
+        try:
+            spec_path, sha256, results = done.result()
+        except Exception as exc:  # noqa: BLE001 - reported in the stats, where the session test sees it
+            with self._lock:  # counted as queued, never as checked: the session check sees the gap
+                self.load_error = self.load_error or f"{type(exc).__name__}: {exc}"
+            return
+        with self._lock:
+            self.spec_path, self.sha256 = spec_path, sha256
+            for schema, errors in results:
                 self.validated[schema] += 1
                 if not errors:
                     continue
@@ -259,7 +279,6 @@ class SchemaChecker:
                     self.violation_counts[schema] += 1
                 if len(kept) < self.keep:
                     kept.append(f"{where} [{schema}] {errors[0]}")
-        with self._lock:
             self.bodies_checked += 1
 
     def stats(self) -> dict[str, Any]:
@@ -269,8 +288,8 @@ class SchemaChecker:
             return {
                 "bodies_queued": self.bodies_queued,
                 "bodies_checked": self.bodies_checked,
-                "spec": str(self._schemas.spec) if self._schemas else None,
-                "sha256": self._schemas.sha256 if self._schemas else None,
+                "spec": self.spec_path,
+                "sha256": self.sha256,
                 "load_error": self.load_error,
                 "validated": dict(self.validated),
                 "violation_counts": dict(self.violation_counts),

@@ -9,6 +9,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -330,12 +331,32 @@ def test_schema_checker_finds_what_it_looks_for() -> None:
     checker.check("ContainerFileListResource", json.dumps(page), "GET /x 200")
     checker.check("ContainerFileListResource", json.dumps({**page, "first_id": "", "last_id": ""}), "GET /x 200")
     checker.flush().result(timeout=60)
+    checker.close()
     stats = checker.stats()
     assert stats["validated"] == {"ContainerFileListResource": 2}
     assert stats["violation_counts"] == {"ContainerFileListResource": 1}
     assert stats["bodies_queued"] == stats["bodies_checked"] == 2
     assert stats["violations"][0].startswith("GET /x 200 [ContainerFileListResource] $.")
     assert "None is not of type 'string'" in stats["violations"][0]
+
+
+def test_a_missing_spec_is_reported_not_passed(tmp_path: Path) -> None:
+    checker = openai_schemas.SchemaChecker(spec=tmp_path / "nowhere.yaml")
+    checker.check("ErrorResponse", "{}", "GET /x 404")
+    checker.flush().result(timeout=60)
+    checker.close()
+    stats = checker.stats()
+    assert stats["load_error"] is not None and "nowhere.yaml" in stats["load_error"]
+    assert stats["bodies_queued"] == 1 and stats["bodies_checked"] == 0 and stats["validated"] == {}
+
+
+def test_the_spec_is_found_beside_any_ancestor(tmp_path: Path) -> None:
+    spec = tmp_path / "shared" / "specs" / "openai-openapi.yaml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text("openapi: 3.1.0\n")
+    assert openai_schemas.find_spec(tmp_path / "wt" / "emulator") == spec  # a worktree under wt/
+    assert openai_schemas.find_spec(tmp_path / "main") == spec  # the clone beside shared/
+    assert openai_schemas.find_spec() is not None  # this checkout's
 
 
 def test_azure_response_overlay_requires_user() -> None:
