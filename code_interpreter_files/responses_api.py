@@ -33,6 +33,8 @@ RUNNING = frozenset({"queued", "in_progress"})
 INCLUDE: list[ResponseIncludable] = ["code_interpreter_call.outputs"]  # plt.show() charts come only with this
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 DEFAULT_RETRY_AFTER_SECONDS = 10  # Azure sometimes answers 429 with no retry-after at all
+# Inside an HTTP answer, a wait longer than this is the caller's to make (429 + Retry-After), not ours.
+MAX_RETRY_WAIT_IN_ANSWER_SECONDS = 20
 CREATE_RETRIES = 2
 _CREATE_BACKOFF_SECONDS = (1.0, 4.0)
 _POLL_FIRST_SECONDS = 0.1
@@ -71,14 +73,15 @@ def retry_after_seconds(headers: Any, message: str = "") -> float | None:
 
 
 async def _veto_late_retries(response: httpx2.Response) -> None:
-    """The SDK obeys `x-should-retry`: a retry whose wait would end after the answer's deadline is
-    refused here, so the caller gets the error (e.g. a 429 with its Retry-After) in time instead of a
-    timeout. The wait the SDK would take is at least what the service asked for."""
+    """The SDK obeys `x-should-retry`: a retry whose wait would end after the answer's deadline, or
+    that asks for a long wait, is refused here, so the caller gets the error (e.g. a 429 with its
+    Retry-After) in time instead of a timeout. The wait the SDK would take is at least what the
+    service asked for. Outside an answer (the queue function) the SDK's own retries apply."""
     deadline = answer_deadline.get()
     if deadline is None or response.status_code not in _RETRYABLE:
         return
     wait = retry_after_seconds(response.headers) or 0.0
-    if asyncio.get_running_loop().time() + wait >= deadline:
+    if wait > MAX_RETRY_WAIT_IN_ANSWER_SECONDS or asyncio.get_running_loop().time() + wait >= deadline:
         response.headers["x-should-retry"] = "false"
 
 
@@ -145,7 +148,10 @@ async def _create(client: AsyncOpenAI, params: dict[str, Any]) -> Any:
         except openai.APIStatusError as error:
             delay = _create_retry_delay(error, attempt)
             deadline = answer_deadline.get()
-            late = deadline is not None and asyncio.get_running_loop().time() + (delay or 0) >= deadline
+            late = deadline is not None and (
+                (delay or 0) > MAX_RETRY_WAIT_IN_ANSWER_SECONDS
+                or asyncio.get_running_loop().time() + (delay or 0) >= deadline
+            )
             if delay is None or attempt == CREATE_RETRIES or late:
                 raise
             await asyncio.sleep(delay)

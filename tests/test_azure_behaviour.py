@@ -15,11 +15,11 @@ import pytest
 from code_interpreter_files.settings import SettingsError, load_settings
 from tests import figures
 from tests.appclient import AppClient
-from tests.rig.content import png_bytes
+from tests.rig.png import png_of_size
 
 
 def _runs_started(rig, script_id: str) -> int:
-    return len(rig.emulator.runs_for(script_id))
+    return rig.emulator.stats()["runs_started"]["by_script"].get(script_id, 0)
 
 
 @pytest.mark.parametrize("status", [403, 404, 500])
@@ -74,7 +74,7 @@ async def test_an_expired_container_in_its_real_shapes_is_container_expired(app:
 async def test_a_container_expiring_after_the_first_file_keeps_that_file(app: AppClient, rig, shape: str) -> None:
     info = app.script(
         expired_shape=shape,
-        container_expires="after_download:1",
+        container_expires="after_first_download",
         files=[{"path": f"/mnt/data/f{i}.txt", "content": f"file {i}"} for i in range(3)],
     )
     answer = (await app.post_run(prompt=info["prompt"], collect="all")).json
@@ -137,11 +137,14 @@ async def test_a_persistent_429_is_answered_429_in_time(
 
 
 async def test_a_429_on_get_is_answered_429_with_retry_after(app: AppClient, configure, rig) -> None:
-    info = app.script(latency=0.2, fail_first=[{"status": 429, "times": 10, "retry_after": 60, "on": "retrieve"}])
+    """A long Retry-After inside an HTTP answer is the caller's to wait, not a 60-second hang."""
+    info = app.script(latency=0.2, fail_first=[{"status": 429, "times": 10, "retry_after": 60, "on": "get_response"}])
     response_id = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
     await asyncio.sleep(0.3)
+    before = rig.emulator.stats()["requests"]["GET /responses/{id}"]
     reply = await app.get_run(response_id)
     assert reply.status == 429 and reply.headers["Retry-After"] == "60", reply.body
+    assert rig.emulator.stats()["requests"]["GET /responses/{id}"] - before == 1  # not retried into the wait
 
 
 async def test_a_stream_that_closes_before_the_run_is_created_is_a_clear_502(app: AppClient, rig) -> None:
@@ -177,7 +180,7 @@ async def test_images_that_were_only_shown_are_copied(app: AppClient, rig) -> No
     assert request["include"] == ["code_interpreter_call.outputs"]
     images = [f for f in reply.json["files"] if f["origin"] == "image_output"]
     assert len(images) == 2
-    call_id = rig.emulator.run(reply.json["response_id"])["call_id"]
+    call_id = rig.emulator.run(reply.json["response_id"])["code_interpreter_call_id"]
     assert [f["filename"] for f in images] == [f"{call_id}-1.png", f"{call_id}-2.png"]
     for file in images:
         assert file["content_type"] == "image/png" and file["cited"] is False
@@ -193,7 +196,7 @@ async def test_an_image_output_that_is_not_a_data_url_is_refused_not_fetched() -
     assert refused.code == "invalid_image_output"  # type: ignore[union-attr]
     too_big = _image_output("ci_1", "cntr_1", 1, "data:image/png;base64," + "A" * 4000, 100)
     assert too_big.code == "invalid_image_output"  # type: ignore[union-attr]
-    data = png_bytes(64)
+    data = png_of_size(200, "unit")
     ok = _image_output("ci_1", "cntr_1", 2, "data:image/png;base64," + base64.b64encode(data).decode(), 1 << 20)
     assert ok.filename == "ci_1-2.png" and ok.data == data  # type: ignore[union-attr]
 

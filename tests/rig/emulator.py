@@ -63,7 +63,7 @@ REQUEST_KEYS = (
     "GET /containers/{cid}/files/{fid}",
     "GET /containers/{cid}/files/{fid}/content",
 )
-EXPIRES_MODES = ("never", "before_list", "after_list")
+EXPIRES_MODES = ("never", "before_list", "after_list", "after_first_download")
 EXPIRED_SHAPES = ("openai_400", "azure_404")
 #: Endpoint names a fault's ``on`` takes, with the request counter each one is.
 FAULT_ENDPOINTS = {
@@ -488,6 +488,7 @@ def _parse_script(script_id: str, body: Any) -> Script:
 
     Containers:
     - ``container_expires``: ``never`` (default) | ``before_list`` (expired once the run is done) |
+      ``after_first_download`` (expires once one file's content has been served whole) |
       ``after_list`` (expires after its first listing) | seconds after the run is done.
     - ``expired_shape``: what every container endpoint (list, retrieve, content) answers once
       expired: ``openai_400`` (default; OpenAI's ``400 {"error": {"message": "Container is
@@ -522,7 +523,9 @@ def _parse_script(script_id: str, body: Any) -> Script:
         raise _bad_request("'incomplete_reason' must be max_output_tokens or content_filter", "incomplete_reason")
     expires = body.get("container_expires", "never")
     if not (expires in EXPIRES_MODES or (isinstance(expires, (int, float)) and not isinstance(expires, bool))):
-        raise _bad_request("'container_expires' must be never, before_list, after_list or seconds")
+        raise _bad_request(
+            "'container_expires' must be never, before_list, after_list, after_first_download or seconds"
+        )
     shape = body.get("expired_shape", "openai_400")
     if shape not in EXPIRED_SHAPES:
         raise _bad_request("'expired_shape' must be openai_400 or azure_404", "expired_shape")
@@ -1186,7 +1189,7 @@ class Emulator:
 
     async def get_content(self, request: web.Request) -> web.StreamResponse:
         self.requests["GET /containers/{cid}/files/{fid}/content"] += 1
-        _, f = self._file(request, "content")
+        c, f = self._file(request, "content")
         spec = f.spec
         f.downloads += 1
         self.downloads[f.id] += 1
@@ -1212,6 +1215,8 @@ class Emulator:
             sent += len(chunk)
             self.bytes_served += len(chunk)
         await resp.write_eof()
+        if c.expires == "after_first_download":
+            c.expired = True  # the container ends while the other files are still to be copied
         return resp
 
     # ---- control API

@@ -535,7 +535,11 @@ class FilesApi:
             inputs.append(stored)
         now = int(time.time())
         container = _em().Container(
-            id="cntr_" + os.urandom(16).hex(), files=[], expires=script.container_expires, done_at=done_at
+            id="cntr_" + os.urandom(16).hex(),
+            script=script,
+            files=[],
+            expires=script.container_expires,
+            done_at=done_at,
         )
         for stored in inputs:
             user_spec = self.StoredSpec(
