@@ -18,7 +18,6 @@ from openai.types.responses import Response, ResponseStreamEvent
 from .models import ContainerFile, RunRequest
 from .settings import Settings
 
-COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 CODE_INTERPRETER_TOOL = {"type": "code_interpreter", "container": {"type": "auto"}}
 RUNNING = frozenset({"queued", "in_progress"})
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -28,12 +27,12 @@ _STREAM_END_SECONDS = 1.0
 
 
 def build_client(settings: Settings, credential: AsyncTokenCredential | None) -> AsyncOpenAI:
-    """The API key when one is configured, otherwise Entra ID tokens from the managed identity."""
-    if settings.api_key:
-        api_key: Any = settings.api_key
+    """The API key when one is configured, otherwise Entra ID tokens (AZURE_OPENAI_TOKEN_SCOPE) from the identity."""
+    if settings.api_key is not None:
+        api_key: Any = settings.api_key.get_secret_value()
     else:
         assert credential is not None
-        api_key = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
+        api_key = get_bearer_token_provider(credential, settings.token_scope)
     return AsyncOpenAI(
         base_url=settings.openai_base_url,
         api_key=api_key,

@@ -40,7 +40,12 @@ from . import content as gen
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "/openai/v1"
-JWT_AUDIENCES = {"https://cognitiveservices.azure.com", "https://cognitiveservices.azure.com/"}
+JWT_AUDIENCES = {
+    "https://cognitiveservices.azure.com",
+    "https://cognitiveservices.azure.com/",
+    "https://ai.azure.com",  # AZURE_OPENAI_TOKEN_SCOPE's default (the current v1 docs)
+    "https://ai.azure.com/",
+}
 JWT_ISSUER_PREFIX = "https://sts.windows.net/"
 MARKER_RE = re.compile(r"\[\[script:([A-Za-z0-9_\-]+)\]\]")
 REQUEST_KEYS = (

@@ -47,6 +47,7 @@ class Rig:
         "IDENTITY_ENDPOINT",
         "IDENTITY_HEADER",
         "AZURE_CLIENT_ID",
+        "RUNS_QUEUE_STORAGE",
     )
 
     def __init__(self, client_id: str | None = None, tls: TlsFiles | None = None) -> None:
@@ -168,6 +169,7 @@ class Rig:
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
             "OUTPUT_CONTAINER": self.OUTPUT_CONTAINER,
+            "RUNS_QUEUE_STORAGE": self.azurite.connection_string,  # required setting (the queue trigger's)
         }
         if model_auth == "key":
             env["AZURE_OPENAI_API_KEY"] = self.api_key
