@@ -48,6 +48,7 @@ class Rig:
         "IDENTITY_HEADER",
         "AZURE_CLIENT_ID",
         "RUNS_QUEUE_STORAGE",
+        "RUNS_QUEUE_STORAGE__queueServiceUri",
     )
 
     def __init__(self, client_id: str | None = None, tls: TlsFiles | None = None) -> None:
@@ -169,14 +170,17 @@ class Rig:
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
             "OUTPUT_CONTAINER": self.OUTPUT_CONTAINER,
-            "RUNS_QUEUE_STORAGE": self.azurite.connection_string,  # required setting (the queue trigger's)
         }
         if model_auth == "key":
             env["AZURE_OPENAI_API_KEY"] = self.api_key
+        # The run queue's connection (required) follows the storage auth: identity or connection string.
+        # Placeholder: Azurite's blob endpoint, until the rig serves Azurite's queue service.
         if storage == "identity":
             env["OUTPUT_STORAGE_ACCOUNT_URL"] = self.azurite.account_url
+            env["RUNS_QUEUE_STORAGE__queueServiceUri"] = self.azurite.account_url
         else:
             env["OUTPUT_STORAGE_CONNECTION_STRING"] = self.azurite.connection_string
+            env["RUNS_QUEUE_STORAGE"] = self.azurite.connection_string
         if "identity" in (storage, model_auth):
             env.update(self.identity_env())
         assert set(env) <= set(self.ENV_NAMES)

@@ -280,8 +280,14 @@ def test_app_env_combinations(rig: Rig) -> None:
         "OUTPUT_CONTAINER": "outputs",
     }
     identity = {"IDENTITY_ENDPOINT": rig.identity_url, "IDENTITY_HEADER": rig.identity_header}
-    account = {"OUTPUT_STORAGE_ACCOUNT_URL": rig.azurite.account_url}
-    conn = {"OUTPUT_STORAGE_CONNECTION_STRING": rig.azurite.connection_string}
+    account = {
+        "OUTPUT_STORAGE_ACCOUNT_URL": rig.azurite.account_url,
+        "RUNS_QUEUE_STORAGE__queueServiceUri": rig.azurite.account_url,
+    }
+    conn = {
+        "OUTPUT_STORAGE_CONNECTION_STRING": rig.azurite.connection_string,
+        "RUNS_QUEUE_STORAGE": rig.azurite.connection_string,
+    }
     key = {"AZURE_OPENAI_API_KEY": rig.api_key}
     assert rig.app_env("identity", "identity") == base | account | identity
     assert rig.app_env("identity", "key") == base | account | key | identity
