@@ -7,7 +7,8 @@
   the Functions host already ships the worker's log records, and twice would be noise.
 - Otherwise spans go through the OpenTelemetry API to whatever provider the process has: none (no-op)
   unless an operator or a test installs one, e.g. with an in-memory or OTLP exporter; adding
-  `InvocationIdSpanProcessor()` to that provider puts the invocation id on every span.
+  `InvocationIdSpanProcessor()` to that provider puts the invocation id on every span (setup adds it
+  to a provider that is already installed when it runs, and then leaves that provider alone).
 In both cases the clients' own spans nest under ours: the Azure SDKs through azure-core's
 OpenTelemetry plugin (azure-core-tracing-opentelemetry, what the distro's `azure_sdk` option sets),
 and the openai SDK's HTTP client, httpx2 (a fork of httpx under its own module name), through
@@ -29,7 +30,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 INVOCATION_ID_ATTRIBUTE = "faas.invocation_id"  # OpenTelemetry's FaaS semantic convention
 TRACER_NAME = "code_interpreter_files"
@@ -98,8 +99,14 @@ def setup(env: Mapping[str, str] | None = None) -> None:
         _set_up = True
         env = os.environ if env is None else env
         quiet_http_logs()
+        provider = trace.get_tracer_provider()
         connection_string = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
-        if connection_string:
+        if isinstance(provider, TracerProvider):
+            # Already configured (the Functions worker with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,
+            # or an operator's exporter): a second configure_azure_monitor would only be refused.
+            provider.add_span_processor(InvocationIdSpanProcessor())
+            _instrument_clients()
+        elif connection_string:
             _configure_azure_monitor(connection_string, env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
         else:
             _instrument_clients()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry import trace
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from code_interpreter_files import telemetry
+from code_interpreter_files.runlog import RunLog
 from tests.appclient import AppClient
 
 STEPS = ["start response", "wait for the model", "find files", "copy files", "sign links"]
@@ -130,3 +132,31 @@ def test_azure_monitor_gets_the_invocation_processor_and_entra_id(monkeypatch: p
     assert isinstance(processors, list) and isinstance(processors[0], telemetry.InvocationIdSpanProcessor)
     assert isinstance(with_aad["credential"], ManagedIdentityCredential)
     assert "credential" not in plain
+
+
+def test_the_invocation_span_continues_the_hosts_trace_and_a_file_span_nests_in_its_step(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """The worker's `context.trace_context` (W3C traceparent of the host's request) is the root's
+    parent; `RunLog.span` (a file's copy) is a child of the step it runs in, with the ids on it."""
+    exporter.clear()
+    host_trace, host_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    log = RunLog("inv-123", "finish_run")
+    host = SimpleNamespace(trace_parent=f"00-{host_trace}-{host_span}-01", trace_state="", attributes={})
+    with log.invocation(host):
+        log.response_id = "resp_abc"
+        with log.step(4, "copy files", count=1), log.span("copy file", file_id="cfile_1") as span:
+            span.set_attribute("bytes", 42)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    root, step, file = spans["finish_run"], spans["copy files"], spans["copy file"]
+    assert root.parent is not None and format(root.parent.span_id, "016x") == host_span
+    assert format(root.context.trace_id, "032x") == host_trace
+    assert step.parent is not None and step.parent.span_id == root.context.span_id
+    assert file.parent is not None and file.parent.span_id == step.context.span_id
+    assert dict(file.attributes or {}) == {
+        "faas.invocation_id": "inv-123",
+        "response_id": "resp_abc",
+        "file_id": "cfile_1",
+        "bytes": 42,
+    }
+    assert (root.attributes or {})["response_id"] == "resp_abc"
