@@ -61,7 +61,9 @@ async def test_one_run_is_one_tree_with_the_invocation_id_on_every_span(
     root = roots[0]
     trace_id = root.context.trace_id
     run = [s for s in spans if s.context.trace_id == trace_id]
-    assert run == spans, sorted({s.name for s in spans if s.context.trace_id != trace_id})
+    # Other tasks of the session may still finish something: only this invocation's spans are looked at.
+    mine = [s for s in spans if (s.attributes or {}).get("faas.invocation_id") == reply.invocation_id]
+    assert mine == run and len(run) > 10, sorted(s.name for s in set(mine) ^ set(run))
     assert all(s.attributes and s.attributes.get("faas.invocation_id") == reply.invocation_id for s in run), [
         s.name for s in run if (s.attributes or {}).get("faas.invocation_id") != reply.invocation_id
     ]
