@@ -20,6 +20,7 @@ from code_interpreter_files.settings import (
     normalize_openai_endpoint,
     settings_fingerprint,
 )
+from tests.appclient import AppClient
 
 BASE = {
     "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
@@ -403,3 +404,37 @@ def test_health_answers_names_only(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AZURE_OPENAI_API_VERSION")
     assert json.loads(http_api.health().get_body())["status"] == "ok"
+
+
+# -- through the app and the rig (issue 9, point 8) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "audience"),
+    [
+        (None, "https://ai.azure.com"),
+        ("https://cognitiveservices.azure.com/.default", "https://cognitiveservices.azure.com"),
+    ],
+)
+async def test_the_token_scope_is_the_audience_azure_openai_sees(
+    app: AppClient, configure, rig, scope: str | None, audience: str
+) -> None:
+    configure(model_auth="identity", **({"AZURE_OPENAI_TOKEN_SCOPE": scope} if scope else {}))
+    rig.emulator.reset()
+    reply = await app.post_run(prompt="hello")
+    assert reply.status == 200, reply.body
+    assert rig.emulator.stats()["jwt_audiences"] == [audience]
+
+
+async def test_a_v1_api_version_is_sent_and_a_dated_one_refused_at_start(app: AppClient, configure, rig) -> None:
+    configure(AZURE_OPENAI_API_VERSION="preview")
+    rig.emulator.reset()
+    assert (await app.post_run(prompt="hello")).status == 200
+    assert rig.emulator.stats()["api_versions"] == ["preview"]
+
+    configure(AZURE_OPENAI_API_VERSION="2025-04-01-preview")
+    rig.emulator.reset()
+    reply = await app.post_run(prompt="hello")
+    assert reply.status == 503 and reply.error_code() == "not_configured"
+    assert "AZURE_OPENAI_API_VERSION (the v1 API takes only v1, preview or latest" in reply.json["error"]["message"]
+    assert rig.emulator.stats()["requests"]["POST /responses"] == 0
