@@ -147,14 +147,15 @@ async def handle(
 ) -> func.HttpResponse:
     """Run one request; whatever happens, answer `{"error": {"code", "message"}}`, never a trace."""
     log = RunLog(context.invocation_id, operation)
-    try:
-        return await work(req, log)
-    except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
-        error = _error_for(raw)
-        if error.code == "internal_error":
-            logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
-        log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
-        return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
+    with log.invocation(getattr(context, "trace_context", None)):  # the invocation's root span
+        try:
+            return await work(req, log)
+        except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
+            error = _error_for(raw)
+            if error.code == "internal_error":
+                logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
+            log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
+            return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
 
 
 async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:

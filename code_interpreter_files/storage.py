@@ -124,7 +124,7 @@ class OutputStore:
         else:
             assert settings.storage_connection_string
             self._service = BlobServiceClient.from_connection_string(
-                settings.storage_connection_string, retry_policy=retry
+                settings.storage_connection_string.get_secret_value(), retry_policy=retry
             )
             self._account_key = self._service.credential.account_key
         self._container = self._service.get_container_client(settings.output_container)
