@@ -21,6 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from .errors import ApiError
+from .run_queue import RunQueue
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,24 @@ def retry_delay(result: DeliveryResult, attempt: int) -> int | None:
     if result.retry_after_seconds is not None:
         delay = max(delay, min(result.retry_after_seconds, MAX_RETRY_AFTER_SECONDS))
     return delay
+
+
+async def deliver_and_schedule_retry(
+    queue: RunQueue, *, response_id: str, url: str, attempt: int, payload: dict[str, Any], settings: Settings
+) -> DeliveryResult:
+    """Attempt `attempt` of a run's callback; on a retryable failure queue attempt + 1 after the backoff.
+
+    For the queue function: it never raises for the receiver's failures, so the callback message
+    itself completes; only a failure to queue the retry raises (and the host retries this message).
+    """
+    result = await deliver(url, payload, settings)
+    delay = retry_delay(result, attempt)
+    if delay is not None:
+        await queue.enqueue_callback(response_id, url, attempt + 1, delay)
+        log.info("callback for %s: attempt %d failed (%s), next in %d s", response_id, attempt, result.reason, delay)
+    elif not result.delivered:
+        log.warning("callback for %s: given up after attempt %d (%s)", response_id, attempt, result.reason)
+    return result
 
 
 def _retry_after(value: str | None) -> int | None:

@@ -6,10 +6,13 @@ the standardwebhooks library, as a caller's receiver would.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
 import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from azure.storage.queue import TextBase64DecodePolicy
+from azure.storage.queue.aio import QueueClient
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -26,12 +31,15 @@ from code_interpreter_files.callbacks import (
     backoff,
     callback_id,
     deliver,
+    deliver_and_schedule_retry,
     normalize_host,
     retry_delay,
     validate_callback_url,
 )
 from code_interpreter_files.errors import ApiError
+from code_interpreter_files.run_queue import CallbackMessage, RunQueue, parse_message
 from code_interpreter_files.settings import Settings, load_settings
+from tests import figures
 from tests.rig.azurite import free_port
 from tests.rig.certs import TlsFiles, make_tls_files
 from tests.rig.rig import Rig
@@ -39,6 +47,7 @@ from tests.rig.rig import Rig
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+figures.SECRETS.add(SECRET.removeprefix("whsec_"))  # the session-wide log scan looks for it
 ALLOWED = "allowed.com,127.0.0.1,localhost,bücher.example,::1,Upper.Example."
 
 
@@ -333,3 +342,40 @@ async def test_url_refused_at_delivery_is_not_sent(start_receiver: StartReceiver
     result = await deliver(f"{receiver.base_url}/hook", PAYLOAD, make_settings(hosts="allowed.com"))
     assert (result.delivered, result.retryable, result.reason) == (False, False, "callback_not_allowed")
     assert receiver.requests == []
+
+
+async def test_failed_delivery_queues_the_next_attempt_with_backoff(
+    rig: Rig, start_receiver: StartReceiver, configure: Callable[..., dict[str, str]]
+) -> None:
+    """Through the real queue: attempt 1 fails (503), attempt 2 is queued, invisible for backoff(1) seconds."""
+    name = f"cb-{uuid.uuid4().hex[:16]}"
+    configure(
+        storage="connection_string", RUNS_QUEUE=name, CALLBACK_ALLOWED_HOSTS="127.0.0.1", CALLBACK_SIGNING_SECRET=SECRET
+    )
+    settings = load_settings()
+    receiver = await start_receiver(503)
+    url = f"{receiver.base_url}/hook"
+    queue = RunQueue(settings, None)
+    try:
+        result = await deliver_and_schedule_retry(
+            queue, response_id="resp_cb1", url=url, attempt=1, payload=PAYLOAD, settings=settings
+        )
+        last = await deliver_and_schedule_retry(
+            queue, response_id="resp_cb1", url=url, attempt=MAX_ATTEMPTS, payload=PAYLOAD, settings=settings
+        )
+    finally:
+        await queue.close()
+    assert (result.delivered, result.retryable, last.delivered) == (False, True, False)
+    async with QueueClient.from_connection_string(
+        rig.azurite.queue_connection_string, name, message_decode_policy=TextBase64DecodePolicy()
+    ) as raw:
+        assert (await raw.get_queue_properties()).approximate_message_count == 1  # none after the last attempt
+        assert [m async for m in raw.receive_messages()] == []  # invisible for now: the backoff
+        deadline = time.monotonic() + backoff(1) + 30
+        visible: list[Any] = []
+        while not visible and time.monotonic() < deadline:  # noqa: ASYNC110 (the service makes it visible)
+            await asyncio.sleep(1)
+            visible = [m async for m in raw.receive_messages()]
+    assert [parse_message(str(m.content)) for m in visible] == [
+        CallbackMessage(response_id="resp_cb1", callback_url=url, attempt=2)
+    ]
