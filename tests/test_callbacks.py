@@ -10,21 +10,25 @@ import asyncio
 import base64
 import logging
 import secrets
+import socket
 import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import aiohttp.connector
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from code_interpreter_files import callbacks
 from code_interpreter_files.callbacks import (
     MAX_ATTEMPTS,
     DeliveryResult,
@@ -379,3 +383,70 @@ async def test_failed_delivery_queues_the_next_attempt_with_backoff(
     assert [parse_message(str(m.content)) for m in visible] == [
         CallbackMessage(response_id="resp_cb1", callback_url=url, attempt=2)
     ]
+
+
+# -- addresses callbacks never reach (DNS rebinding, metadata service) ------------------------------
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "0.0.0.0", "224.0.0.1", "fe80::1", "::", "240.0.0.1"])
+def test_listed_but_unreachable_addresses_are_refused(address: str) -> None:
+    """Even an operator's list cannot open the instance metadata service or other special addresses."""
+    with pytest.raises(ApiError, match="link-local") as raised:
+        validate_callback_url(
+            f"https://[{address}]/hook" if ":" in address else f"https://{address}/hook", make_settings(hosts=address)
+        )
+    assert raised.value.code == "callback_not_allowed"
+
+
+class _FakeDns(AbstractResolver):
+    """Answers every name with fixed addresses (a name whose DNS was rebound)."""
+
+    answers: ClassVar[list[str]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # aiohttp's connector passes loop=
+        pass
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}
+            for a in self.answers
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolver_keeps_only_reachable_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callbacks.aiohttp, "DefaultResolver", _FakeDns)
+    _FakeDns.answers = ["169.254.169.254", "10.1.2.3", "127.0.0.1"]
+    kept = await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+    assert [r["host"] for r in kept] == ["10.1.2.3"]  # private ranges stay reachable (VNet receivers)
+    kept = await callbacks.GuardedResolver(loopback_allowed=True).resolve("localhost", 443)
+    assert [r["host"] for r in kept] == ["10.1.2.3", "127.0.0.1"]
+    _FakeDns.answers = ["127.0.0.1", "::ffff:169.254.169.254"]
+    with pytest.raises(OSError, match="may not reach"):
+        await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+
+
+async def test_allowed_name_rebound_to_loopback_is_never_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An allowed name whose DNS now answers 127.0.0.1: the delivery refuses before any TCP connection."""
+    connections: list[object] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # Every resolver aiohttp could use answers 127.0.0.1 (its connector's default one too), so without
+    # the guard this delivery would connect.
+    monkeypatch.setattr(callbacks.aiohttp, "DefaultResolver", _FakeDns)
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", _FakeDns)
+    _FakeDns.answers = ["127.0.0.1"]
+    try:
+        result = await deliver(f"https://allowed.com:{port}/hook", PAYLOAD, make_settings())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.delivered, result.retryable) == (False, True)
+    assert connections == []
