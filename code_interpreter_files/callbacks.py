@@ -11,16 +11,19 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from .errors import ApiError
+from .run_queue import RunQueue
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,42 @@ def normalize_host(host: str) -> str | None:
     return ascii_host
 
 
+def address_refused(address: str, *, loopback_allowed: bool) -> bool:
+    """Addresses a callback never goes to: link-local (the instance metadata service, 169.254.169.254),
+    unspecified, multicast, reserved; loopback unless the URL named a loopback host."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return not loopback_allowed
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, keeping only addresses a callback may reach.
+
+    The allow list holds names; what a name resolves to can change after the check (DNS rebinding):
+    this filter runs at connect time, on the addresses actually used. Private ranges stay allowed
+    (a receiver in the same virtual network is a legitimate target the operator listed).
+    """
+
+    def __init__(self, *, loopback_allowed: bool) -> None:
+        self._inner = aiohttp.DefaultResolver()
+        self._loopback_allowed = loopback_allowed
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        kept = [r for r in results if not address_refused(r["host"], loopback_allowed=self._loopback_allowed)]
+        if not kept:
+            raise OSError("the callback host resolves only to addresses callbacks may not reach")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 def redacted(url: URL) -> str:
     """scheme://host:port only: paths and queries of callback URLs often carry the receiver's tokens."""
     return f"{url.scheme}://{url.raw_host}:{url.port}"
@@ -116,6 +155,8 @@ def parse_callback_url(url: str, settings: Settings) -> URL:
     host = normalize_host(parsed.raw_host)
     if host is None or host not in allowed:
         raise _not_allowed("callback_url's host is not in the app's CALLBACK_ALLOWED_HOSTS")
+    if _is_ip(host) and address_refused(host, loopback_allowed=True):  # aiohttp does not resolve IP literals
+        raise _not_allowed("callback_url's address is link-local, unspecified, multicast or reserved")
     if parsed.scheme != "https" and host not in LOOPBACK_HOSTS:
         raise _not_allowed("callback_url must use https (http only for 127.0.0.1, ::1 or localhost)")
     return parsed
@@ -125,6 +166,14 @@ def validate_callback_url(url: str, settings: Settings) -> str:
     """Check a caller's callback_url at POST time; the URL to store (unchanged). ApiError 400 if not allowed."""
     parse_callback_url(url, settings)
     return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def callback_id(response_id: str) -> str:
@@ -169,13 +218,17 @@ async def deliver(url: str, payload: dict[str, Any], settings: Settings) -> Deli
     try:
         # One session per delivery: callbacks are one per run, and a fresh session shares no cookies or
         # connections between receivers. trust_env=False: no proxy from the environment in between.
+        loopback = normalize_host(target.raw_host or "") in LOOPBACK_HOSTS
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(loopback_allowed=loopback), use_dns_cache=False)
         async with (
-            aiohttp.ClientSession(timeout=timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session,
+            aiohttp.ClientSession(
+                connector=connector, timeout=timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            ) as session,
             session.post(target, data=body.encode(), headers=headers, allow_redirects=False) as response,
         ):
             status = response.status
             retry_after = _retry_after(response.headers.get("retry-after"))
-    except (aiohttp.ClientError, TimeoutError) as error:
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
         log.warning("callback to %s failed: %s", where, type(error).__name__)
         return DeliveryResult(
             delivered=False, status=None, retryable=True, reason=f"network_error:{type(error).__name__}",
@@ -214,6 +267,24 @@ def retry_delay(result: DeliveryResult, attempt: int) -> int | None:
     if result.retry_after_seconds is not None:
         delay = max(delay, min(result.retry_after_seconds, MAX_RETRY_AFTER_SECONDS))
     return delay
+
+
+async def deliver_and_schedule_retry(
+    queue: RunQueue, *, response_id: str, url: str, attempt: int, payload: dict[str, Any], settings: Settings
+) -> DeliveryResult:
+    """Attempt `attempt` of a run's callback; on a retryable failure queue attempt + 1 after the backoff.
+
+    For the queue function: it never raises for the receiver's failures, so the callback message
+    itself completes; only a failure to queue the retry raises (and the host retries this message).
+    """
+    result = await deliver(url, payload, settings)
+    delay = retry_delay(result, attempt)
+    if delay is not None:
+        await queue.enqueue_callback(response_id, url, attempt + 1, delay)
+        log.info("callback for %s: attempt %d failed (%s), next in %d s", response_id, attempt, result.reason, delay)
+    elif not result.delivered:
+        log.warning("callback for %s: given up after attempt %d (%s)", response_id, attempt, result.reason)
+    return result
 
 
 def _retry_after(value: str | None) -> int | None:

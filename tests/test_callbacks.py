@@ -6,32 +6,44 @@ the standardwebhooks library, as a caller's receiver would.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
+import socket
 import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import aiohttp.connector
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
+from azure.storage.queue import TextBase64DecodePolicy
+from azure.storage.queue.aio import QueueClient
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from code_interpreter_files import callbacks
 from code_interpreter_files.callbacks import (
     MAX_ATTEMPTS,
     DeliveryResult,
     backoff,
     callback_id,
     deliver,
+    deliver_and_schedule_retry,
     normalize_host,
     retry_delay,
     validate_callback_url,
 )
 from code_interpreter_files.errors import ApiError
+from code_interpreter_files.run_queue import CallbackMessage, RunQueue, parse_message
 from code_interpreter_files.settings import Settings, load_settings
+from tests import figures
 from tests.rig.azurite import free_port
 from tests.rig.certs import TlsFiles, make_tls_files
 from tests.rig.rig import Rig
@@ -39,6 +51,7 @@ from tests.rig.rig import Rig
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+figures.SECRETS.add(SECRET.removeprefix("whsec_"))  # the session-wide log scan looks for it
 ALLOWED = "allowed.com,127.0.0.1,localhost,bücher.example,::1,Upper.Example."
 
 
@@ -333,3 +346,107 @@ async def test_url_refused_at_delivery_is_not_sent(start_receiver: StartReceiver
     result = await deliver(f"{receiver.base_url}/hook", PAYLOAD, make_settings(hosts="allowed.com"))
     assert (result.delivered, result.retryable, result.reason) == (False, False, "callback_not_allowed")
     assert receiver.requests == []
+
+
+async def test_failed_delivery_queues_the_next_attempt_with_backoff(
+    rig: Rig, start_receiver: StartReceiver, configure: Callable[..., dict[str, str]]
+) -> None:
+    """Through the real queue: attempt 1 fails (503), attempt 2 is queued, invisible for backoff(1) seconds."""
+    name = f"cb-{uuid.uuid4().hex[:16]}"
+    configure(
+        storage="connection_string", RUNS_QUEUE=name, CALLBACK_ALLOWED_HOSTS="127.0.0.1", CALLBACK_SIGNING_SECRET=SECRET
+    )
+    settings = load_settings()
+    receiver = await start_receiver(503)
+    url = f"{receiver.base_url}/hook"
+    queue = RunQueue(settings, None)
+    try:
+        result = await deliver_and_schedule_retry(
+            queue, response_id="resp_cb1", url=url, attempt=1, payload=PAYLOAD, settings=settings
+        )
+        last = await deliver_and_schedule_retry(
+            queue, response_id="resp_cb1", url=url, attempt=MAX_ATTEMPTS, payload=PAYLOAD, settings=settings
+        )
+    finally:
+        await queue.close()
+    assert (result.delivered, result.retryable, last.delivered) == (False, True, False)
+    async with QueueClient.from_connection_string(
+        rig.azurite.queue_connection_string, name, message_decode_policy=TextBase64DecodePolicy()
+    ) as raw:
+        assert (await raw.get_queue_properties()).approximate_message_count == 1  # none after the last attempt
+        assert [m async for m in raw.receive_messages()] == []  # invisible for now: the backoff
+        deadline = time.monotonic() + backoff(1) + 30
+        visible: list[Any] = []
+        while not visible and time.monotonic() < deadline:  # noqa: ASYNC110 (the service makes it visible)
+            await asyncio.sleep(1)
+            visible = [m async for m in raw.receive_messages()]
+    assert [parse_message(str(m.content)) for m in visible] == [
+        CallbackMessage(response_id="resp_cb1", callback_url=url, attempt=2)
+    ]
+
+
+# -- addresses callbacks never reach (DNS rebinding, metadata service) ------------------------------
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "0.0.0.0", "224.0.0.1", "fe80::1", "::", "240.0.0.1"])
+def test_listed_but_unreachable_addresses_are_refused(address: str) -> None:
+    """Even an operator's list cannot open the instance metadata service or other special addresses."""
+    with pytest.raises(ApiError, match="link-local") as raised:
+        validate_callback_url(
+            f"https://[{address}]/hook" if ":" in address else f"https://{address}/hook", make_settings(hosts=address)
+        )
+    assert raised.value.code == "callback_not_allowed"
+
+
+class _FakeDns(AbstractResolver):
+    """Answers every name with fixed addresses (a name whose DNS was rebound)."""
+
+    answers: ClassVar[list[str]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # aiohttp's connector passes loop=
+        pass
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}
+            for a in self.answers
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolver_keeps_only_reachable_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callbacks.aiohttp, "DefaultResolver", _FakeDns)
+    _FakeDns.answers = ["169.254.169.254", "10.1.2.3", "127.0.0.1"]
+    kept = await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+    assert [r["host"] for r in kept] == ["10.1.2.3"]  # private ranges stay reachable (VNet receivers)
+    kept = await callbacks.GuardedResolver(loopback_allowed=True).resolve("localhost", 443)
+    assert [r["host"] for r in kept] == ["10.1.2.3", "127.0.0.1"]
+    _FakeDns.answers = ["127.0.0.1", "::ffff:169.254.169.254"]
+    with pytest.raises(OSError, match="may not reach"):
+        await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+
+
+async def test_allowed_name_rebound_to_loopback_is_never_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An allowed name whose DNS now answers 127.0.0.1: the delivery refuses before any TCP connection."""
+    connections: list[object] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # Every resolver aiohttp could use answers 127.0.0.1 (its connector's default one too), so without
+    # the guard this delivery would connect.
+    monkeypatch.setattr(callbacks.aiohttp, "DefaultResolver", _FakeDns)
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", _FakeDns)
+    _FakeDns.answers = ["127.0.0.1"]
+    try:
+        result = await deliver(f"https://allowed.com:{port}/hook", PAYLOAD, make_settings())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.delivered, result.retryable) == (False, True)
+    assert connections == []

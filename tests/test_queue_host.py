@@ -198,9 +198,10 @@ async def test_garbage_json_fails_in_the_function_and_ends_in_poison(rig: Rig, q
 
 
 async def test_lease_is_renewed_while_a_slow_function_runs(queue_env: dict[str, str]) -> None:
-    """A 6 s invocation under a 2 s lease: another instance polling meanwhile never gets the message."""
+    """A 6 s invocation under a 4 s lease (renewed every 2 s): another instance polling meanwhile never
+    gets the message. Without the renewal it would (checked: the test then fails)."""
     await _enqueue("resp_slow1")
-    async with _host(lease_seconds=2) as first, _host(lease_seconds=2) as second:
+    async with _host(lease_seconds=4) as first, _host(lease_seconds=4) as second:
         draining = asyncio.create_task(first.drain())
         await STARTED.wait()
         while not draining.done():

@@ -18,14 +18,17 @@ from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.webhooks import (
     MAX_WEBHOOK_BYTES,
     WebhookEvent,
+    WebhookOutcome,
     handle_webhook,
     marker_name,
     verify_webhook,
 )
+from tests import figures
 
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+figures.SECRETS.add(SECRET.removeprefix("whsec_"))  # the session-wide log scan looks for it
 
 
 def event_body(event_type: str = "response.completed", response_id: str = "resp_hook1") -> bytes:
@@ -61,7 +64,7 @@ class Recorder:
             raise RuntimeError("queue down")
 
 
-async def _handle(services: Services, body: bytes, headers: dict[str, str], act: Recorder) -> object:
+async def _handle(services: Services, body: bytes, headers: dict[str, str], act: Recorder) -> WebhookOutcome:
     return await handle_webhook(
         body, headers, settings=services.settings, openai=services.openai, markers=services.store, act=act
     )
@@ -74,8 +77,8 @@ async def test_signed_event_is_acted_on_once_and_replay_is_not(services: Service
     first = await _handle(services, body, headers, act)
     replay = await _handle(services, body, headers, act)  # the same request, captured and sent again
     assert [e.response_id for e in act.events] == ["resp_replayed"]
-    assert first.action == "acted" and replay.action == "replay"  # type: ignore[attr-defined]
-    assert first.event == WebhookEvent(  # type: ignore[attr-defined]
+    assert first.action == "acted" and replay.action == "replay"
+    assert first.event == WebhookEvent(
         webhook_id=headers["webhook-id"], type="response.completed", response_id="resp_replayed"
     )
     # The marker is a blob every instance sees.
@@ -88,7 +91,7 @@ async def test_replay_with_a_fresh_signature_of_the_same_id_is_not_acted_on(serv
     act = Recorder()
     await _handle(services, body, signed(body, webhook_id=webhook_id, age=timedelta(seconds=30)), act)
     outcome = await _handle(services, body, signed(body, webhook_id=webhook_id), act)
-    assert outcome.action == "replay"  # type: ignore[attr-defined]
+    assert outcome.action == "replay"
     assert len(act.events) == 1
 
 
@@ -97,7 +100,7 @@ async def test_every_response_end_event_is_acted_on(services: Services, event_ty
     body = event_body(event_type, "resp_end")
     act = Recorder()
     outcome = await _handle(services, body, signed(body), act)
-    assert outcome.action == "acted"  # type: ignore[attr-defined]
+    assert outcome.action == "acted"
     assert [(e.type, e.response_id) for e in act.events] == [(event_type, "resp_end")]
 
 
@@ -105,7 +108,7 @@ async def test_other_events_are_ignored(services: Services) -> None:
     body = json.dumps({"id": "evt_1", "type": "batch.completed", "created_at": 1, "data": {"id": "batch_1"}}).encode()
     act = Recorder()
     outcome = await _handle(services, body, signed(body), act)
-    assert outcome.action == "ignored" and act.events == []  # type: ignore[attr-defined]
+    assert outcome.action == "ignored" and act.events == []
 
 
 def _refused(services: Services, body: bytes, headers: dict[str, str]) -> ApiError:
@@ -179,5 +182,5 @@ async def test_failed_action_releases_the_marker_so_azure_retry_is_acted_on(serv
         await _handle(services, body, headers, Recorder(fail=True))
     act = Recorder()
     outcome = await _handle(services, body, headers, act)  # Azure OpenAI retries the same delivery
-    assert outcome.action == "acted"  # type: ignore[attr-defined]
+    assert outcome.action == "acted"
     assert [e.response_id for e in act.events] == ["resp_retry"]

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import azure.functions as func
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as WorkerQueueMessage
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueMessage
@@ -343,14 +343,20 @@ class QueueHost:
         except Exception as error:  # the function failed (the host logs it and retries the message)
             renewing.cancel()
             await _quietly(renewing)
-            if count >= self.settings.max_dequeue_count:
-                await self._poison(function, client, message, pop_receipt=lease.pop_receipt)
-                self._record(function, message, count, "poisoned", f"{type(error).__name__}: {error}")
-            else:
-                await client.update_message(
-                    message.id, lease.pop_receipt, visibility_timeout=int(self.settings.visibility_timeout_seconds)
-                )
-                self._record(function, message, count, "failed", f"{type(error).__name__}: {error}")
+            reason = f"{type(error).__name__}: {error}"
+            try:
+                if count >= self.settings.max_dequeue_count:
+                    await self._poison(function, client, message, pop_receipt=lease.pop_receipt)
+                    self._record(function, message, count, "poisoned", reason)
+                else:
+                    await client.update_message(
+                        message.id, lease.pop_receipt, visibility_timeout=int(self.settings.visibility_timeout_seconds)
+                    )
+                    self._record(function, message, count, "failed", reason)
+            except HttpResponseError as lost:
+                if not _lease_lost(lost):
+                    raise
+                self._record(function, message, count, "expired_lease", reason)
             return
         except BaseException:  # cancelled: a crash; the message comes back when its lease runs out
             renewing.cancel()
@@ -360,7 +366,9 @@ class QueueHost:
         await _quietly(renewing)
         try:
             await client.delete_message(message.id, lease.pop_receipt)
-        except ResourceNotFoundError:  # the lease ran out and another instance took it
+        except HttpResponseError as lost:  # the lease ran out and another instance took the message
+            if not _lease_lost(lost):
+                raise
             self._record(function, message, count, "expired_lease", "the message was leased again meanwhile")
             return
         self._record(function, message, count, "succeeded")
@@ -433,6 +441,12 @@ class _Lease:
                 self._message_id, self.pop_receipt, visibility_timeout=self._seconds
             )
             self.pop_receipt = str(updated.pop_receipt)
+
+
+def _lease_lost(error: HttpResponseError) -> bool:
+    """The message is gone or leased by someone else (its pop receipt changed)."""
+    code = getattr(error, "error_code", None)  # set by the storage SDK on its errors
+    return isinstance(error, ResourceNotFoundError) or code in ("PopReceiptMismatch", "MessageNotFound")
 
 
 async def _quietly(task: asyncio.Task[Any]) -> None:
