@@ -81,13 +81,14 @@ class AppClient:
         body: bytes = b"",
         params: dict[str, str] | None = None,
         route_params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         """Invoke the indexed function's user callable with a func.HttpRequest, as the worker does."""
         request = func.HttpRequest(
             method=method,
             url=f"http://localhost:7071{path}",
             body=body,
-            headers={"content-type": "application/json"},
+            headers=headers or {"content-type": "application/json"},
             params=params or {},
             route_params=route_params or {},
         )

@@ -1,0 +1,288 @@
+"""No file lost when nobody waits (issue 10): the queue finishes every run, copies resume, one copy per
+run across instances, DELETE wins, the caller is called back; all against the rig, with the tests playing
+the Functions host's part for the queue (tests/rig/queue_host.py) the way Azure does."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import standardwebhooks
+from aiohttp import web
+
+from code_interpreter_files.services import get_services
+from tests import figures
+from tests.appclient import FUNCTIONS, AppClient
+from tests.rig.queue_host import QueueHost, QueueHostProcess
+from tests.test_lifecycle import manifest
+from tests.test_runs import storage_names
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+@pytest.fixture
+def queue_env(configure) -> dict[str, str]:
+    """A queue of this test's own (other tests' runs queue their finishes too), callbacks to loopback."""
+    return configure(
+        RUNS_QUEUE=f"q{uuid.uuid4().hex[:12]}", CALLBACK_ALLOWED_HOSTS="127.0.0.1", CALLBACK_SIGNING_SECRET=SECRET
+    )
+
+
+@pytest.fixture
+async def host(queue_env) -> AsyncIterator[QueueHost]:
+    async with QueueHost(FUNCTIONS.values(), environ=os.environ, lease_seconds=3, poll_seconds=0.05) as queue_host:
+        yield queue_host
+
+
+class Receiver:
+    """A caller's callback endpoint on loopback: keeps every delivery, verified or not."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.deliveries.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        return web.Response(status=204)
+
+    def verified(self) -> list[dict[str, Any]]:
+        webhook = standardwebhooks.Webhook(SECRET)
+        return [webhook.verify(body, headers) for headers, body in self.deliveries]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    got = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/run-done", got.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    got.url = f"http://127.0.0.1:{port}/hooks/run-done?token=abc"
+    yield got
+    await runner.cleanup()
+
+
+async def _until(condition, within: float = 60.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(step)
+
+
+async def test_no_get_at_all_the_queue_copies_the_files_and_calls_back_signed(
+    app: AppClient, rig, host: QueueHost, receiver: Receiver
+) -> None:
+    info = app.script(
+        latency=0.3, files=[{"path": "/mnt/data/a.csv", "content": "a,b"}, {"path": "/mnt/data/b.bin", "size": 300000}]
+    )
+    started = await app.post_run(prompt=info["prompt"], wait=False, collect="all", callback_url=receiver.url)
+    assert started.status == 202, started.body
+    response_id = started.json["response_id"]
+    await host.drain(within=60)
+    saved = manifest(rig, response_id)
+    assert sorted(f["filename"] for f in saved["files"]) == ["a.csv", "b.bin"]
+    await asyncio.wait_for(receiver.arrived.wait(), 30)
+    [payload] = receiver.verified()  # signed with CALLBACK_SIGNING_SECRET; a forged one would raise
+    headers, _ = receiver.deliveries[0]
+    assert headers["webhook-id"].startswith("msg_") and headers["webhook-timestamp"].isdigit()
+    assert payload["response_id"] == response_id and payload["warnings"] == []
+    app.verify_answer(payload)  # the links in the callback serve the bytes
+    app.assert_nothing_lost(payload, set(app.expected_files(response_id)), copied=True)
+
+
+async def test_a_callback_to_a_host_outside_the_list_is_refused_and_nothing_starts(
+    app: AppClient, rig, queue_env
+) -> None:
+    info = app.script()
+    for url in ("https://evil.example/hook", "http://127.0.0.1.evil.example/x", "https://127.0.0.1@evil.example/"):
+        reply = await app.post_run(prompt=info["prompt"], callback_url=url)
+        assert reply.status == 400 and reply.error_code() == "callback_not_allowed", url
+    assert rig.emulator.stats()["runs_started"]["by_script"].get(info["script_id"], 0) == 0
+
+
+async def test_a_container_that_expires_after_the_first_of_three_files_leaves_that_file(
+    app: AppClient, rig, host: QueueHost, configure, queue_env
+) -> None:
+    configure(**{**_app_settings(queue_env), "COPY_CONCURRENCY": "1"})
+    info = app.script(
+        latency=0.2,
+        container_expires="after_first_download",
+        files=[{"path": f"/mnt/data/f{i}.txt", "content": f"file {i}"} for i in range(3)],
+    )
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    await host.drain(within=60)
+    answer = (await app.get_run(response_id)).json
+    assert len(answer["files"]) == 1 and [f["code"] for f in answer["failed_files"]] == ["container_expired"] * 2
+    app.verify_answer(answer)
+    app.assert_nothing_lost(answer, set(app.expected_files(response_id)))
+
+
+async def test_an_interrupted_copy_resumes_and_copies_only_the_rest(
+    app: AppClient, rig, host: QueueHost, configure, queue_env
+) -> None:
+    configure(**{**_app_settings(queue_env), "COPY_CONCURRENCY": "1"})
+    size = 24 * 1024 * 1024
+    info = app.script(latency=0.2, files=[{"path": f"/mnt/data/big{i}.bin", "size": size} for i in range(3)])
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    await asyncio.sleep(0.3)
+    crashed = asyncio.create_task(host.run_once())
+    await _until(lambda: len(storage_names(rig, response_id)) >= 1, within=120)
+    crashed.cancel()  # the worker dies mid-run: its message comes back when its lease ends
+    await asyncio.gather(crashed, return_exceptions=True)
+    figures.count("crashes_injected")
+    first = storage_names(rig, response_id)[0].split("/")[1]
+    await host.drain(within=120)
+    answer = (await app.get_run(response_id)).json
+    assert len(answer["files"]) == 3
+    app.verify_answer(answer)
+    assert rig.emulator.stats()["downloads"][first] == 1  # the committed file was not downloaded again
+
+
+async def test_two_instances_finishing_one_run_download_each_file_once(app: AppClient, rig, queue_env) -> None:
+    info = app.script(
+        latency=0.2, files=[{"path": f"/mnt/data/part{i}.bin", "size": 8 * 1024 * 1024} for i in range(3)]
+    )
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    rig.emulator.reset()  # downloads are counted from here
+    services = await get_services()
+    await services.queue.enqueue_finish(response_id, "all", None)  # a second message for the same run
+    env = dict(os.environ)
+    with QueueHostProcess(env, lease_seconds=30) as one, QueueHostProcess(env, lease_seconds=30) as two:
+        await _until(lambda: _manifest_exists(rig, response_id), within=120, step=0.2)
+        await _until(lambda: len(one.outcomes) + len(two.outcomes) >= 2, within=60, step=0.2)
+    assert {o.outcome for o in one.outcomes + two.outcomes} == {"succeeded"}
+    downloads = rig.emulator.stats()["downloads"]
+    assert sorted(downloads[f] for f in app.expected_files(response_id)) == [1, 1, 1]
+    figures.count("duplicate_downloads", sum(downloads[f] - 1 for f in app.expected_files(response_id)))
+    app.verify_answer((await app.get_run(response_id)).json)
+
+
+async def test_delete_during_a_copy_on_another_instance_leaves_no_manifest_and_no_blob(
+    app: AppClient, rig, queue_env
+) -> None:
+    info = app.script(
+        latency=0.2, files=[{"path": f"/mnt/data/slow{i}.bin", "size": 24 * 1024 * 1024} for i in range(3)]
+    )
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    rig.emulator.reset()  # downloads are counted from here
+    env = {**os.environ, "COPY_CONCURRENCY": "1"}
+    with QueueHostProcess(env, lease_seconds=30) as other:
+        await _until(lambda: rig.emulator.stats()["downloads"], within=60, step=0.05)
+        reply = await app.delete_run(response_id)
+        assert reply.status == 204, reply.body
+        await _until(lambda: len(other.outcomes) >= 1, within=120, step=0.2)
+    assert storage_names(rig, response_id, bookkeeping=True) == [f"{response_id}/deleted"]
+    assert (await app.get_run(response_id)).status == 404
+
+
+async def test_a_request_waiting_on_a_copy_that_delete_cancels_answers_409(app: AppClient, rig) -> None:
+    info = app.script(files=[{"path": f"/mnt/data/w{i}.bin", "size": 24 * 1024 * 1024} for i in range(3)])
+    rig.emulator.reset()  # downloads are counted from here
+    posting = asyncio.create_task(app.post_run(prompt=info["prompt"], collect="all"))
+    await _until(lambda: rig.emulator.stats()["downloads"], within=60)
+    [response_id] = rig.emulator.runs_for(info["script_id"])
+    assert (await app.delete_run(response_id)).status == 204
+    reply = await posting
+    assert reply.status == 409 and reply.error_code() == "run_deleted", reply.body
+    assert storage_names(rig, response_id) == []
+
+
+async def test_a_run_that_fails_every_retry_lands_in_poison_and_get_answers_it(
+    app: AppClient, rig, host: QueueHost
+) -> None:
+    info = app.script(
+        latency=0.2,
+        files=[
+            {"path": "/mnt/data/fine.txt", "content": "fine"},
+            {"path": "/mnt/data/cut.bin", "size": 200000, "cut_after": 1000},  # every download breaks off
+        ],
+    )
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    invocations = await host.drain(within=120)
+    finishes = [i for i in invocations if i.function == "finish_run"]
+    assert [i.dequeue_count for i in finishes] == [1, 2, 3, 4, 5]
+    assert any(i.function == "record_poison" and i.outcome == "succeeded" for i in invocations)
+    answer = (await app.get_run(response_id)).json
+    assert [f["filename"] for f in answer["files"]] == ["fine.txt"]
+    assert [w["code"] for w in answer["warnings"]] == ["finish_failed"]
+    app.verify_answer(answer)
+
+
+async def test_a_failed_run_is_recorded_and_get_answers_its_error(app: AppClient, rig, host: QueueHost) -> None:
+    info = app.script(latency=0.2, status="failed", error={"code": "server_error", "message": "the sandbox crashed"})
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
+    await host.drain(within=60)
+    assert manifest(rig, response_id)["error"]["code"] == "run_failed"
+    reply = await app.get_run(response_id)
+    assert (
+        reply.status == 502
+        and reply.error_code() == "run_failed"
+        and "sandbox crashed" in reply.json["error"]["message"]
+    )
+
+
+async def test_with_webhooks_the_queue_does_not_wait_and_the_webhook_finishes_the_run(
+    app: AppClient, rig, configure, queue_env
+) -> None:
+    configure(**{**_app_settings(queue_env), "AZURE_OPENAI_WEBHOOK_SECRET": SECRET})
+    info = app.script(latency=1.5, files=[{"path": "/mnt/data/pushed.txt", "content": "pushed"}])
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
+    async with QueueHost(FUNCTIONS.values(), environ=os.environ, lease_seconds=3, poll_seconds=0.05) as host:
+        started = time.monotonic()
+        assert await host.run_once() == 1  # the run is still going: nothing waits on the model
+        assert time.monotonic() - started < 1.4
+        assert not _manifest_exists(rig, response_id)
+        await asyncio.sleep(1.6)
+        body = json.dumps(
+            {"id": "evt_1", "type": "response.completed", "created_at": int(time.time()), "data": {"id": response_id}}
+        )
+        headers = _signed(body, "wh_1")
+        reply = await app.call("openai_webhook", "POST", "/api/openai-webhook", body.encode(), headers=headers)
+        assert reply.status == 200 and reply.json == {"status": "acted"}, reply.body
+        replay = await app.call("openai_webhook", "POST", "/api/openai-webhook", body.encode(), headers=headers)
+        assert replay.json == {"status": "replay"}
+        forged = await app.call(
+            "openai_webhook", "POST", "/api/openai-webhook", body.encode(), headers={**headers, "webhook-id": "wh_2"}
+        )
+        assert forged.status == 401 and forged.error_code() == "invalid_webhook_signature"
+        deadline = time.monotonic() + 30
+        while not _manifest_exists(rig, response_id):  # the finish the webhook queued, now visible
+            assert time.monotonic() < deadline, "the webhook's finish did not run"
+            await host.run_once()
+            await asyncio.sleep(0.1)
+    assert [f["filename"] for f in manifest(rig, response_id)["files"]] == ["pushed.txt"]
+
+
+def _signed(body: str, webhook_id: str) -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    signature = standardwebhooks.Webhook(SECRET).sign(webhook_id, datetime.now(UTC), body)
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(time.time())),
+        "webhook-signature": signature,
+    }
+
+
+def _manifest_exists(rig, response_id: str) -> bool:
+    return f"{response_id}/manifest.json" in storage_names(rig, response_id)
+
+
+def _app_settings(env: dict[str, str]) -> dict[str, str]:
+    """The settings configure() set, without the rig's own (configure sets those again)."""
+    from tests.rig.rig import Rig
+
+    return {k: v for k, v in env.items() if k not in Rig.ENV_NAMES or k == "RUNS_QUEUE"}
