@@ -18,7 +18,7 @@ from typing import Any, Literal
 import openai
 from openai.types.responses import Response
 
-from . import responses_api
+from . import ownership, responses_api
 from .citations import container_ids
 from .errors import ApiError
 from .inputs import MAX_FILE_IDS, InputSpec, PreparedInput, UploadedInput, code_interpreter_container, upload_inputs
@@ -76,12 +76,10 @@ class RunSetup:
         }
 
 
-def _not_found(response_id: str) -> ApiError:
-    # The same answer as for an id Azure OpenAI does not know: a foreign run is not disclosed.
-    return ApiError(404, "run_not_found", f"Azure OpenAI knows no response {response_id}")
+_not_found = ownership.not_found  # the same answer as for an id Azure OpenAI does not know
 
 
-async def resolve_previous(services: Services, response_id: str) -> Previous:
+async def resolve_previous(services: Services, response_id: str, principal: str | None = None) -> Previous:
     """The previous run, if it is a finished run of this app, and whether its container lives."""
     if not is_valid_response_id(response_id):
         raise _not_found(valid_unicode(response_id[:130]))
@@ -89,8 +87,7 @@ async def resolve_previous(services: Services, response_id: str) -> Previous:
         response = await services.openai.responses.retrieve(response_id)
     except openai.NotFoundError:
         raise _not_found(response_id) from None
-    if (response.metadata or {}).get("owner") != services.settings.owner_tag:
-        raise _not_found(response_id)
+    ownership.check(response.metadata, response_id, services.settings, principal)
     if response.status in responses_api.RUNNING:
         raise ApiError(409, "run_in_progress", f"the run {response_id} has not finished: continue it once it has")
     used = container_ids(response)
@@ -181,7 +178,11 @@ async def carried_outputs(
 
 
 async def prepare_run(
-    services: Services, input_files: Sequence[InputSpec], previous_response_id: str | None, log: RunLog
+    services: Services,
+    input_files: Sequence[InputSpec],
+    previous_response_id: str | None,
+    log: RunLog,
+    principal: str | None = None,
 ) -> RunSetup:
     """Everything about a run's files, before it starts: resolve the previous run (404 for a foreign
     one), check the inputs, upload them (and carried files). Nothing is uploaded if a check fails;
@@ -189,7 +190,7 @@ async def prepare_run(
     if previous_response_id is None:
         uploaded = await upload_inputs(services, input_files, log)
         return RunSetup(container=code_interpreter_container([u.file_id for u in uploaded]), inputs=uploaded)
-    previous = await resolve_previous(services, previous_response_id)
+    previous = await resolve_previous(services, previous_response_id, principal)
     if previous.container_alive and not input_files:
         assert previous.container_id is not None and is_plain_id(previous.container_id)
         log.info("continuing in the previous container", container_id=previous.container_id)

@@ -12,7 +12,7 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import pipeline, queue_finish, responses_api, webhooks
+from . import ownership, pipeline, queue_finish, responses_api, webhooks
 from .errors import ApiError
 from .identity import IdentityError
 from .models import RunRequest, UnsupportedManifest
@@ -161,19 +161,22 @@ async def handle(
 async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     request = parse_run_request(req.get_body())
     services = await get_services()
-    return _outcome(await pipeline.create_run(services, request, log))
+    principal = ownership.caller_principal(req.headers, services.settings)
+    return _outcome(await pipeline.create_run(services, request, log, principal))
 
 
 async def get_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     services = await get_services()
     response_id = response_id_from(req)
     ttl = parse_ttl_query(req.params.get("sas_ttl_minutes"))
-    return _outcome(await pipeline.get_run(services, response_id, ttl, log))
+    principal = ownership.caller_principal(req.headers, services.settings)
+    return _outcome(await pipeline.get_run(services, response_id, ttl, log, principal))
 
 
 async def delete_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     services = await get_services()
-    await pipeline.delete_run(services, response_id_from(req), log)
+    principal = ownership.caller_principal(req.headers, services.settings)
+    await pipeline.delete_run(services, response_id_from(req), log, principal)
     return func.HttpResponse(status_code=204)
 
 

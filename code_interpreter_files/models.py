@@ -194,6 +194,8 @@ class RunRecord:
     inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, bytes, sha256} of the caller's files
     continued_in: str | None = None  # same_container | new_container, for a continued conversation
     error: dict[str, Any] | None = None  # {status, code, message}: how the run ended without its files
+    owner: str | None = None  # OWNER_TAG of the deployment that started it (None: written before tags)
+    principal: str | None = None  # the Easy Auth caller who started it, if any
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -208,6 +210,8 @@ class RunRecord:
             "inputs": self.inputs,
             "continued_in": self.continued_in,
             "error": self.error,
+            "owner": self.owner,
+            "principal": self.principal,
         }
 
     @classmethod
@@ -231,6 +235,8 @@ class RunRecord:
             inputs=data.get("inputs", []),
             continued_in=data.get("continued_in"),
             error=data.get("error"),
+            owner=data.get("owner"),
+            principal=data.get("principal"),
         )
 
     @property

@@ -19,7 +19,7 @@ import openai
 from azure.core.exceptions import AzureError, HttpResponseError
 from openai.types.responses import Response
 
-from . import callbacks, conversations, inputs, responses_api
+from . import callbacks, conversations, inputs, ownership, responses_api
 from .citations import answer_text, container_ids, file_citations, image_outputs, is_id_like, link_files
 from .errors import ApiError, FileCopyError
 from .models import (
@@ -96,7 +96,9 @@ def _deadline(services: Services) -> float:
     return asyncio.get_running_loop().time() + services.settings.run_wait_seconds
 
 
-async def create_run(services: Services, request: RunRequest, log: RunLog) -> dict[str, Any] | Accepted:
+async def create_run(
+    services: Services, request: RunRequest, log: RunLog, principal: str | None = None
+) -> dict[str, Any] | Accepted:
     """POST /api/runs: upload its inputs, start the run and queue its finish; with `wait`, see it
     through within the time budget (the queue finishes it otherwise, even if nobody polls)."""
     ttl = sas_ttl(services, request.sas_ttl_minutes)
@@ -109,7 +111,7 @@ async def create_run(services: Services, request: RunRequest, log: RunLog) -> di
             async with asyncio.timeout_at(deadline):
                 with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
                     setup = await conversations.prepare_run(
-                        services, request.input_files, request.previous_response_id, log
+                        services, request.input_files, request.previous_response_id, log, principal
                     )
                     try:
                         started = await responses_api.start_response(
@@ -117,7 +119,9 @@ async def create_run(services: Services, request: RunRequest, log: RunLog) -> di
                             services.settings,
                             prompt=request.prompt,
                             instructions=request.instructions,
-                            metadata={"collect": request.collect},
+                            metadata=ownership.run_metadata(
+                                services.settings, collect=request.collect, principal=principal
+                            ),
                             container=setup.container,
                             previous_response_id=setup.previous_response_id,
                             listen=request.wait,
@@ -160,14 +164,17 @@ async def _record_start(
 
 
 async def get_run(
-    services: Services, response_id: str, ttl_minutes: int | None, log: RunLog
+    services: Services, response_id: str, ttl_minutes: int | None, log: RunLog, principal: str | None = None
 ) -> dict[str, Any] | Accepted:
-    """GET /api/runs/{id}: fresh links from the manifest; or the run's state; or finish it now."""
+    """GET /api/runs/{id}: fresh links from the manifest; or the run's state; or finish it now.
+    Only this deployment's runs, and only the caller's when Easy Auth names callers (else 404)."""
     ttl = sas_ttl(services, ttl_minutes)
     log.response_id = response_id
     manifest = await services.store.read_manifest(response_id)
     if manifest is not None:
-        return await answer(services, RunRecord.from_manifest(manifest), ttl, log)
+        record = RunRecord.from_manifest(manifest)
+        _check_record(services, record, principal)
+        return await answer(services, record, ttl, log)
     if await services.store.is_deleted(response_id):
         raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     deadline = _deadline(services)
@@ -176,6 +183,7 @@ async def get_run(
             async with asyncio.timeout_at(deadline):
                 with log.step(1, "retrieve response"):
                     response = await retrieve(services, response_id)
+                    ownership.check(response.metadata, response_id, services.settings, principal)
         except TimeoutError:
             raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
         if response.status in responses_api.RUNNING:
@@ -184,7 +192,7 @@ async def get_run(
         return await _see_through(services, responses_api.StartedRun(response=response), collect, ttl, deadline, log)
 
 
-async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
+async def delete_run(services: Services, response_id: str, log: RunLog, principal: str | None = None) -> None:
     """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response.
 
     Once the blobs are gone the answer is 204 whatever the response delete says: Azure may refuse to
@@ -192,16 +200,20 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
     """
     log.response_id = response_id
     if await services.store.is_deleted(response_id):
-        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
+        raise ownership.not_found(response_id)
     try:
         response: Response | None = await retrieve(services, response_id)
     except ApiError as error:
         if error.status != 404:
             raise
         response = None
-    if response is None and not await services.store.copied_files(response_id):
-        if await services.store.read_manifest(response_id) is None:
-            raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
+    if response is not None:
+        ownership.check(response.metadata, response_id, services.settings, principal)
+    else:  # the stored response is gone (deleted, or older than its 30 days): the manifest says whose it is
+        manifest = await services.store.read_manifest(response_id)
+        if manifest is None:
+            raise ownership.not_found(response_id)
+        _check_record(services, RunRecord.from_manifest(manifest), principal)
     if response is not None and response.status in responses_api.RUNNING:
         log.info("cancelling the running response")
         try:
@@ -216,6 +228,12 @@ async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
     if response is not None:
         await _delete_response(services, response_id, log)
     log.info("run deleted", blobs_deleted=deleted)
+
+
+def _check_record(services: Services, record: RunRecord, principal: str | None) -> None:
+    """A manifest's run: this deployment's (manifests written before owner tags are), and the caller's."""
+    owner = {"owner": record.owner or services.settings.owner_tag, "principal": record.principal}
+    ownership.check(owner, record.response_id, services.settings, principal)
 
 
 async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:
@@ -240,7 +258,7 @@ async def retrieve(services: Services, response_id: str) -> Response:
     try:
         return await responses_api.retrieve(services.openai, response_id)
     except openai.NotFoundError:
-        raise ApiError(404, "run_not_found", f"Azure OpenAI knows no response {response_id}") from None
+        raise ownership.not_found(response_id) from None
 
 
 async def _see_through(
@@ -341,6 +359,8 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
         warnings=findings.warnings,
         inputs=info.get("inputs", []),
         continued_in=info.get("continued_in"),
+        owner=(response.metadata or {}).get("owner"),
+        principal=(response.metadata or {}).get("principal"),
     )
     if not copied and record.failed_files and all(f.code == "container_expired" for f in record.failed_files):
         raise ApiError(

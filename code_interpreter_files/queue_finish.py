@@ -16,7 +16,7 @@ from typing import Any
 
 from openai.types.responses import Response
 
-from . import callbacks, conversations, inputs, pipeline, responses_api
+from . import callbacks, conversations, inputs, ownership, pipeline, responses_api
 from .errors import ApiError
 from .models import Collect, CopiedFile, RunRecord
 from .run_queue import CallbackMessage, FinishMessage, parse_message
@@ -54,9 +54,11 @@ async def finish_run(services: Services, message: FinishMessage, log: RunLog) ->
         return
     try:
         response = await pipeline.retrieve(services, rid)
+        metadata = response.metadata or {}
+        ownership.check(metadata, rid, services.settings, metadata.get("principal"))
     except ApiError as error:
         if error.status == 404:
-            log.warning("the queued run is unknown to Azure OpenAI; dropping the message")
+            log.warning("the queued run is unknown or not this deployment's; dropping the message")
             return
         raise
     if response.status in responses_api.RUNNING:
@@ -108,6 +110,8 @@ async def _record_failure(services: Services, response: Response, error: ApiErro
         status=response.status or "failed",
         text="",
         error={"status": error.status, "code": error.code, "message": error.message},
+        owner=(response.metadata or {}).get("owner"),
+        principal=(response.metadata or {}).get("principal"),
     )
     await _commit(services, record, log)
 

@@ -24,6 +24,8 @@ def storage_names(rig, response_id: str, *, bookkeeping: bool = False) -> list[s
     the files and the manifest; with `bookkeeping`, also the lock, run record and tombstone."""
     service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
     container = service.get_container_client(rig.OUTPUT_CONTAINER)
+    if not container.exists():
+        return []
     names = sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
     return names if bookkeeping else [n for n in names if n.split("/", 1)[1] not in BOOKKEEPING]
 
