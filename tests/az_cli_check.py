@@ -13,8 +13,9 @@ call of the command: load the command table the way `az` does for these argument
 load its arguments, raise the same invoker events (they add `--ids`, `--output`, `--query`...), build
 the argparse parser, parse, and run the argument validators. Stricter than `az` on purpose:
 abbreviated long options are refused (argparse's `allow_abbrev` is turned off, while `az` accepts any
-unique prefix). Nothing is sent: there is no login, and the command function itself never runs. Kept as our own code because azure-cli has no public "parse only" entry
-point; everything it calls is azure-cli's.
+unique prefix). Nothing is sent: there is no login, and the command function itself never runs.
+Kept as our own code because azure-cli has no public "parse only" entry point; everything it calls
+is azure-cli's.
 """
 
 from __future__ import annotations
