@@ -437,3 +437,4 @@ output RUNS_QUEUE_STORAGE__queueServiceUri string = runsQueueServiceUrl
 output HOST_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output OUTPUT_STORAGE_ACCOUNT_NAME string = outputStorage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
+output LOG_ANALYTICS_WORKSPACE_NAME string = logAnalytics.outputs.name
