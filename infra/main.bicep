@@ -55,7 +55,8 @@ param openAiDeploymentCapacity int = 30
 @description('Only with createOpenAi: location of the Azure OpenAI account (model availability differs by region).')
 param openAiLocation string = location
 
-@description('AZURE_OPENAI_API_VERSION: empty uses the GA v1 API; e.g. \'preview\' for preview features.')
+@allowed(['', 'v1', 'preview', 'latest'])
+@description('AZURE_OPENAI_API_VERSION: empty (not set) uses the GA v1 API; \'preview\' for preview features. The v1 API takes no dated versions.')
 param openAiApiVersion string = ''
 
 @minValue(1)

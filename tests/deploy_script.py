@@ -31,7 +31,7 @@ SECRETS_ENV = {
 # A stand-in az: logs every call (FAKE_LOG: "az <args>" lines; FAKE_ARGV_LOG: the exact arguments,
 # separated by \x1f); answers the checks and queries with fake values. Switches (environment):
 # FAKE_LOGGED_OUT, FAKE_APP_EXISTS, FAKE_STORAGE_EXISTS, FAKE_NAME_AVAILABLE, FAKE_NO_OPENAI,
-# FAKE_FAIL (a command prefix that fails, e.g. "functionapp create").
+# FAKE_FAIL (a command prefix that fails, e.g. "functionapp create"); FAKE_FILES_LOG gets @file contents.
 FAKE_AZ = r"""#!/bin/sh
 echo "az $*" >> "$FAKE_LOG"
 if [ -n "${FAKE_ARGV_LOG:-}" ]; then
@@ -39,6 +39,9 @@ if [ -n "${FAKE_ARGV_LOG:-}" ]; then
   for a in "$@"; do line="$line$a$sep"; done
   printf '%s\n' "$line" >> "$FAKE_ARGV_LOG"
 fi
+for a in "$@"; do  # the content of an @file argument (how the script hands over secrets)
+  case $a in @/*) cat "${a#@}" >> "${FAKE_FILES_LOG:-/dev/null}" ;; esac
+done
 if [ -n "${FAKE_FAIL:-}" ]; then
   case "$*" in "$FAKE_FAIL"*) echo "ERROR: (Conflict) fake failure" >&2; exit 1 ;; esac
 fi
