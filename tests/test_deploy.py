@@ -1009,6 +1009,9 @@ def test_package_contents():
         ("code_interpreter_files/__pycache__/x.cpython-311.pyc", True),
         (".python_packages/lib/site-packages/x.py", True),
         ("docs/deploy.md", True),
+        (".azcli-venv/lib/python3.11/site-packages/azure/cli/__main__.py", True),
+        ("requirements-azcli.txt", True),
+        ("scripts/preprovision.sh", True),
     ],
 )
 def test_funcignore_patterns(path, ignored):
