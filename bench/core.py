@@ -276,7 +276,7 @@ class OldScript:
         settings = services.settings
         self.container = settings.output_container
         self.credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-        token = get_bearer_token_provider(self.credential, responses_api.COGNITIVE_SERVICES_SCOPE)
+        token = get_bearer_token_provider(self.credential, settings.token_scope)
         token()
         self.credential.get_token("https://storage.azure.com/.default")
         self.openai = OpenAI(base_url=settings.openai_base_url, api_key=token)

@@ -48,19 +48,50 @@ def file_citations(response: Any) -> list[Citation]:
     """Every `container_file_citation`, deduplicated by container and file id, first citation wins.
 
     Keyed on both ids: a citation of the same file id in a foreign container must not hide the real one.
+    Each keeps the `sandbox:` link it covers, which names the file when the container's metadata cannot.
     """
     found: dict[tuple[str, str], Citation] = {}
     for part in _output_texts(response):
-        for annotation in part.get("annotations") or []:
-            if not isinstance(annotation, dict) or annotation.get("type") != "container_file_citation":
-                continue
+        text: str = part["text"] if isinstance(part.get("text"), str) else ""
+        annotations = [
+            a
+            for a in part.get("annotations") or []
+            if isinstance(a, dict) and a.get("type") == "container_file_citation"
+        ]
+        links = list(dict.fromkeys(_SANDBOX_LINK.findall(text)))
+        for annotation in annotations:
             file_id, container_id = annotation.get("file_id"), annotation.get("container_id")
             if not isinstance(file_id, str) or not file_id or not isinstance(container_id, str):
                 continue
             filename = annotation.get("filename")
-            filename = filename if isinstance(filename, str) else None
-            found.setdefault((container_id, file_id), Citation(container_id, file_id, filename))
+            found.setdefault(
+                (container_id, file_id),
+                Citation(
+                    container_id=container_id,
+                    file_id=file_id,
+                    filename=filename if isinstance(filename, str) else None,
+                    sandbox_path=_covered_link(text, annotation, links, alone=len(annotations) == 1),
+                ),
+            )
     return list(found.values())
+
+
+def _covered_link(text: str, annotation: dict[str, Any], links: list[str], *, alone: bool) -> str | None:
+    """The link inside the citation's span; with zero indices (seen in real answers), the text's only
+    link when the citation is the text's only one: never a guess between several."""
+    start, end = annotation.get("start_index"), annotation.get("end_index")
+    if isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text):
+        match = _SANDBOX_LINK.search(text[start:end])
+        if match:
+            return _strip_sentence_end(match.group(1))
+    if alone and len(links) == 1:
+        return _strip_sentence_end(links[0])
+    return None
+
+
+def _strip_sentence_end(path: str) -> str:
+    stripped = path.rstrip(_SENTENCE_END)
+    return stripped if len(path) - len(stripped) <= _MAX_SENTENCE_END and stripped else path
 
 
 def is_id_like(filename: str | None, file_id: str) -> bool:
@@ -90,3 +121,16 @@ def link_files(text: str, urls: Mapping[str, str]) -> str:
             text = text.replace(SANDBOX_PREFIX + path, urls[path])
             text = text.replace(SANDBOX_PREFIX + quote(valid_unicode(path)), urls[path])
     return _SANDBOX_LINK.sub(replace, text)
+
+
+def image_outputs(response: Any) -> list[tuple[str, str, int, Any]]:
+    """`(call id, container id, n, url)` of each image a Code Interpreter call showed (`plt.show()`),
+    numbered from 1 per call. They come only with `include=["code_interpreter_call.outputs"]`."""
+    found = []
+    for item in _items(response):
+        if item.get("type") != "code_interpreter_call" or not is_plain_id(item.get("id")):
+            continue
+        images = [o for o in item.get("outputs") or [] if isinstance(o, dict) and o.get("type") == "image"]
+        for n, output in enumerate(images, start=1):
+            found.append((item["id"], str(item.get("container_id") or ""), n, output.get("url")))
+    return found

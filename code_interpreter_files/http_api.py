@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,10 +12,10 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import pipeline
+from . import pipeline, queue_finish, responses_api, webhooks
 from .errors import ApiError
 from .identity import IdentityError
-from .models import RunRequest
+from .models import RunRequest, UnsupportedManifest
 from .naming import is_valid_response_id, valid_unicode
 from .runlog import RunLog, logger
 from .services import get_services
@@ -93,16 +94,28 @@ def _error_for(error: Exception) -> ApiError:
         return ApiError(503, "not_configured", f"{error}; see the README's settings table")
     if isinstance(error, IdentityError):
         return ApiError(503, "identity_error", str(error))
+    if isinstance(error, UnsupportedManifest):
+        return ApiError(500, "unsupported_manifest", str(error))
+    if isinstance(error, openai.RateLimitError):
+        asked = responses_api.retry_after_seconds(error.response.headers, str(error.message))
+        seconds = max(1, math.ceil(asked if asked is not None else responses_api.DEFAULT_RETRY_AFTER_SECONDS))
+        return ApiError(
+            429,
+            "rate_limited",
+            f"Azure OpenAI is rate limiting this deployment; retry after {seconds} seconds",
+            headers={"Retry-After": str(seconds)},
+            upstream_status=429,
+        )
     if isinstance(error, openai.APITimeoutError):
         return ApiError(504, "timeout", "Azure OpenAI did not answer in time")
     if isinstance(error, openai.APIConnectionError):
         return ApiError(502, "upstream_error", "could not reach Azure OpenAI: check AZURE_OPENAI_ENDPOINT")
     if isinstance(error, openai.APIStatusError):
         hint = {
-            401: "the credentials were refused: check the API key, or that the identity's token is valid",
+            401: "the credentials were refused: check the API key, or the identity's token and its audience "
+            "(AZURE_OPENAI_TOKEN_SCOPE: https://ai.azure.com/.default or https://cognitiveservices.azure.com/.default)",
             403: "the identity lacks the Cognitive Services OpenAI User role on the Azure OpenAI resource",
             404: "check AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT",
-            429: "rate limited even after retries: try again later",
         }.get(error.status_code, "try again later")
         return ApiError(
             502,
@@ -134,14 +147,15 @@ async def handle(
 ) -> func.HttpResponse:
     """Run one request; whatever happens, answer `{"error": {"code", "message"}}`, never a trace."""
     log = RunLog(context.invocation_id, operation)
-    try:
-        return await work(req, log)
-    except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
-        error = _error_for(raw)
-        if error.code == "internal_error":
-            logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
-        log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
-        return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
+    with log.invocation(getattr(context, "trace_context", None)):  # the invocation's root span
+        try:
+            return await work(req, log)
+        except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
+            error = _error_for(raw)
+            if error.code == "internal_error":
+                logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
+            log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
+            return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
 
 
 async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
@@ -161,6 +175,44 @@ async def delete_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     services = await get_services()
     await pipeline.delete_run(services, response_id_from(req), log)
     return func.HttpResponse(status_code=204)
+
+
+async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    """Verify an Azure OpenAI webhook and queue the finish of its run (once per webhook id)."""
+    services = await get_services()
+    if services.settings.webhook_secret is None:
+        raise ApiError(404, "webhook_not_configured", "AZURE_OPENAI_WEBHOOK_SECRET is not set")
+
+    async def act(event: webhooks.WebhookEvent) -> None:
+        assert event.response_id is not None
+        log.response_id = event.response_id
+        await services.queue.enqueue_finish(event.response_id, "cited", None)  # collect: from the run's metadata
+
+    outcome = await webhooks.handle_webhook(
+        req.get_body(),
+        dict(req.headers),
+        settings=services.settings,
+        openai=services.openai,
+        markers=services.store,
+        act=act,
+    )
+    return json_response(200, {"status": outcome.action})
+
+
+async def on_queue_message(msg: func.QueueMessage, context: func.Context, operation: str) -> None:
+    """A RUNS_QUEUE (or poison) message. Errors are logged and re-raised: the host retries them."""
+    log = RunLog(context.invocation_id, operation)
+    log.info("queue message", dequeue_count=msg.dequeue_count, message_id=msg.id)
+    try:
+        services = await get_services()
+        body = msg.get_body().decode("utf-8")
+        if operation == "record_poison":
+            await queue_finish.record_poison(services, body, log)
+        else:
+            await queue_finish.handle_message(services, body, log)
+    except Exception as error:
+        log.warning("queue message failed; the host retries it", error=type(error).__name__, detail=str(error)[:200])
+        raise
 
 
 def health() -> func.HttpResponse:

@@ -1,13 +1,23 @@
-"""The worker's one Microsoft Entra ID credential: the managed identity in Azure, a developer login locally."""
+"""The worker's one Microsoft Entra ID credential: the managed identity in Azure, a developer login locally.
+
+As the Azure SDK guidance says: in Azure, `ManagedIdentityCredential` alone (no probing of other
+credentials, no waiting on a chain when the identity endpoint is slow); on a laptop, the developer
+credentials. Which one is decided in one place, `platform_credential`, by the variables the platform
+itself sets (App Service / Functions / Container Apps: IDENTITY_ENDPOINT + IDENTITY_HEADER; older
+hosts and Cloud Shell: MSI_ENDPOINT), never by an app setting or a test switch.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, TypeVar
 
-from azure.core.credentials import AccessToken, AccessTokenInfo
+from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 from azure.core.exceptions import ClientAuthenticationError
-from azure.identity.aio import DefaultAzureCredential
+from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
 from .settings import Settings
 
@@ -19,33 +29,75 @@ class IdentityError(Exception):
 
 
 def needs_credential(settings: Settings) -> bool:
-    return settings.api_key is None or settings.uses_identity_for_storage
+    return settings.api_key is None or settings.uses_identity_for_storage or settings.uses_identity_for_queue
 
 
-class AppCredential(DefaultAzureCredential):
-    """DefaultAzureCredential whose failures say "identity", wherever they surface.
+def has_managed_identity(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the platform runs this worker with a managed identity endpoint."""
+    env = os.environ if env is None else env
+    return bool(env.get("IDENTITY_ENDPOINT") and env.get("IDENTITY_HEADER")) or bool(env.get("MSI_ENDPOINT"))
 
-    In Azure it resolves to ManagedIdentityCredential (AZURE_CLIENT_ID picks a user-assigned
-    identity); on a laptop to the Azure CLI / azd / VS Code login. It caches tokens until shortly
-    before they expire, so runs after the first ask the identity endpoint nothing.
+
+def platform_credential(env: Mapping[str, str] | None = None) -> ManagedIdentityCredential | DefaultAzureCredential:
+    """The one place that chooses the credential.
+
+    Managed identity: AZURE_CLIENT_ID names a user-assigned identity (unset: the system-assigned one).
+    Locally: DefaultAzureCredential without its managed identity part, i.e. environment service
+    principal, workload identity, VS Code, Azure CLI, azd, Azure PowerShell (in the SDK's order),
+    never an interactive browser prompt in a worker.
+    """
+    env = os.environ if env is None else env
+    if has_managed_identity(env):
+        return ManagedIdentityCredential(client_id=env.get("AZURE_CLIENT_ID") or None)
+    return DefaultAzureCredential(exclude_managed_identity_credential=True, exclude_interactive_browser_credential=True)
+
+
+class AppCredential:
+    """The platform's credential, whose failures say "identity", wherever they surface.
+
+    Both kinds cache tokens until shortly before they expire, so runs after the first ask the
+    identity endpoint nothing.
     """
 
-    def __init__(self) -> None:
-        super().__init__(exclude_interactive_browser_credential=True)
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.credential = platform_credential(env)
 
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+    async def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
         try:
-            token = await super().get_token(*scopes, **kwargs)
+            token = await self.credential.get_token(
+                *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs
+            )
         except ClientAuthenticationError as error:
             raise _identity_error(scopes, error) from None
         return _unexpired(token, scopes)
 
-    async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+    async def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
         try:
-            token = await super().get_token_info(*scopes, options=options)
+            token = await self.credential.get_token_info(*scopes, options=options)
         except ClientAuthenticationError as error:
             raise _identity_error(scopes, error) from None
         return _unexpired(token, scopes)
+
+    async def close(self) -> None:
+        await self.credential.close()
+
+    async def __aenter__(self) -> AppCredential:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.close()
 
 
 def _unexpired(token: _Token, scopes: tuple[str, ...]) -> _Token:

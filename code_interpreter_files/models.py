@@ -2,13 +2,62 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import builtins
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 MAX_PROMPT_CHARS = 32_000
+MAX_BLOB_NAME_CHARS = 1024  # Blob Storage's limit
+MAX_INLINE_BASE64_CHARS = 1_400_000  # more than a 1 MiB body can hold
+
+
+class BlobInput(BaseModel):
+    """`{"blob": "<name in INPUT_CONTAINER>", "name"?: "<file name in the container>"}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    blob: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+
+
+class InlineInput(BaseModel):
+    """`{"name": "<file name>", "content_base64": "..."}`: a small file inside the request body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    content_base64: str = Field(max_length=MAX_INLINE_BASE64_CHARS)
+
+    @field_validator("content_base64")
+    @classmethod
+    def _is_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be standard base64 (A-Z, a-z, 0-9, +, /, = padding)") from None
+        return value
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content_base64, validate=True)
+
+
+def _kind(value: Any) -> str:
+    """Which model an item is for: one clear error per item instead of one per union member."""
+    if isinstance(value, BlobInput) or (isinstance(value, dict) and "blob" in value):
+        return "blob"
+    return "inline"
+
+
+# The `input_files` items of a run request: `list[InputSpec]`.
+InputSpec = Annotated[Annotated[BlobInput, Tag("blob")] | Annotated[InlineInput, Tag("inline")], Discriminator(_kind)]
+
+MANIFEST_VERSION = 2  # 1: before warnings, origin and incomplete runs; read as such
 Collect = Literal["cited", "all"]
+Origin = Literal["cited", "listed", "image_output"]
 
 
 class RunRequest(BaseModel):
@@ -21,6 +70,10 @@ class RunRequest(BaseModel):
     collect: Collect = "cited"
     sas_ttl_minutes: int | None = Field(default=None, ge=1)
     wait: bool = True
+    # No max_length here: inputs.py answers 400 too_many_inputs naming MAX_INPUT_FILES.
+    input_files: list[InputSpec] = Field(default_factory=list)
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=200)
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @field_validator("prompt")
     @classmethod
@@ -30,16 +83,17 @@ class RunRequest(BaseModel):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Citation:
     """One `container_file_citation` of the answer, as the model wrote it (untrusted)."""
 
     container_id: str
     file_id: str
     filename: str | None
+    sandbox_path: str | None = None  # the `sandbox:/mnt/data/...` link the citation covers, if any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ContainerFile:
     """A file as the Containers API describes it."""
 
@@ -50,19 +104,39 @@ class ContainerFile:
     source: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class RunWarning:
+    """Something the caller should know that did not stop the run (e.g. the file list was unavailable)."""
+
+    code: str
+    message: str
+
+    def to_answer(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
 class FoundFile:
-    """A file to copy: who made it, what the user will call it, whether the answer cites it."""
+    """A file to copy: where it is, what the user will call it, how the run revealed it.
+
+    `bytes` is None when the container's metadata could not be read: the size then comes from the
+    bytes received. `data` holds an image output's bytes (they arrive inside the response).
+    """
 
     container_id: str
     file_id: str
     filename: str
     sandbox_path: str | None
     bytes: int | None
-    cited: bool
+    origin: Origin
+    data: builtins.bytes | None = field(default=None, repr=False)
+
+    @property
+    def cited(self) -> bool:
+        return self.origin == "cited"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CopiedFile:
     """A file safely in Blob Storage. The manifest stores it; the answer adds a signed URL."""
 
@@ -74,6 +148,7 @@ class CopiedFile:
     content_type: str
     sha256: str
     cited: bool
+    origin: Origin
     sandbox_path: str | None = None
 
     def to_answer(self, url: str, expires_at: str) -> dict[str, Any]:
@@ -81,8 +156,15 @@ class CopiedFile:
         data.pop("sandbox_path")
         return {**data, "url": url, "expires_at": expires_at}
 
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> CopiedFile:
+        origin = data.get("origin") or ("cited" if data.get("cited") else "listed")  # version 1 had no origin
+        if origin not in get_args(Origin):
+            raise ValueError(f"unknown file origin {origin!r}")
+        return cls(**{**data, "origin": origin})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class FailedFile:
     filename: str
     file_id: str
@@ -94,34 +176,61 @@ class FailedFile:
         return {"filename": self.filename, "file_id": self.file_id, "code": self.code, "message": self.message}
 
 
-@dataclass
+class UnsupportedManifest(Exception):
+    """A manifest written by a newer version of the app: never guess at its meaning."""
+
+
+@dataclass(kw_only=True)
 class RunRecord:
     """What a finished run produced; `manifest.json` holds it, so links can be signed again later."""
 
     response_id: str
     status: str
     text: str
+    incomplete_reason: str | None = None
     files: list[CopiedFile] = field(default_factory=list)
     failed_files: list[FailedFile] = field(default_factory=list)
+    warnings: list[RunWarning] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, bytes, sha256} of the caller's files
+    continued_in: str | None = None  # same_container | new_container, for a continued conversation
+    error: dict[str, Any] | None = None  # {status, code, message}: how the run ended without its files
 
     def to_manifest(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": MANIFEST_VERSION,
             "response_id": self.response_id,
             "status": self.status,
+            "incomplete_reason": self.incomplete_reason,
             "text": self.text,
             "files": [asdict(f) for f in self.files],
             "failed_files": [f.to_answer() for f in self.failed_files],
+            "warnings": [w.to_answer() for w in self.warnings],
+            "inputs": self.inputs,
+            "continued_in": self.continued_in,
+            "error": self.error,
         }
 
     @classmethod
     def from_manifest(cls, data: dict[str, Any]) -> RunRecord:
+        """Read this version or an older one; a newer one is an UnsupportedManifest."""
+        version = data.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise UnsupportedManifest(f"manifest version {version!r} is not a version this app wrote")
+        if version > MANIFEST_VERSION:
+            raise UnsupportedManifest(
+                f"manifest version {version} is newer than this app reads ({MANIFEST_VERSION}): deploy the newer app"
+            )
         return cls(
             response_id=data["response_id"],
             status=data["status"],
             text=data["text"],
-            files=[CopiedFile(**f) for f in data["files"]],
+            incomplete_reason=data.get("incomplete_reason"),
+            files=[CopiedFile.from_manifest(f) for f in data["files"]],
             failed_files=[FailedFile(**f) for f in data["failed_files"]],
+            warnings=[RunWarning(**w) for w in data.get("warnings", [])],
+            inputs=data.get("inputs", []),
+            continued_in=data.get("continued_in"),
+            error=data.get("error"),
         )
 
     @property

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-from dataclasses import dataclass
+import mimetypes
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -14,20 +19,52 @@ import openai
 from azure.core.exceptions import AzureError, HttpResponseError
 from openai.types.responses import Response
 
-from . import responses_api
-from .citations import answer_text, container_ids, file_citations, is_id_like, link_files
+from . import callbacks, conversations, inputs, responses_api
+from .citations import answer_text, container_ids, file_citations, image_outputs, is_id_like, link_files
 from .errors import ApiError, FileCopyError
-from .models import Collect, ContainerFile, CopiedFile, FailedFile, FoundFile, RunRecord, RunRequest
-from .naming import blob_name, content_type_for, is_plain_id, is_valid_response_id, safe_filename, valid_unicode
+from .models import (
+    Citation,
+    Collect,
+    ContainerFile,
+    CopiedFile,
+    FailedFile,
+    FoundFile,
+    Origin,
+    RunRecord,
+    RunRequest,
+    RunWarning,
+)
+from .naming import (
+    blob_name,
+    content_type_for,
+    is_plain_id,
+    is_valid_response_id,
+    manifest_blob,
+    safe_filename,
+    valid_unicode,
+)
 from .runlog import RunLog
 from .services import Services
+from .storage import ExistingBlob, LeaseHeld
 
 RETRY_AFTER_SECONDS = 5
+# A synchronous POST also queues its run's finish, visible this long after its answer was due: if the
+# worker dies mid-copy, the queue still finishes the run (and calls back) even though nobody polls.
+SAFETY_FINISH_MARGIN_SECONDS = 10
 FAILED_STATUSES = {
     "failed": (502, "run_failed"),
-    "incomplete": (502, "run_incomplete"),
     "cancelled": (409, "run_cancelled"),
 }
+CONTAINER_GONE = (
+    "the Code Interpreter container expired or was deleted (containers end after 20 idle minutes, and on Azure "
+    "after one hour however busy)"
+)
+_DATA_IMAGE = re.compile(r"data:(image/[a-z0-9.+-]{1,40});base64,", re.IGNORECASE)
+_DELETE_RESPONSE_ATTEMPTS = 3
+
+
+def run_deleted() -> ApiError:
+    return ApiError(409, "run_deleted", "the run was deleted (DELETE /api/runs/{id}) while its files were being copied")
 
 
 @dataclass(frozen=True)
@@ -36,6 +73,15 @@ class Accepted:
 
     response_id: str
     status: str
+
+
+@dataclass(kw_only=True)
+class Findings:
+    """What find_files learnt: the files to copy, those already lost, and what the caller should know."""
+
+    found: list[FoundFile] = field(default_factory=list)
+    failed: list[FailedFile] = field(default_factory=list)
+    warnings: list[RunWarning] = field(default_factory=list)
 
 
 def sas_ttl(services: Services, minutes: int | None) -> timedelta:
@@ -51,24 +97,66 @@ def _deadline(services: Services) -> float:
 
 
 async def create_run(services: Services, request: RunRequest, log: RunLog) -> dict[str, Any] | Accepted:
-    """POST /api/runs: start the run; with `wait`, see it through within the time budget."""
+    """POST /api/runs: upload its inputs, start the run and queue its finish; with `wait`, see it
+    through within the time budget (the queue finishes it otherwise, even if nobody polls)."""
     ttl = sas_ttl(services, request.sas_ttl_minutes)
+    callback_url = (
+        callbacks.validate_callback_url(request.callback_url, services.settings) if request.callback_url else None
+    )
     deadline = _deadline(services)
+    with responses_api.deadline_of_answer(deadline):
+        try:
+            async with asyncio.timeout_at(deadline):
+                with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
+                    setup = await conversations.prepare_run(
+                        services, request.input_files, request.previous_response_id, log
+                    )
+                    try:
+                        started = await responses_api.start_response(
+                            services.openai,
+                            services.settings,
+                            prompt=request.prompt,
+                            instructions=request.instructions,
+                            metadata={"collect": request.collect},
+                            container=setup.container,
+                            previous_response_id=setup.previous_response_id,
+                            listen=request.wait,
+                        )
+                    except BaseException:
+                        await inputs.delete_uploaded(services, setup.file_ids, log)
+                        raise
+                    if not is_valid_response_id(started.response.id):
+                        await started.stop_listening()
+                        raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
+                    log.response_id = started.response.id
+                    await _record_start(services, started.response.id, request, setup, callback_url, log)
+        except TimeoutError:
+            raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
+        if not request.wait:
+            return Accepted(started.response.id, started.response.status or "queued")
+        return await _see_through(services, started, request.collect, ttl, deadline, log)
+
+
+async def _record_start(
+    services: Services,
+    response_id: str,
+    request: RunRequest,
+    setup: conversations.RunSetup,
+    callback_url: str | None,
+    log: RunLog,
+) -> None:
+    """Queue the run's finish (at once for `wait: false`, as a safety net past the answer otherwise),
+    then keep what finishing it needs in any worker: inputs, continuation, callback."""
+    delay = 0 if not request.wait else services.settings.run_wait_seconds + SAFETY_FINISH_MARGIN_SECONDS
     try:
-        async with asyncio.timeout_at(deadline):
-            with log.step(1, "start response", deployment=services.settings.deployment, collect=request.collect):
-                started = await responses_api.start_response(
-                    services.openai, services.settings, request, listen=request.wait
-                )
-                if not is_valid_response_id(started.response.id):
-                    await started.stop_listening()
-                    raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
-                log.response_id = started.response.id
-    except TimeoutError:
-        raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
-    if not request.wait:
-        return Accepted(started.response.id, started.response.status or "queued")
-    return await _see_through(services, started, request.collect, ttl, deadline, log)
+        await services.queue.enqueue_finish(response_id, request.collect, callback_url, delay_seconds=int(delay))
+    except AzureError as error:  # the run has started: answer anyway; a GET can still finish it
+        log.warning("could not queue the run's finish", error=type(error).__name__)
+    info = setup.record()
+    if callback_url is not None:
+        info["callback_url"] = callback_url
+    if setup.inputs or setup.continued_in or setup.warnings or callback_url:
+        await services.store.write_run_info(response_id, info)
 
 
 async def get_run(
@@ -80,47 +168,77 @@ async def get_run(
     manifest = await services.store.read_manifest(response_id)
     if manifest is not None:
         return await answer(services, RunRecord.from_manifest(manifest), ttl, log)
+    if await services.store.is_deleted(response_id):
+        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     deadline = _deadline(services)
-    try:
-        async with asyncio.timeout_at(deadline):
-            with log.step(1, "retrieve response"):
-                response = await _retrieve(services, response_id)
-    except TimeoutError:
-        raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
-    if response.status in responses_api.RUNNING:
-        return Accepted(response.id, response.status or "queued")
-    collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
-    return await _see_through(services, responses_api.StartedRun(response), collect, ttl, deadline, log)
+    with responses_api.deadline_of_answer(deadline):
+        try:
+            async with asyncio.timeout_at(deadline):
+                with log.step(1, "retrieve response"):
+                    response = await retrieve(services, response_id)
+        except TimeoutError:
+            raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
+        if response.status in responses_api.RUNNING:
+            return Accepted(response.id, response.status or "queued")
+        collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
+        return await _see_through(services, responses_api.StartedRun(response=response), collect, ttl, deadline, log)
 
 
 async def delete_run(services: Services, response_id: str, log: RunLog) -> None:
-    """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response."""
+    """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response.
+
+    Once the blobs are gone the answer is 204 whatever the response delete says: Azure may refuse to
+    delete a response that still runs (cancel is best effort), which is logged and retried briefly.
+    """
     log.response_id = response_id
+    if await services.store.is_deleted(response_id):
+        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
     try:
-        response: Response | None = await _retrieve(services, response_id)
+        response: Response | None = await retrieve(services, response_id)
     except ApiError as error:
         if error.status != 404:
             raise
         response = None
+    if response is None and not await services.store.copied_files(response_id):
+        if await services.store.read_manifest(response_id) is None:
+            raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
     if response is not None and response.status in responses_api.RUNNING:
         log.info("cancelling the running response")
         try:
             await services.openai.responses.cancel(response_id)
-        except openai.BadRequestError:
-            log.info("the response finished before it could be cancelled")
+        except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError):
+            log.info("the response could not be cancelled (it finished, or the service refused)")
     await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
+    info = await services.store.read_run_info(response_id)
+    uploaded = conversations.uploaded_file_ids(response) if response is not None else info.get("file_ids", [])
+    await inputs.delete_uploaded(services, uploaded, log)
     deleted = await services.store.delete_run(response_id)
     if response is not None:
-        with contextlib.suppress(openai.NotFoundError):  # a concurrent DELETE got there first
-            await services.openai.responses.delete(response_id)
-    elif deleted == 0:
-        raise ApiError(404, "run_not_found", f"no run {response_id}: neither Azure OpenAI nor the storage knows it")
+        await _delete_response(services, response_id, log)
     log.info("run deleted", blobs_deleted=deleted)
 
 
-async def _retrieve(services: Services, response_id: str) -> Response:
+async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:
+    """Delete the stored response; a refusal after the files are gone is logged, never the caller's error."""
+    for attempt in range(_DELETE_RESPONSE_ATTEMPTS):
+        try:
+            await services.openai.responses.delete(response_id)
+            return
+        except openai.NotFoundError:  # a concurrent DELETE got there first
+            return
+        except (openai.BadRequestError, openai.ConflictError) as error:  # still running: refused for now
+            if attempt + 1 == _DELETE_RESPONSE_ATTEMPTS:
+                log.warning("Azure OpenAI refused to delete the response", upstream=responses_api.describe(error))
+                return
+            await asyncio.sleep(0.5 * 2**attempt)
+        except (openai.APIStatusError, openai.APIConnectionError) as error:
+            log.warning("could not delete the stored response", error=type(error).__name__)
+            return
+
+
+async def retrieve(services: Services, response_id: str) -> Response:
     try:
-        return await services.openai.responses.retrieve(response_id)
+        return await responses_api.retrieve(services.openai, response_id)
     except openai.NotFoundError:
         raise ApiError(404, "run_not_found", f"Azure OpenAI knows no response {response_id}") from None
 
@@ -140,174 +258,325 @@ async def _see_through(
         async with asyncio.timeout_at(deadline):
             if response.status in responses_api.RUNNING or started.events is not None:
                 with log.step(2, "wait for the model", status=response.status):
-                    response = await responses_api.wait_for_response(services.openai, started)
-            _raise_for_status(response)
+                    response = await responses_api.wait_for_response(
+                        services.openai, started, services.settings.run_events_idle_seconds
+                    )
+            await inputs.delete_uploaded(services, conversations.uploaded_file_ids(response), log)
+            raise_for_status(response)
             stage = "copying"
             done = response
-            record = await services.finishing.run(response.id, lambda: _finish(services, done, collect, log))
+            try:
+                record = await services.finishing.run(response.id, lambda: finish(services, done, collect, log))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this request's own deadline or shutdown
+                raise run_deleted() from None  # the shared copy was stopped by a DELETE
+    except LeaseHeld:
+        log.info("another request or instance is copying this run", stage=stage)
+        return Accepted(response.id, "copying")
     except TimeoutError:
         log.warning("time budget spent, answering 202", stage=stage, budget_s=services.settings.run_wait_seconds)
         return Accepted(response.id, stage)
     return await answer(services, record, ttl, log)
 
 
-def _raise_for_status(response: Response) -> None:
+def raise_for_status(response: Response) -> None:
+    """A failed or cancelled run has nothing to copy; an incomplete one often wrote files first."""
     if response.status in FAILED_STATUSES:
         status, code = FAILED_STATUSES[response.status]
-        if response.error is not None:
-            reason = f"{response.error.code}: {response.error.message}"
-        elif response.incomplete_details is not None:
-            reason = str(response.incomplete_details.reason)
-        else:
-            reason = "no reason given"
+        reason = f"{response.error.code}: {response.error.message}" if response.error is not None else "no reason given"
         raise ApiError(status, code, f"the run ended with status {response.status} ({reason})")
 
 
-async def _finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
-    """Find, copy and record the files once; a manifest that exists already wins."""
-    manifest = await services.store.read_manifest(response.id)
+def _incomplete_reason(response: Response) -> str | None:
+    if response.status != "incomplete":
+        return None
+    details = response.incomplete_details
+    return str(details.reason) if details is not None and details.reason else "unknown"
+
+
+async def finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
+    """Find, copy and record the files once, across instances: under the run's lease, skipping what an
+    earlier attempt committed; a manifest that exists already wins; a DELETE stops it (tombstone)."""
+    store = services.store
+    manifest = await store.read_manifest(response.id)
     if manifest is not None:
         return RunRecord.from_manifest(manifest)
-    await services.store.ensure_container()
+    if await store.is_deleted(response.id):
+        raise run_deleted()
+    async with await store.lease_run(response.id):
+        manifest = await store.read_manifest(response.id)  # the previous holder may have just finished
+        if manifest is not None:
+            return RunRecord.from_manifest(manifest)
+        return await _copy_and_record(services, response, collect, log)
+
+
+async def _copy_and_record(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
+    store = services.store
     with log.step(3, "find files", collect=collect):
-        found, failed = await find_files(services, response, collect)
+        findings = await find_files(services, response, collect)
     log.table(
         "files found",
-        ("filename", "file_id", "bytes", "cited"),
-        [(f.filename, f.file_id, f.bytes if f.bytes is not None else "?", "yes" if f.cited else "no") for f in found],
+        ("filename", "file_id", "bytes", "origin"),
+        [(f.filename, f.file_id, f.bytes if f.bytes is not None else "?", f.origin) for f in findings.found],
     )
-    if not found and not failed:
+    for warning in findings.warnings:
+        log.warning("warning for the caller", code=warning.code, detail=warning.message)
+    if not findings.found and not findings.failed:
         log.warning("no files: the answer cites none and the container holds none the model wrote")
-    with log.step(4, "copy files", count=len(found), concurrency=services.settings.copy_concurrency):
-        copied, copy_failures = await copy_files(services, response.id, found, log)
+    existing = await store.copied_files(response.id)
+    with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
+        copied, copy_failures = await copy_files(services, response.id, findings.found, log, existing)
+    info = await store.read_run_info(response.id)
+    copied = await _without_inputs(services, response, info, copied)
+    findings.warnings += [RunWarning(**w) for w in info.get("warnings", [])]
     record = RunRecord(
-        response.id, response.status or "completed", answer_text(response), copied, failed + copy_failures
+        response_id=response.id,
+        status=response.status or "completed",
+        text=answer_text(response),
+        incomplete_reason=_incomplete_reason(response),
+        files=copied,
+        failed_files=findings.failed + copy_failures,
+        warnings=findings.warnings,
+        inputs=info.get("inputs", []),
+        continued_in=info.get("continued_in"),
     )
     if not copied and record.failed_files and all(f.code == "container_expired" for f in record.failed_files):
         raise ApiError(
-            410,
-            "container_expired",
-            "the Code Interpreter container expired (20 idle minutes) before its files could be copied: "
-            "run the prompt again",
+            410, "container_expired", f"{CONTAINER_GONE} before its files could be copied: run the prompt again"
         )
-    if record.complete and not await services.store.write_manifest(response.id, record.to_manifest()):
+    if not record.complete:
+        return record  # a failure worth retrying: no manifest, so the next attempt copies what is missing
+    written = await store.write_manifest(response.id, record.to_manifest())
+    if await store.is_deleted(response.id):  # DELETE came while we wrote: take it back
+        await store.delete_blob(manifest_blob(response.id))
+        raise run_deleted()
+    if not written:
         log.info("another request finished this run first; using its manifest")
-        return RunRecord.from_manifest(await services.store.read_manifest(response.id) or record.to_manifest())
+        return RunRecord.from_manifest(await store.read_manifest(response.id) or record.to_manifest())
+    if info.get("callback_url"):  # the one who wrote the manifest calls back, through the queue
+        await services.queue.enqueue_callback(response.id, info["callback_url"], attempt=1, delay_seconds=0)
     return record
 
 
-async def find_files(
-    services: Services, response: Response, collect: Collect
-) -> tuple[list[FoundFile], list[FailedFile]]:
-    """The cited files (by file id), and the container's own assistant files when asked for or
-    when nothing is cited. Citations are untrusted: they must point into this run's containers."""
-    client, limits = services.openai, services.settings
-    citations = file_citations(response)
-    run_containers = container_ids(response)
+async def _without_inputs(
+    services: Services, response: Response, info: dict[str, Any], copied: list[CopiedFile]
+) -> list[CopiedFile]:
+    """Drop what is only a copy of an input or of a carried file (same name or id, same bytes): those
+    are the caller's files, not the run's outputs. Their blobs are deleted again."""
+    known = await conversations.carried_sha256(services, response)
+    known.update({f"/mnt/data/{i['name']}": i["sha256"] for i in info.get("inputs", []) if "name" in i})
+    kept = []
+    for file in copied:
+        path = file.sandbox_path or f"/mnt/data/{file.filename}"
+        if file.sha256 in (known.get(file.file_id), known.get(path)):
+            await services.store.delete_blob(file.blob)
+        else:
+            kept.append(file)
+    return kept
+
+
+async def _list_containers(
+    services: Services, run_containers: list[str]
+) -> tuple[dict[str, ContainerFile], dict[str, openai.APIStatusError]]:
+    """The files of each container by id, and the containers whose listing failed (never fatal:
+    on Azure the listing can fail with 403/404/500 while downloads by id still work)."""
     listed: dict[str, ContainerFile] = {}
-    expired: set[str] = set()
+    unlisted: dict[str, openai.APIStatusError] = {}
     for container_id in run_containers:
         try:
-            for entry in await responses_api.list_container_files(client, container_id):
+            for entry in await responses_api.list_container_files(services.openai, container_id):
                 listed.setdefault(entry.file_id, entry)
         except openai.APIStatusError as error:
-            if not responses_api.is_container_expired(error):
-                raise
-            expired.add(container_id)
-    if expired and not citations and not listed:
-        raise ApiError(
-            410,
-            "container_expired",
-            "the Code Interpreter container expired before its files could be listed: run the prompt again",
-        )
+            unlisted[container_id] = error
+    return listed, unlisted
 
-    found: list[FoundFile] = []
-    failed: list[FailedFile] = []
+
+async def find_files(services: Services, response: Response, collect: Collect) -> Findings:
+    """The cited files (by file id), the images the run only showed, and the container's own
+    assistant files when asked for or when nothing is cited. Citations are untrusted: they must
+    point into this run's containers. A file whose metadata cannot be read is downloaded by id."""
+    limits = services.settings
+    citations = file_citations(response)
+    run_containers = container_ids(response)
+    listed, unlisted = await _list_containers(services, run_containers)
+    findings = Findings()
+    for container_id, error in unlisted.items():
+        fallback = "the cited files are downloaded by id" + (
+            ", and collect=all could not add the uncited ones" if collect == "all" else ""
+        )
+        findings.warnings.append(
+            RunWarning(
+                code="container_listing_failed",
+                message=f"Azure OpenAI answered {responses_api.describe(error)} when listing the files of "
+                f"container {container_id}; {fallback}",
+            )
+        )
+    images = image_outputs(response)
+    if unlisted and not citations and not images and not listed:
+        if all(responses_api.is_container_gone(e) for e in unlisted.values()):
+            raise ApiError(
+                410, "container_expired", f"{CONTAINER_GONE} before its files could be listed: run the prompt again"
+            )
+
     lookups = 0
     for citation in citations:
-        shown = safe_filename(citation.filename or citation.file_id)
+        shown = safe_filename(_citation_name(citation))
         if not is_plain_id(citation.file_id):  # `..`, `x/content`, `%2F`: never part of a URL path
-            failed.append(
+            findings.failed.append(
                 FailedFile(
-                    shown,
-                    valid_unicode(citation.file_id[:128]),
-                    "invalid_citation",
-                    "the citation's file id is not an Azure OpenAI file id",
+                    filename=shown,
+                    file_id=valid_unicode(citation.file_id[:128]),
+                    code="invalid_citation",
+                    message="the citation's file id is not an Azure OpenAI file id",
                 )
             )
             continue
         if citation.container_id not in run_containers:
-            failed.append(
+            findings.failed.append(
                 FailedFile(
-                    shown,
-                    citation.file_id,
-                    "unknown_container",
-                    "the citation points at a container this run did not use",
+                    filename=shown,
+                    file_id=citation.file_id,
+                    code="unknown_container",
+                    message="the citation points at a container this run did not use",
                 )
             )
             continue
         item: ContainerFile | None = listed.get(citation.file_id)
-        if item is None:
+        if item is None and citation.container_id not in unlisted:
             # The model can cite thousands of ids that do not exist: look up a bounded number of them.
             if lookups >= limits.max_files_per_run:
-                failed.append(
+                findings.failed.append(
                     FailedFile(
-                        shown,
-                        citation.file_id,
-                        "too_many_files",
-                        f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files "
-                        "the container does not list; this one was not looked up",
+                        filename=shown,
+                        file_id=citation.file_id,
+                        code="too_many_files",
+                        message=f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) "
+                        "files the container does not list; this one was not looked up",
                     )
                 )
                 continue
             lookups += 1
             try:
-                item = await responses_api.retrieve_container_file(client, citation.container_id, citation.file_id)
+                item = await responses_api.retrieve_container_file(
+                    services.openai, citation.container_id, citation.file_id
+                )
             except openai.APIStatusError as error:
-                failed.append(_download_failure(shown, citation.file_id, error))
-                continue
-        name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
-        found.append(_found(item, name, cited=True))
+                if responses_api.is_container_gone(error) or responses_api.is_file_missing(error):
+                    findings.failed.append(_download_failure(shown, citation.file_id, error))
+                    continue
+                # Metadata unavailable (403, 5xx): the content endpoint may still work.
+        if item is not None and item.source == "user":
+            continue  # the caller's own input, cited by the model: not an output
+        if item is not None:
+            name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
+            findings.found.append(_found(item, name, origin="cited"))
+        else:
+            findings.found.append(
+                FoundFile(
+                    container_id=citation.container_id,
+                    file_id=citation.file_id,
+                    filename=shown,
+                    sandbox_path=citation.sandbox_path,
+                    bytes=None,
+                    origin="cited",
+                )
+            )
+
+    for call_id, container_id, n, url in images:
+        image = _image_output(call_id, container_id, n, url, limits.max_file_bytes)
+        (findings.found if isinstance(image, FoundFile) else findings.failed).append(image)  # type: ignore[arg-type]
+
     # Citations of other containers (or with invalid ids) are not citations of this run's files.
     cited_ids = {c.file_id for c in citations if c.container_id in run_containers and is_plain_id(c.file_id)}
     if collect == "all" or not cited_ids:
-        found += [
-            _found(item, item.path, cited=False)
+        findings.found += [
+            _found(item, item.path, origin="listed")
             for item in listed.values()
             if item.file_id not in cited_ids and item.source in (None, "assistant")
         ]
 
-    over = found[limits.max_files_per_run :]
-    failed += [
+    over = findings.found[limits.max_files_per_run :]
+    findings.failed += [
         FailedFile(
-            f.filename,
-            f.file_id,
-            "too_many_files",
-            f"the run has more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files",
+            filename=f.filename,
+            file_id=f.file_id,
+            code="too_many_files",
+            message=f"the run has more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files",
         )
         for f in over
     ]
-    return found[: limits.max_files_per_run], failed
+    findings.found = findings.found[: limits.max_files_per_run]
+    return findings
 
 
-def _found(item: ContainerFile, name: str | None, *, cited: bool) -> FoundFile:
+def _citation_name(citation: Citation) -> str:
+    """The citation's file name, unless it is only the id: then the `sandbox:` link's, else the id."""
+    if not is_id_like(citation.filename, citation.file_id):
+        return citation.filename or citation.file_id
+    if citation.sandbox_path:
+        return citation.sandbox_path.rsplit("/", 1)[-1]
+    return citation.file_id
+
+
+def _image_output(call_id: str, container_id: str, n: int, url: Any, limit: int) -> FoundFile | FailedFile:
+    """An image the run only showed: a `data:image/...;base64,` URL inside the response. Any other URL
+    is refused, never fetched: it came from the model."""
+    file_id = f"{call_id}-{n}"
+    match = _DATA_IMAGE.match(url) if isinstance(url, str) else None
+    data: bytes | None = None
+    if match is not None and (len(url) - match.end()) * 3 // 4 <= limit:
+        with contextlib.suppress(binascii.Error, ValueError):
+            data = base64.b64decode(url[match.end() :], validate=True)
+    if match is None or data is None:
+        return FailedFile(
+            filename=f"{file_id}.png",
+            file_id=file_id,
+            code="invalid_image_output",
+            message="the image output is not a base64 data URL of an image within MAX_FILE_BYTES",
+        )
+    media_type = match.group(1).lower()
+    extension = {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type) or (
+        mimetypes.guess_extension(media_type) or ".png"
+    )
+    return FoundFile(
+        container_id=container_id,
+        file_id=file_id,
+        filename=safe_filename(file_id + extension),
+        sandbox_path=None,
+        bytes=len(data),
+        origin="image_output",
+        data=data,
+    )
+
+
+def _found(item: ContainerFile, name: str | None, *, origin: Origin) -> FoundFile:
     return FoundFile(
         container_id=item.container_id,
         file_id=item.file_id,
         filename=safe_filename(name or item.path or item.file_id),
         sandbox_path=item.path or None,
         bytes=item.bytes,
-        cited=cited,
+        origin=origin,
     )
 
 
 async def copy_files(
-    services: Services, response_id: str, files: list[FoundFile], log: RunLog
+    services: Services,
+    response_id: str,
+    files: list[FoundFile],
+    log: RunLog,
+    existing: dict[str, ExistingBlob] | None = None,
 ) -> tuple[list[CopiedFile], list[FailedFile]]:
-    """Copy concurrently, at most COPY_CONCURRENCY at a time; one failure never hides the others."""
+    """Copy concurrently, at most COPY_CONCURRENCY at a time; one failure never hides the others.
+    A file an earlier attempt committed (same blob name, same size) is reused, not copied again."""
     gate = asyncio.Semaphore(services.settings.copy_concurrency)
 
     async def one(file: FoundFile) -> CopiedFile | FailedFile:
+        done = _already_copied(response_id, file, (existing or {}).get(file.file_id))
+        if done is not None:
+            return done
         async with gate:
             return await copy_file(services, response_id, file, log)
 
@@ -322,17 +591,52 @@ async def copy_files(
     return [r for r in results if isinstance(r, CopiedFile)], [r for r in results if isinstance(r, FailedFile)]
 
 
+def _already_copied(response_id: str, file: FoundFile, blob: ExistingBlob | None) -> CopiedFile | None:
+    if blob is None or blob.name != blob_name(response_id, file.file_id, file.filename):
+        return None
+    if file.bytes is not None and file.bytes != blob.bytes:
+        return None
+    return CopiedFile(
+        filename=file.filename,
+        file_id=file.file_id,
+        container_id=file.container_id,
+        blob=blob.name,
+        bytes=blob.bytes,
+        content_type=blob.content_type,
+        sha256=blob.sha256,
+        cited=file.cited,
+        origin=file.origin,
+        sandbox_path=file.sandbox_path,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _content(services: Services, file: FoundFile) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The file's bytes: streamed from the container, or the image output the response carried."""
+    if file.data is not None:
+
+        async def inline() -> AsyncIterator[bytes]:
+            yield file.data or b""
+
+        yield inline()
+        return
+    async with responses_api.open_file_content(services.openai, file.container_id, file.file_id) as chunks:
+        yield chunks
+
+
 async def copy_file(services: Services, response_id: str, file: FoundFile, log: RunLog) -> CopiedFile | FailedFile:
-    """Stream one container file into its blob. Nothing is written unless every byte arrived."""
+    """Stream one file into its blob. Nothing is written unless every byte arrived."""
     limit = services.settings.max_file_bytes
+
+    def failed(code: str, message: str, retryable: bool = False) -> FailedFile:
+        return FailedFile(filename=file.filename, file_id=file.file_id, code=code, message=message, retryable=retryable)
+
     if file.bytes is not None and file.bytes > limit:
-        return FailedFile(
-            file.filename, file.file_id, "file_too_large", f"{file.bytes} bytes is more than MAX_FILE_BYTES ({limit})"
-        )
+        return failed("file_too_large", f"{file.bytes} bytes is more than MAX_FILE_BYTES ({limit})")
     blob = blob_name(response_id, file.file_id, file.filename)
     content_type = content_type_for(file.filename)
     try:
-        async with responses_api.open_file_content(services.openai, file.container_id, file.file_id) as chunks:
+        async with _content(services, file) as chunks:
             stored = await services.store.upload_stream(
                 blob,
                 chunks,
@@ -350,13 +654,11 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
                 },
             )
     except FileCopyError as error:
-        failure = FailedFile(file.filename, file.file_id, error.code, error.message, error.retryable)
+        failure = failed(error.code, error.message, error.retryable)
     except openai.APIStatusError as error:
         failure = _download_failure(file.filename, file.file_id, error)
     except (openai.APIConnectionError, httpx2.HTTPError) as error:
-        failure = FailedFile(
-            file.filename,
-            file.file_id,
+        failure = failed(
             "download_interrupted",
             f"the download from the container broke off ({type(error).__name__}); ask again to retry",
             True,
@@ -364,50 +666,58 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
     except AzureError as error:
         if isinstance(error, HttpResponseError) and error.status_code in (401, 403):
             raise  # a missing role or a refused token: the run's problem, not the file's
-        failure = FailedFile(
-            file.filename,
-            file.file_id,
-            "storage_error",
-            f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry",
-            True,
+        failure = failed(
+            "storage_error", f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry", True
         )
     else:
+        if await services.store.is_deleted(response_id):  # DELETE came during the copy: take it back
+            await services.store.delete_blob(blob)
+            raise run_deleted()
         return CopiedFile(
-            file.filename,
-            file.file_id,
-            file.container_id,
-            blob,
-            stored.bytes,
-            content_type,
-            stored.sha256,
-            file.cited,
-            file.sandbox_path,
+            filename=file.filename,
+            file_id=file.file_id,
+            container_id=file.container_id,
+            blob=blob,
+            bytes=stored.bytes,
+            content_type=content_type,
+            sha256=stored.sha256,
+            cited=file.cited,
+            origin=file.origin,
+            sandbox_path=file.sandbox_path,
         )
     log.warning("file not copied", file_id=file.file_id, code=failure.code)
     return failure
 
 
 def _download_failure(filename: str, file_id: str, error: openai.APIStatusError) -> FailedFile:
-    if responses_api.is_container_expired(error):
+    if responses_api.is_container_gone(error):
         return FailedFile(
-            filename,
-            file_id,
-            "container_expired",
-            "the Code Interpreter container expired (20 idle minutes): run the prompt again",
+            filename=filename,
+            file_id=file_id,
+            code="container_expired",
+            message=f"{CONTAINER_GONE}: run the prompt again",
         )
     if error.status_code == 404:
-        return FailedFile(filename, file_id, "file_not_found", "the container has no such file")
+        return FailedFile(
+            filename=filename, file_id=file_id, code="file_not_found", message="the container has no such file"
+        )
     return FailedFile(
-        filename,
-        file_id,
-        "upstream_error",
-        f"Azure OpenAI answered {error.status_code} for this file; ask again to retry",
-        True,
+        filename=filename,
+        file_id=file_id,
+        code="upstream_error",
+        message=f"Azure OpenAI answered {error.status_code} for this file; ask again to retry",
+        retryable=True,
     )
 
 
 async def answer(services: Services, record: RunRecord, ttl: timedelta, log: RunLog) -> dict[str, Any]:
-    """Sign a fresh read-only link per file and put the links into the model's text."""
+    """Sign a fresh read-only link per file and put the links into the model's text. A run that could
+    not be finished (poison queue) with nothing copied answers its error."""
+    warnings = [w.to_answer() for w in record.warnings]
+    if record.error is not None:
+        if not record.files:
+            raise ApiError(int(record.error["status"]), str(record.error["code"]), str(record.error["message"]))
+        warnings.append({"code": str(record.error["code"]), "message": str(record.error["message"])})
     with log.step(5, "sign links", files=len(record.files), ttl_minutes=int(ttl.total_seconds() // 60)):
         files, urls = [], {}
         for file in record.files:
@@ -418,7 +728,11 @@ async def answer(services: Services, record: RunRecord, ttl: timedelta, log: Run
     return {
         "response_id": record.response_id,
         "status": record.status,
+        "incomplete_reason": record.incomplete_reason,
         "text": link_files(record.text, urls),
         "files": files,
         "failed_files": [f.to_answer() for f in record.failed_files],
+        "warnings": warnings,
+        "inputs": record.inputs,
+        "continued_in": record.continued_in,
     }

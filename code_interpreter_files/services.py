@@ -8,6 +8,7 @@ from openai import AsyncOpenAI
 
 from . import responses_api
 from .identity import AppCredential, needs_credential
+from .run_queue import RunQueue
 from .settings import Settings, load_settings, settings_fingerprint
 from .singleflight import SingleFlight
 from .storage import OutputStore
@@ -19,11 +20,13 @@ class Services:
     credential: AppCredential | None
     openai: AsyncOpenAI
     store: OutputStore
+    queue: RunQueue
     finishing: SingleFlight = field(default_factory=SingleFlight)
 
     async def aclose(self) -> None:
         await self.openai.close()
         await self.store.close()
+        await self.queue.close()
         if self.credential is not None:
             await self.credential.close()
 
@@ -48,6 +51,7 @@ async def get_services() -> Services:
         credential=credential,
         openai=responses_api.build_client(settings, credential),
         store=OutputStore(settings, credential if settings.uses_identity_for_storage else None),
+        queue=RunQueue(settings, credential if settings.queue_service_url else None),
     )
     previous, _current = _current, (fingerprint, services)
     if previous is not None:

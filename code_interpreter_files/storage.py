@@ -12,15 +12,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, UserDelegationKey, generate_blob_sas
-from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ExponentialRetry
 
 from .errors import FileCopyError
-from .naming import content_disposition, manifest_blob, run_prefix, valid_unicode
+from .naming import (
+    content_disposition,
+    lock_blob,
+    manifest_blob,
+    run_info_blob,
+    run_prefix,
+    tombstone_blob,
+    valid_unicode,
+)
 from .settings import Settings
 
 MIB = 1024 * 1024
@@ -32,6 +41,8 @@ MIB = 1024 * 1024
 BLOCK_BYTES = 4 * MIB
 BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 SAS_START_SKEW = timedelta(minutes=5)  # clocks of callers and of the service differ a little
+LEASE_SECONDS = 60  # the longest finite blob lease; a crashed holder's lease ends within this
+LEASE_RENEW_SECONDS = 20
 _KEY_MARGIN = timedelta(minutes=5)
 
 
@@ -49,6 +60,59 @@ class StoredBlob:
     sha256: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExistingBlob:
+    """A file blob an earlier attempt committed: a retry reuses it instead of copying it again."""
+
+    name: str
+    bytes: int
+    sha256: str
+    content_type: str
+    container_id: str
+
+
+class LeaseHeld(Exception):
+    """Another request or instance is copying this run right now."""
+
+
+class RunLease:
+    """The one copy of a run in progress, across instances: a blob lease on `<run>/lock`, renewed
+    while the copy runs. If renewing fails (the holder lost it), the copy is cancelled, so two
+    instances never copy the same run at once; a crashed holder's lease ends within LEASE_SECONDS."""
+
+    def __init__(self, lease: BlobLeaseClient) -> None:
+        self._lease = lease
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RunLease:
+        try:
+            await self._lease.acquire(lease_duration=LEASE_SECONDS)
+        except HttpResponseError as error:
+            if error.status_code == 409:
+                raise LeaseHeld() from None
+            raise
+        owner = asyncio.current_task()
+        self._renewer = asyncio.create_task(self._renew(owner))
+        return self
+
+    async def _renew(self, owner: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            try:
+                await self._lease.renew()
+            except Exception:  # lost (broken by DELETE, or expired): stop copying at once
+                if owner is not None:
+                    owner.cancel()
+                return
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        with contextlib.suppress(HttpResponseError):
+            await self._lease.release()
+
+
 class OutputStore:
     """One per worker: a blob client, the output container, and a cached user delegation key."""
 
@@ -60,7 +124,7 @@ class OutputStore:
         else:
             assert settings.storage_connection_string
             self._service = BlobServiceClient.from_connection_string(
-                settings.storage_connection_string, retry_policy=retry
+                settings.storage_connection_string.get_secret_value(), retry_policy=retry
             )
             self._account_key = self._service.credential.account_key
         self._container = self._service.get_container_client(settings.output_container)
@@ -215,25 +279,136 @@ class OutputStore:
         return True
 
     async def read_manifest(self, response_id: str) -> dict[str, Any] | None:
+        return await self._read_json(manifest_blob(response_id))
+
+    async def _read_json(self, blob: str) -> dict[str, Any] | None:
         try:
-            downloader = await self._container.download_blob(manifest_blob(response_id))
+            downloader = await self._container.download_blob(blob)
         except ResourceNotFoundError:
             return None
         return json.loads(await downloader.readall())
 
-    async def delete_run(self, response_id: str) -> int:
-        """Delete the manifest first (so nothing claims files that are going), then every blob."""
-        deleted = 0
+    async def create_marker(self, name: str) -> bool:
+        """Create an empty blob only if none exists (If-None-Match: *); False: it existed already.
+
+        Used for create-only markers such as the webhook replay guard (webhooks.py)."""
+        await self.ensure_container()
         try:
-            await self._container.delete_blob(manifest_blob(response_id))
-            deleted += 1
+            await self._container.upload_blob(name, b"", overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def delete_marker(self, name: str) -> None:
+        await self.delete_blob(name)
+
+    async def write_run_info(self, response_id: str, info: dict[str, Any]) -> None:
+        """What the run was started with (callback URL, collect ...), for whoever finishes it."""
+        await self.ensure_container()
+        await self._container.upload_blob(
+            run_info_blob(response_id),
+            json.dumps(info).encode(),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    async def read_run_info(self, response_id: str) -> dict[str, Any]:
+        return await self._read_json(run_info_blob(response_id)) or {}
+
+    async def lease_run(self, response_id: str) -> RunLease:
+        """The lease of the run's copy (see RunLease); the lock blob is made on first use."""
+        await self.ensure_container()
+        lock = self._container.get_blob_client(lock_blob(response_id))
+        with contextlib.suppress(ResourceExistsError):
+            await lock.upload_blob(b"", overwrite=False)
+        return RunLease(BlobLeaseClient(lock))
+
+    async def is_deleted(self, response_id: str) -> bool:
+        """DELETE wrote the run's tombstone: no copy may commit anything for it any more."""
+        try:
+            await self._container.get_blob_client(tombstone_blob(response_id)).get_blob_properties()
         except ResourceNotFoundError:
-            pass
+            return False
+        return True
+
+    async def delete_blob(self, blob: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._container.delete_blob(blob)
+
+    async def copied_files(self, response_id: str) -> dict[str, ExistingBlob]:
+        """The file blobs earlier attempts committed, by file id (from their metadata)."""
+        found: dict[str, ExistingBlob] = {}
         try:
-            async for blob in self._container.list_blobs(name_starts_with=run_prefix(response_id) + "/"):
-                with contextlib.suppress(ResourceNotFoundError):
-                    await self._container.delete_blob(blob.name)
-                    deleted += 1
-        except ResourceNotFoundError:  # no output container yet: nothing to delete
+            async for blob in self._container.list_blobs(
+                name_starts_with=run_prefix(response_id) + "/", include=["metadata"]
+            ):
+                metadata = blob.metadata or {}
+                if "file_id" in metadata and "sha256" in metadata:
+                    found[unquote(metadata["file_id"])] = ExistingBlob(
+                        name=blob.name,
+                        bytes=blob.size,
+                        sha256=metadata["sha256"],
+                        content_type=blob.content_settings.content_type or "application/octet-stream",
+                        container_id=unquote(metadata.get("container_id", "")),
+                    )
+        except ResourceNotFoundError:  # no output container yet
             pass
+        return found
+
+    async def delete_run(self, response_id: str) -> int:
+        """The tombstone first (create-only), so that no copy on any instance commits anything for the
+        run afterwards; then the lease is broken, the manifest deleted (nothing claims files that are
+        going) and every other blob. The tombstone stays: the run is gone for good."""
+        await self.ensure_container()
+        with contextlib.suppress(ResourceExistsError):
+            await self._container.upload_blob(tombstone_blob(response_id), b"", overwrite=False)
+        lock = self._container.get_blob_client(lock_blob(response_id))
+        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
+            await BlobLeaseClient(lock).break_lease(lease_break_period=0)
+        deleted = 0
+        names = [manifest_blob(response_id)] + [
+            b.name async for b in self._container.list_blobs(name_starts_with=run_prefix(response_id) + "/")
+        ]
+        for name in dict.fromkeys(names):
+            if name == tombstone_blob(response_id):
+                continue
+            try:
+                await self._container.delete_blob(name)
+                deleted += 1
+            except ResourceNotFoundError:
+                pass
         return deleted
+
+    # ---- reading blobs back (input files; a previous run's outputs). Owner: inputs helper.
+
+    async def blob_version(self, container: str, blob: str) -> tuple[int, str] | None:
+        """Size and ETag of a blob of this account (`container` is INPUT_CONTAINER or OUTPUT_CONTAINER);
+        None when the blob or its container does not exist."""
+        try:
+            properties = await self._service.get_blob_client(container, blob).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return int(properties.size), str(properties.etag)
+
+    async def read_blob(
+        self, container: str, blob: str, *, size: int, etag: str, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes in ranged reads of at most `chunk_bytes`, each pinned to `etag`.
+
+        Ranged GETs rather than one download: the SDK's downloader fetches its first 32 MiB
+        (max_single_get_size) in one piece, so memory would follow the file size up to that; here it
+        is one range at a time whatever the size. A blob replaced midway fails (412) instead of
+        mixing two versions.
+        """
+        client = self._service.get_blob_client(container, blob)
+        offset = 0
+        while offset < size:
+            length = min(chunk_bytes, size - offset)
+            downloader = await client.download_blob(
+                offset=offset, length=length, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            data = await downloader.readall()
+            if not data:
+                break
+            offset += len(data)
+            yield data

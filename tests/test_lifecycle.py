@@ -157,17 +157,23 @@ async def test_delete_removes_every_blob_of_a_finished_run(app: AppClient, rig) 
     assert (await app.get_run(answer["response_id"])).status == 404
 
 
-async def test_failed_incomplete_and_cancelled_runs_are_clear_errors(app: AppClient, rig) -> None:
+async def test_failed_and_cancelled_runs_are_clear_errors_and_incomplete_ones_keep_their_files(
+    app: AppClient, rig
+) -> None:
     failed = app.script(status="failed", error={"code": "server_error", "message": "the sandbox crashed"})
     reply = await app.post_run(prompt=failed["prompt"])
     assert reply.status == 502 and reply.error_code() == "run_failed"
     assert "the sandbox crashed" in reply.json["error"]["message"]
 
-    incomplete = app.script(status="incomplete", files=[])
+    incomplete = app.script(status="incomplete", files=[{"path": "/mnt/data/partial.csv", "content": "a,b\n1,2"}])
     started = (await app.post_run(prompt=incomplete["prompt"], wait=False)).json
     reply = await poll_until_done(app, started["response_id"])
-    assert reply.status == 502 and reply.error_code() == "run_incomplete"
-    assert "max_output_tokens" in reply.json["error"]["message"]
+    assert reply.status == 200, reply.body
+    assert (reply.json["status"], reply.json["incomplete_reason"]) == ("incomplete", "max_output_tokens")
+    assert [f["filename"] for f in reply.json["files"]] == ["partial.csv"]
+    app.verify_answer(reply.json)
+    again = await app.get_run(started["response_id"])  # from the manifest: still incomplete, same reason
+    assert (again.json["status"], again.json["incomplete_reason"]) == ("incomplete", "max_output_tokens")
 
     slow = app.script(latency=30)
     started = (await app.post_run(prompt=slow["prompt"], wait=False)).json

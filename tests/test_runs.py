@@ -16,23 +16,34 @@ from tests.appclient import AppClient
 MODES = [("identity", "identity"), ("identity", "key"), ("connection_string", "identity"), ("connection_string", "key")]
 
 
-def storage_names(rig, response_id: str) -> list[str]:
-    """What is really in the output container under the run's prefix (read with the account key)."""
+BOOKKEEPING = ("lock", "run.json", "deleted")  # the run's lease blob, start record and DELETE's tombstone
+
+
+def storage_names(rig, response_id: str, *, bookkeeping: bool = False) -> list[str]:
+    """What is really in the output container under the run's prefix (read with the account key):
+    the files and the manifest; with `bookkeeping`, also the lock, run record and tombstone."""
     service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
     container = service.get_container_client(rig.OUTPUT_CONTAINER)
-    return sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
+    names = sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
+    return names if bookkeeping else [n for n in names if n.split("/", 1)[1] not in BOOKKEEPING]
 
 
 def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None:
     bindings = {name: f.get_bindings_dict()["bindings"][0] for name, f in app.functions.items()}
+    http = {name: b for name, b in bindings.items() if b["type"] == "httpTrigger"}
     assert {
-        name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value))
-        for name, b in bindings.items()
+        name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value)) for name, b in http.items()
     } == {
         "create_run": ("runs", ["POST"], "function"),
         "get_run": ("runs/{response_id}", ["GET"], "function"),
         "delete_run": ("runs/{response_id}", ["DELETE"], "function"),
+        "openai_webhook": ("openai-webhook", ["POST"], "anonymous"),  # verified by its signature instead
         "health": ("health", ["GET"], "anonymous"),
+    }
+    queues = {name: (b["queueName"], b["connection"]) for name, b in bindings.items() if b["type"] == "queueTrigger"}
+    assert queues == {
+        "finish_run": ("%RUNS_QUEUE%", "RUNS_QUEUE_STORAGE"),
+        "record_poison": ("%RUNS_QUEUE%-poison", "RUNS_QUEUE_STORAGE"),
     }
 
 

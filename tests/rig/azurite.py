@@ -1,4 +1,4 @@
-"""Azurite (blob service only) as a child process, over HTTPS with bearer-token auth."""
+"""Azurite (blob service, optionally the queue service too) as a child process, over HTTPS with bearer-token auth."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from tests.rig.certs import TlsFiles
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_BIN = REPO_ROOT / "node_modules" / ".bin"
 AZURITE_BLOB = NODE_BIN / "azurite-blob"
+# Blob + queue (+ table) in one process: one Node runtime instead of two, one restart for both.
+AZURITE_ALL = NODE_BIN / "azurite"
 
 ACCOUNT_NAME = "devstoreaccount1"
 # The well-known development storage key (public, documented by Microsoft).
@@ -37,6 +39,8 @@ class Azurite:
     ``tls=None`` runs plain Azurite (HTTP, shared key only), as ``UseDevelopmentStorage=true`` expects.
     ``location=None`` keeps data in memory; a directory keeps it on disk so that
     ``restart()`` (same port) finds the previous blobs again.
+    ``queue=True`` also serves the queue service (same certificate, same ``--oauth basic``) on
+    ``queue_port``, for the Functions queue trigger and the app's sender.
     """
 
     def __init__(
@@ -45,9 +49,14 @@ class Azurite:
         *,
         location: Path | None = None,
         port: int | None = None,
+        queue: bool = False,
+        queue_port: int | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
         self.tls = tls
+        self.queue = queue
+        self._queue_port = queue_port
+        self._table_port: int | None = None
         self.location = Path(location) if location is not None else None
         self._port = port
         self.startup_timeout = startup_timeout
@@ -61,6 +70,29 @@ class Azurite:
         if self._port is None:
             raise RuntimeError("Azurite has not been started")
         return self._port
+
+    @property
+    def queue_port(self) -> int:
+        """The queue port (``queue=True`` only; chosen on first start, kept across restarts)."""
+        if not self.queue:
+            raise RuntimeError("this Azurite serves no queue service (queue=False)")
+        if self._queue_port is None:
+            raise RuntimeError("Azurite has not been started")
+        return self._queue_port
+
+    @property
+    def queue_url(self) -> str:
+        """``https://127.0.0.1:<queue port>/devstoreaccount1``: the queue service URL (``queueServiceUri``)."""
+        return f"{self.scheme}://127.0.0.1:{self.queue_port}/{ACCOUNT_NAME}"
+
+    @property
+    def queue_connection_string(self) -> str:
+        """Account-key connection string with ``QueueEndpoint`` (``QueueServiceClient.from_connection_string``)."""
+        return (
+            f"DefaultEndpointsProtocol={self.scheme};"
+            f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"QueueEndpoint={self.queue_url};"
+        )
 
     @property
     def account_url(self) -> str:
@@ -89,13 +121,17 @@ class Azurite:
     def command(self) -> list[str]:
         """The Azurite command line for the current settings."""
         cmd = [
-            str(AZURITE_BLOB),
+            str(AZURITE_ALL if self.queue else AZURITE_BLOB),
             "--blobHost", "127.0.0.1",
             "--blobPort", str(self.port),
             "--skipApiVersionCheck",
             "--disableTelemetry",
             "--silent",
         ]  # fmt: skip
+        if self.queue:
+            assert self._queue_port is not None and self._table_port is not None
+            cmd += ["--queueHost", "127.0.0.1", "--queuePort", str(self._queue_port)]
+            cmd += ["--tableHost", "127.0.0.1", "--tablePort", str(self._table_port)]
         if self.tls is not None:
             cmd += ["--oauth", "basic", "--cert", str(self.tls.cert_pem), "--key", str(self.tls.key_pem)]
         if self.location is None:
@@ -108,10 +144,14 @@ class Azurite:
         """Start Azurite and wait until it answers HTTPS requests."""
         if self.running:
             return
-        if not AZURITE_BLOB.exists():
-            raise RuntimeError(f"{AZURITE_BLOB} is missing: run `npm ci` in {REPO_ROOT}")
+        binary = AZURITE_ALL if self.queue else AZURITE_BLOB
+        if not binary.exists():
+            raise RuntimeError(f"{binary} is missing: run `npm ci` in {REPO_ROOT}")
         if self._port is None:
             self._port = free_port()
+        if self.queue:
+            self._queue_port = self._queue_port or free_port()
+            self._table_port = self._table_port or free_port()
         if self.location is not None:
             self.location.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -162,13 +202,17 @@ class Azurite:
     def _wait_ready(self) -> None:
         context = ssl.create_default_context(cafile=str(self.tls.ca_pem)) if self.tls is not None else None
         deadline = time.monotonic() + self.startup_timeout
+        for url in [self.account_url] + ([self.queue_url] if self.queue else []):
+            self._wait_url(url, context, deadline)
+
+    def _wait_url(self, url: str, context: ssl.SSLContext | None, deadline: float) -> None:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise RuntimeError(f"Azurite exited with code {self._proc.returncode}:\n{self.stderr_text()}")
             try:
-                with urllib.request.urlopen(self.account_url, context=context, timeout=2):
+                with urllib.request.urlopen(url, context=context, timeout=2):
                     return
             except urllib.error.HTTPError:
                 return  # any HTTP answer (Azurite says 400/403 here) means it is serving
@@ -176,7 +220,7 @@ class Azurite:
                 last_error = exc
             time.sleep(0.2)
         raise RuntimeError(
-            f"Azurite did not answer on {self.account_url} within {self.startup_timeout:.0f}s "
+            f"Azurite did not answer on {url} within {self.startup_timeout:.0f}s "
             f"(last error: {last_error!r}):\n{self.stderr_text()}"
         )
 

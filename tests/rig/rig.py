@@ -47,7 +47,12 @@ class Rig:
         "IDENTITY_ENDPOINT",
         "IDENTITY_HEADER",
         "AZURE_CLIENT_ID",
+        "RUNS_QUEUE",
+        "RUNS_QUEUE_STORAGE__queueServiceUri",
+        "RUNS_QUEUE_STORAGE",
     )
+    #: The queue the rig's app uses (``RUNS_QUEUE``); its poison queue is ``runs-poison``.
+    RUNS_QUEUE: ClassVar[str] = "runs"
 
     def __init__(self, client_id: str | None = None, tls: TlsFiles | None = None) -> None:
         self.client_id = client_id
@@ -72,7 +77,7 @@ class Rig:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="ci-files-rig-"))
             if self._tls is None:
                 self._tls = make_tls_files(self._tmpdir / "tls")
-            self._azurite = Azurite(self._tls)
+            self._azurite = Azurite(self._tls, queue=True)
             self._azurite.start()
             self._identity_proc, self._identity_url = start_identity_endpoint(self.identity_header, self.client_id)
             self._identity = IdentityControl(self._identity_url)
@@ -124,7 +129,7 @@ class Rig:
 
     @property
     def azurite(self) -> Azurite:
-        """The Azurite blob service (in memory)."""
+        """Azurite's blob and queue services (in memory)."""
         return _started(self._azurite)
 
     @property
@@ -171,10 +176,13 @@ class Rig:
         }
         if model_auth == "key":
             env["AZURE_OPENAI_API_KEY"] = self.api_key
+        env["RUNS_QUEUE"] = self.RUNS_QUEUE
         if storage == "identity":
             env["OUTPUT_STORAGE_ACCOUNT_URL"] = self.azurite.account_url
+            env["RUNS_QUEUE_STORAGE__queueServiceUri"] = self.azurite.queue_url
         else:
             env["OUTPUT_STORAGE_CONNECTION_STRING"] = self.azurite.connection_string
+            env["RUNS_QUEUE_STORAGE"] = self.azurite.queue_connection_string
         if "identity" in (storage, model_auth):
             env.update(self.identity_env())
         assert set(env) <= set(self.ENV_NAMES)

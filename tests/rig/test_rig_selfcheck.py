@@ -278,10 +278,17 @@ def test_app_env_combinations(rig: Rig) -> None:
         "SSL_CERT_FILE": ca,
         "REQUESTS_CA_BUNDLE": ca,
         "OUTPUT_CONTAINER": "outputs",
+        "RUNS_QUEUE": "runs",
     }
     identity = {"IDENTITY_ENDPOINT": rig.identity_url, "IDENTITY_HEADER": rig.identity_header}
-    account = {"OUTPUT_STORAGE_ACCOUNT_URL": rig.azurite.account_url}
-    conn = {"OUTPUT_STORAGE_CONNECTION_STRING": rig.azurite.connection_string}
+    account = {
+        "OUTPUT_STORAGE_ACCOUNT_URL": rig.azurite.account_url,
+        "RUNS_QUEUE_STORAGE__queueServiceUri": rig.azurite.queue_url,
+    }
+    conn = {
+        "OUTPUT_STORAGE_CONNECTION_STRING": rig.azurite.connection_string,
+        "RUNS_QUEUE_STORAGE": rig.azurite.queue_connection_string,
+    }
     key = {"AZURE_OPENAI_API_KEY": rig.api_key}
     assert rig.app_env("identity", "identity") == base | account | identity
     assert rig.app_env("identity", "key") == base | account | key | identity
