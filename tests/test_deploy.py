@@ -94,26 +94,6 @@ SETTINGS: dict[str, Setting] = {
     "OWNER_TAG": Setting(azure="optional"),
     "WEBSITE_AUTH_ENABLED": Setting(azure="platform"),  # set by App Service authentication, never by us
 }
-# Settings of the contract that code_interpreter_files/settings.py does not read yet on this branch
-# (the settings helper adds them). Kept explicit so the check below stays strict: once settings.py
-# reads one of them, that test fails until the name is removed from this set.
-PENDING_IN_APP = {
-    "AZURE_OPENAI_TOKEN_SCOPE",
-    "INPUT_CONTAINER",
-    "COPY_MEMORY_MB",
-    "RUN_EVENTS",
-    "RUN_EVENTS_IDLE_SECONDS",
-    "RUNS_QUEUE",
-    "RUNS_QUEUE_STORAGE__queueServiceUri",
-    "RUNS_QUEUE_STORAGE",
-    "MAX_INPUT_FILES",
-    "MAX_INPUT_BYTES",
-    "CALLBACK_ALLOWED_HOSTS",
-    "CALLBACK_SIGNING_SECRET",
-    "AZURE_OPENAI_WEBHOOK_SECRET",
-    "OWNER_TAG",
-    "WEBSITE_AUTH_ENABLED",
-}
 SET_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "always"}
 OPTIONAL_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "optional"}
 NEVER_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure in ("never", "platform")}
@@ -163,11 +143,9 @@ def app_setting_names() -> tuple[str, ...]:
 
 def test_the_table_and_the_app_read_the_same_settings():
     app = set(app_setting_names())
-    now_read = PENDING_IN_APP & app
-    assert not now_read, f"settings.py reads these now: remove them from PENDING_IN_APP: {sorted(now_read)}"
-    assert app == set(SETTINGS) - PENDING_IN_APP, (
+    assert app == set(SETTINGS), (
         f"the app reads settings the table lacks: {sorted(app - set(SETTINGS))}; "
-        f"the table has settings the app does not read: {sorted(set(SETTINGS) - PENDING_IN_APP - app)}"
+        f"the table has settings the app does not read: {sorted(set(SETTINGS) - app)}"
     )
     assert not any(is_platform(n) for n in SETTINGS), "an app setting looks like a platform one"
 
@@ -196,7 +174,7 @@ def refused(name: str, value: str, **env: str) -> bool:
     return False
 
 
-RANGED = sorted(n for n, s in SETTINGS.items() if s.low is not None and n not in PENDING_IN_APP)
+RANGED = sorted(n for n, s in SETTINGS.items() if s.low is not None)
 
 
 @pytest.mark.parametrize("name", RANGED)
@@ -212,11 +190,12 @@ def test_the_app_accepts_exactly_the_table_range(name):
 
 
 def test_the_app_accepts_the_table_defaults():
-    defaults = {n: s.default for n, s in SETTINGS.items() if s.default is not None and n not in PENDING_IN_APP}
+    defaults = {n: s.default for n, s in SETTINGS.items() if s.default is not None}
     assert load_app_settings(**defaults)
     for name in ("AZURE_OPENAI_API_VERSION", "RUN_EVENTS"):
-        for choice in SETTINGS[name].choices if name not in PENDING_IN_APP else ():
+        for choice in SETTINGS[name].choices:
             assert not refused(name, choice)
+        assert refused(name, "2025-04-01-preview")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1044,7 +1023,8 @@ def test_openapi_documents_every_route():
             if method == "parameters":
                 continue
             anonymous = op.get("security") == []
-            assert anonymous == (path == "/api/health"), f"{method} {path}: function key auth"
+            # Anonymous: the health probe, and the Azure OpenAI webhook (every request signature-checked).
+            assert anonymous == (path in ("/api/health", "/api/openai-webhook")), f"{method} {path}: function key auth"
 
 
 RUN = {
@@ -1063,9 +1043,14 @@ RUN = {
             "sha256": "0" * 64,
             "expires_at": "2030-01-01T00:00:00Z",
             "cited": True,
+            "origin": "cited",
         }
     ],
     "failed_files": [{"filename": "big.csv", "file_id": "cfile_2", "code": "file_too_large", "message": "too big"}],
+    "incomplete_reason": None,
+    "warnings": [],
+    "inputs": [{"name": "data.csv", "bytes": 12, "sha256": "1" * 64}],
+    "continued_in": None,
 }
 JSON = {"Content-Type": "application/json"}
 ACCEPTED_HEADERS = {**JSON, "Location": "/api/runs/resp_abc", "Retry-After": "5"}
