@@ -1296,3 +1296,14 @@ def test_schema_check_refuses_classic_names():
         "customDimensions",
         "message",
     }
+
+
+def test_local_settings_example_is_a_valid_configuration():
+    """Its empty values mean "not set" to the app (only the endpoint placeholder needs a real value)."""
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    values["AZURE_OPENAI_ENDPOINT"] = "https://aoai.openai.azure.com"
+    from code_interpreter_files.settings import load_settings
+
+    assert load_settings(values)
+    with pytest.raises(Exception, match="CALLBACK_SIGNING_SECRET"):
+        load_settings({**values, "CALLBACK_ALLOWED_HOSTS": "hooks.example.com"})
