@@ -2,13 +2,16 @@
 // Azure OpenAI Responses API + Code Interpreter and copies generated files to Blob Storage.
 //
 // Identity: ONE user-assigned managed identity is used for everything (host storage,
-// deployment package, output blobs + user delegation SAS, Azure OpenAI, App Insights).
-// No shared keys: the storage account has shared-key access disabled, App Insights has
-// local auth disabled, and a created Azure OpenAI resource has local (key) auth disabled.
+// deployment package, runs queue, output/input blobs + user delegation SAS, Azure OpenAI,
+// App Insights). No shared keys: both storage accounts have shared-key access disabled, App
+// Insights has local auth disabled, and a created Azure OpenAI resource has local (key) auth
+// disabled.
 //
-// Storage: ONE storage account holds the Functions host containers, the deployment
-// package container and the output container (with a lifecycle delete rule).
-// All role assignments live in ./rbac.bicep.
+// Storage: TWO accounts, so the app's data never shares an account with the host's secrets.
+// HOST (st<token>): the Functions host containers (host keys, leases), the deployment package
+// container and the runs queue. OUTPUT (stout<token>): the output container (with a lifecycle
+// delete rule) and the input container. All role assignments (least privilege, each with its
+// reason) live in ./rbac.bicep.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -52,7 +55,8 @@ param openAiDeploymentCapacity int = 30
 @description('Only with createOpenAi: location of the Azure OpenAI account (model availability differs by region).')
 param openAiLocation string = location
 
-@description('AZURE_OPENAI_API_VERSION: empty uses the GA v1 API; e.g. \'preview\' for preview features.')
+@allowed(['', 'v1', 'preview', 'latest'])
+@description('AZURE_OPENAI_API_VERSION: empty (not set) uses the GA v1 API; \'preview\' for preview features. The v1 API takes no dated versions.')
 param openAiApiVersion string = ''
 
 @minValue(1)
@@ -62,25 +66,72 @@ param outputRetentionDays int = 7
 @description('Blob container for generated files (OUTPUT_CONTAINER).')
 param outputContainerName string = 'code-interpreter-outputs'
 
+@description('Blob container callers put input files in (INPUT_CONTAINER).')
+param inputContainerName string = 'code-interpreter-inputs'
+
+@minLength(3)
+@maxLength(63)
+@description('Storage queue on the host account that finishes runs nobody waits for (RUNS_QUEUE).')
+param runsQueueName string = 'code-interpreter-runs'
+
+@description('AZURE_OPENAI_TOKEN_SCOPE: the Entra ID scope of the Azure OpenAI tokens.')
+param openAiTokenScope string = 'https://ai.azure.com/.default'
+
+// The ranges below are the app's own (code_interpreter_files/settings.py): a value outside them
+// would deploy and then be refused by the app at its first request.
 @minValue(1)
-@maxValue(10080)
+@maxValue(10015)
 param sasTtlMinutes int = 60
 @minValue(1)
-@maxValue(10080)
+@maxValue(10015)
 param sasTtlMaxMinutes int = 1440
 @minValue(1)
+@maxValue(1000)
 param maxFilesPerRun int = 20
 @minValue(1)
+@maxValue(4398046511104)
 param maxFileBytes int = 536870912
 @minValue(1)
 @maxValue(210)
 @description('How long POST /api/runs waits before answering 202; the app allows at most 210 (the HTTP front end cuts at 230 s).')
 param runWaitSeconds int = 180
 @minValue(1)
+@maxValue(64)
 param copyConcurrency int = 4
+@minValue(16)
+@maxValue(16384)
+@description('COPY_MEMORY_MB: one worker\'s budget of copy bytes in flight, shared by its concurrent requests; keep it at most a quarter of instanceMemoryMB (docs/deploy.md).')
+param copyMemoryMB int = 512
+@minValue(1)
+@maxValue(50)
+param maxInputFiles int = 10
+@minValue(1)
+@maxValue(8589934592)
+param maxInputBytes int = 536870912
+@allowed(['stream', 'poll'])
+param runEvents string = 'stream'
+@minValue(1)
+@maxValue(600)
+param runEventsIdleSeconds int = 30
+
+@description('CALLBACK_ALLOWED_HOSTS: comma-separated host names callbacks may go to; empty turns callbacks off.')
+param callbackAllowedHosts string = ''
+@secure()
+@description('CALLBACK_SIGNING_SECRET (whsec_<base64>); required when callbackAllowedHosts is set. Empty: not set.')
+param callbackSigningSecret string = ''
+@secure()
+@description('AZURE_OPENAI_WEBHOOK_SECRET: the secret of the Azure OpenAI webhook. Empty: not set (the webhook route answers 404).')
+param openAiWebhookSecret string = ''
+@maxLength(64)
+@description('OWNER_TAG: marks the runs of this deployment; empty derives it from the output storage account and container.')
+param ownerTag string = ''
 
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int = 2048
+@minValue(1)
+@maxValue(1000)
+@description('HTTP requests one instance serves at once; they share one worker\'s COPY_MEMORY_MB budget (docs/deploy.md).')
+param httpPerInstanceConcurrency int = 16
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
@@ -89,10 +140,16 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = { 'azd-env-name': environmentName }
 var appName = !empty(functionAppName) ? functionAppName : 'func-${resourceToken}'
 var storageAccountName = 'st${resourceToken}'
-var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(resourceToken, 7)}'
+var outputStorageAccountName = 'stout${resourceToken}'
+// Always a valid container name: lower case, and no hyphen from the app name (so never '--'
+// and never a trailing one); at most 12 + 32 + 1 + 7 = 52 characters.
+var deploymentContainerName = toLower('app-package-${take(replace(appName, '-', ''), 32)}-${take(resourceToken, 7)}')
 
-// Parse the existing Azure OpenAI resource id (a placeholder keeps indexing safe when it is empty).
-var openAiIdPlaceholder = '/subscriptions/${subscription().subscriptionId}/resourceGroups/unused/providers/Microsoft.CognitiveServices/accounts/unused'
+// Parse the existing Azure OpenAI resource id. With neither openAiResourceId nor createOpenAi,
+// azd's preprovision hook (scripts/preprovision.sh) stops first; a plain `az deployment` fails
+// on this placeholder, whose names ARE the message ("resource group
+// 'set-AZURE_OPENAI_RESOURCE_ID-or-CREATE_OPENAI-true' could not be found").
+var openAiIdPlaceholder = '/subscriptions/${subscription().subscriptionId}/resourceGroups/set-AZURE_OPENAI_RESOURCE_ID-or-CREATE_OPENAI-true/providers/Microsoft.CognitiveServices/accounts/set-AZURE_OPENAI_RESOURCE_ID-or-CREATE_OPENAI-true'
 var openAiIdParts = split(empty(openAiResourceId) ? openAiIdPlaceholder : openAiResourceId, '/')
 var openAiSubscriptionId = createOpenAi ? subscription().subscriptionId : openAiIdParts[2]
 var openAiAccountName = createOpenAi ? newOpenAiName : last(openAiIdParts)
@@ -138,11 +195,44 @@ module appInsights 'br/public:avm/res/insights/component:0.4.1' = {
   }
 }
 
+// HOST storage: the Functions host (AzureWebJobsStorage__*), the deployment package and the runs queue.
 module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
   name: 'storage'
   scope: rg
   params: {
     name: storageAccountName
+    location: location
+    tags: tags
+    skuName: 'Standard_LRS'
+    kind: 'StorageV2'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false // identity only
+    minimumTlsVersion: 'TLS1_2'
+    dnsEndpointType: 'Standard'
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    blobServices: {
+      containers: [
+        { name: deploymentContainerName, publicAccess: 'None' }
+      ]
+    }
+    queueServices: {
+      queues: [
+        { name: runsQueueName }
+      ]
+    }
+  }
+}
+
+// OUTPUT storage: generated files (deleted by a lifecycle rule) and the callers' input files.
+module outputStorage 'br/public:avm/res/storage/storage-account:0.8.3' = {
+  name: 'output-storage'
+  scope: rg
+  params: {
+    name: outputStorageAccountName
     location: location
     tags: tags
     skuName: 'Standard_LRS'
@@ -160,8 +250,8 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
       // Expired outputs should really be gone, not kept as soft-deleted blobs.
       deleteRetentionPolicyEnabled: false
       containers: [
-        { name: deploymentContainerName, publicAccess: 'None' }
         { name: outputContainerName, publicAccess: 'None' }
+        { name: inputContainerName, publicAccess: 'None' }
       ]
     }
     managementPolicyRules: [
@@ -242,24 +332,46 @@ var existingOpenAiEndpoint = createOpenAi ? '' : 'https://${existingOpenAi.prope
 var defaultOpenAiEndpoint = createOpenAi ? 'https://${newOpenAiName}.openai.azure.com' : existingOpenAiEndpoint
 var resolvedOpenAiEndpoint = !empty(openAiEndpoint) ? openAiEndpoint : defaultOpenAiEndpoint
 
-var outputStorageAccountUrl = 'https://${storageAccountName}.blob.${environment().suffixes.storage}'
+var outputStorageAccountUrl = 'https://${outputStorageAccountName}.blob.${environment().suffixes.storage}'
+var runsQueueServiceUrl = 'https://${storageAccountName}.queue.${environment().suffixes.storage}'
 
 // Every setting the app reads and that is meant to be set in Azure (defaults spelled out).
-// Deliberately NOT set: AZURE_OPENAI_API_KEY and OUTPUT_STORAGE_CONNECTION_STRING (key-based,
-// local-development alternatives; this deployment uses the managed identity).
+// Deliberately NOT set: AZURE_OPENAI_API_KEY, OUTPUT_STORAGE_CONNECTION_STRING and
+// RUNS_QUEUE_STORAGE (key-based, local-development alternatives; this deployment uses the
+// managed identity). The secrets go to app/api.bicep as secure parameters.
 var appSettings = {
   AZURE_OPENAI_ENDPOINT: resolvedOpenAiEndpoint
   AZURE_OPENAI_DEPLOYMENT: openAiDeploymentName
-  AZURE_OPENAI_API_VERSION: openAiApiVersion
+  AZURE_OPENAI_TOKEN_SCOPE: openAiTokenScope
   OUTPUT_STORAGE_ACCOUNT_URL: outputStorageAccountUrl
   OUTPUT_CONTAINER: outputContainerName
+  INPUT_CONTAINER: inputContainerName
   SAS_TTL_MINUTES: string(sasTtlMinutes)
   SAS_TTL_MAX_MINUTES: string(sasTtlMaxMinutes)
   MAX_FILES_PER_RUN: string(maxFilesPerRun)
   MAX_FILE_BYTES: string(maxFileBytes)
+  MAX_INPUT_FILES: string(maxInputFiles)
+  MAX_INPUT_BYTES: string(maxInputBytes)
   RUN_WAIT_SECONDS: string(runWaitSeconds)
   COPY_CONCURRENCY: string(copyConcurrency)
+  COPY_MEMORY_MB: string(copyMemoryMB)
+  RUN_EVENTS: runEvents
+  RUN_EVENTS_IDLE_SECONDS: string(runEventsIdleSeconds)
+  RUNS_QUEUE: runsQueueName
+  RUNS_QUEUE_STORAGE__queueServiceUri: runsQueueServiceUrl
 }
+
+// Optional settings: set only when given (an empty value is not the same as unset for the app).
+var optionalAppSettings = {
+  AZURE_OPENAI_API_VERSION: openAiApiVersion
+  CALLBACK_ALLOWED_HOSTS: callbackAllowedHosts
+  OWNER_TAG: ownerTag
+}
+var givenOptionalAppSettings = toObject(
+  filter(items(optionalAppSettings), setting => !empty(setting.value)),
+  setting => setting.key,
+  setting => setting.value
+)
 
 module api './app/api.bicep' = {
   name: 'api'
@@ -276,7 +388,10 @@ module api './app/api.bicep' = {
     identityClientId: identity.outputs.clientId
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
-    appSettings: appSettings
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    appSettings: union(appSettings, givenOptionalAppSettings)
+    callbackSigningSecret: callbackSigningSecret
+    openAiWebhookSecret: openAiWebhookSecret
   }
 }
 
@@ -287,7 +402,9 @@ module rbac './rbac.bicep' = {
   params: {
     principalId: identity.outputs.principalId
     hostStorageAccountName: storage.outputs.name
-    outputStorageAccountName: storage.outputs.name
+    outputStorageAccountName: outputStorage.outputs.name
+    outputContainerName: outputContainerName
+    inputContainerName: inputContainerName
     applicationInsightsName: appInsights.outputs.name
   }
 }
@@ -314,4 +431,11 @@ output HEALTH_URL string = 'https://${api.outputs.defaultHostname}/api/health'
 output FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_OPENAI_ENDPOINT string = resolvedOpenAiEndpoint
 output OUTPUT_STORAGE_ACCOUNT_URL string = outputStorageAccountUrl
+output OUTPUT_CONTAINER string = outputContainerName
+output INPUT_CONTAINER string = inputContainerName
+output RUNS_QUEUE string = runsQueueName
+output RUNS_QUEUE_STORAGE__queueServiceUri string = runsQueueServiceUrl
+output HOST_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output OUTPUT_STORAGE_ACCOUNT_NAME string = outputStorage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
+output LOG_ANALYTICS_WORKSPACE_NAME string = logAnalytics.outputs.name

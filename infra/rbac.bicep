@@ -2,15 +2,26 @@
 // each at the narrowest scope that works. main.bicep deploys this file twice: in the app's
 // resource group (storage + monitoring) and in the Azure OpenAI account's resource group.
 // Every section is skipped when its resource name is empty.
+//
+// Least privilege: the app's data (output and input containers) lives in an account of its
+// own, where the identity holds Storage Blob Data Contributor on those two containers only
+// plus Storage Blob Delegator (nothing else) at account scope. Data Owner is held only on the
+// host account, which keeps the host's keys, the deployment package and the runs queue.
 
 @description('Principal (object) id of the user-assigned managed identity.')
 param principalId string
 
-@description('Storage account behind AzureWebJobsStorage__* and the deployment package container.')
+@description('HOST storage account: AzureWebJobsStorage__*, the deployment package container and the runs queue.')
 param hostStorageAccountName string = ''
 
-@description('Storage account holding the output container (the same account by default).')
+@description('OUTPUT storage account: the output and input containers (a different account from the host one).')
 param outputStorageAccountName string = ''
+
+@description('Output container (OUTPUT_CONTAINER) in the output account.')
+param outputContainerName string = 'code-interpreter-outputs'
+
+@description('Input container (INPUT_CONTAINER) in the output account.')
+param inputContainerName string = 'code-interpreter-inputs'
 
 param applicationInsightsName string = ''
 
@@ -20,16 +31,28 @@ param openAiAccountName string = ''
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var storageBlobDelegator = 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
+var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var cognitiveServicesOpenAiUser = '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 // Placeholders keep the `existing` references well-formed when a section is skipped.
+var outputAccount = empty(outputStorageAccountName) ? 'unused' : outputStorageAccountName
+
 resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(hostStorageAccountName)) {
   name: empty(hostStorageAccountName) ? 'unused' : hostStorageAccountName
 }
 
 resource outputStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(outputStorageAccountName)) {
-  name: empty(outputStorageAccountName) ? 'unused' : outputStorageAccountName
+  name: outputAccount
+}
+
+resource outputContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = if (!empty(outputStorageAccountName)) {
+  name: '${outputAccount}/default/${outputContainerName}'
+}
+
+resource inputContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = if (!empty(outputStorageAccountName)) {
+  name: '${outputAccount}/default/${inputContainerName}'
 }
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = if (!empty(applicationInsightsName)) {
@@ -45,6 +68,7 @@ resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if 
 // (azure-webjobs-hosts, azure-webjobs-secrets), and Flex Consumption reads the deployment
 // package from its container with this identity. Owner is what the platform documents for
 // identity-based AzureWebJobsStorage; account scope because the host creates containers.
+// No app data lives in this account, so Owner here reaches no output or input file.
 resource hostStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(hostStorageAccountName)) {
   name: guid(hostStorage.id, principalId, storageBlobDataOwner)
   scope: hostStorage
@@ -55,17 +79,54 @@ resource hostStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-// Storage Blob Data Contributor on the OUTPUT storage account: the app writes generated files
-// and deletes them (DELETE /api/runs/...). It must be at ACCOUNT scope, because getting a user
-// delegation key (to sign the read-only SAS links) is an account-level action
-// (Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action).
-// When host and output share one account (the default) this is covered by Owner above and
-// is kept explicit so splitting the accounts later needs no RBAC change.
-resource outputStorageBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
-  name: guid(outputStorage.id, principalId, storageBlobDataContributor)
-  scope: outputStorage
+// Storage Queue Data Contributor on the HOST storage account: the runs queue (RUNS_QUEUE_STORAGE
+// connection). The queue trigger reads, updates and deletes messages, the app sends them, and
+// the host creates and writes <queue>-poison, a queue that does not exist beforehand: hence
+// account scope rather than the one queue. The account holds no other queue of the app.
+resource hostStorageQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(hostStorageAccountName)) {
+  name: guid(hostStorage.id, principalId, storageQueueDataContributor)
+  scope: hostStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Storage Blob Data Contributor on the OUTPUT CONTAINER only: the app writes generated files,
+// reads its manifests and deletes a run's files (DELETE /api/runs/...).
+resource outputContainerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
+  name: guid(outputContainer.id, principalId, storageBlobDataContributor)
+  scope: outputContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Storage Blob Data Contributor on the INPUT CONTAINER only: the app reads the callers' input
+// blobs (input_files) and may remove them; nothing else in the account.
+resource inputContainerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
+  name: guid(inputContainer.id, principalId, storageBlobDataContributor)
+  scope: inputContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Storage Blob Delegator on the OUTPUT storage account: getting a user delegation key (to sign
+// the read-only SAS links) is an account-level action
+// (Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action), and this
+// role grants that action alone. A SAS signed with the key still grants no more than the
+// signer's own data rights, i.e. the two containers above.
+resource outputStorageDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
+  name: guid(outputStorage.id, principalId, storageBlobDelegator)
+  scope: outputStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDelegator)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

@@ -1,5 +1,6 @@
-"""Offline checks of the deployment: scripts/deploy.sh, infra/ (Bicep), azure.yaml, .funcignore,
-openapi.yaml + tests/openapi_contract.py and the README's Deploy section. Nothing here talks to Azure."""
+"""Offline checks of the deployment: scripts/deploy.sh, infra/ (Bicep), azure.yaml and its hook, .funcignore,
+openapi.yaml + tests/openapi_contract.py and docs/deploy.md. Nothing here talks to Azure.
+(tests/test_az_commands.py checks every az command line with azure-cli's own parser.)"""
 
 from __future__ import annotations
 
@@ -8,19 +9,34 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pathspec
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "deploy.sh"
+from tests.deploy_script import (
+    APP,
+    BASE_ARGS,
+    FAKE_AZ,
+    OPENAI_ID,
+    OUTPUT_STORAGE,
+    RG,
+    ROOT,
+    SCRIPT,
+    SECRETS_ENV,
+    STORAGE,
+    dry_run_commands,
+    fake_tools,
+    real_run_argv,
+    run_script,
+)
+
 INFRA = ROOT / "infra"
-BASH = shutil.which("bash") or "/bin/bash"
+HOOK = ROOT / "scripts" / "preprovision.sh"
 
 try:
     from tests import openapi_contract
@@ -30,13 +46,63 @@ except ImportError:  # tests/ run as a plain folder
 
 assert_matches_openapi = openapi_contract.assert_matches_openapi
 
-# Read by the app but deliberately NOT set in Azure: key-based local-development alternatives
-# (the Azure deployment uses the managed identity for Azure OpenAI and for Blob Storage).
-READ_BUT_UNSET_IN_AZURE = {"AZURE_OPENAI_API_KEY", "OUTPUT_STORAGE_CONNECTION_STRING"}
+
+# ---------------------------------------------------------------------------------------
+# The settings table (the session contract): names, the defaults the deploy files spell out,
+# the app's valid ranges, and where each is set. Deploy files are checked against it; the app
+# is checked against it too (names from settings.SETTING_NAMES, ranges by loading settings).
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: str | None = None  # what Bicep and the script set by default (None: computed, or unset)
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] = ()
+    azure: str = "always"  # always | optional (set only when given) | never (local only) | platform
+    secret: bool = False
+
+
+SETTINGS: dict[str, Setting] = {
+    "AZURE_OPENAI_ENDPOINT": Setting(),
+    "AZURE_OPENAI_DEPLOYMENT": Setting(),
+    "AZURE_OPENAI_API_VERSION": Setting(choices=("v1", "preview", "latest"), azure="optional"),
+    "AZURE_OPENAI_API_KEY": Setting(azure="never", secret=True),
+    "AZURE_OPENAI_TOKEN_SCOPE": Setting("https://ai.azure.com/.default"),
+    "OUTPUT_STORAGE_ACCOUNT_URL": Setting(),
+    "OUTPUT_STORAGE_CONNECTION_STRING": Setting(azure="never", secret=True),
+    "OUTPUT_CONTAINER": Setting("code-interpreter-outputs"),
+    "INPUT_CONTAINER": Setting("code-interpreter-inputs"),
+    "SAS_TTL_MINUTES": Setting("60", 1, 10015),
+    "SAS_TTL_MAX_MINUTES": Setting("1440", 1, 10015),
+    "MAX_FILES_PER_RUN": Setting("20", 1, 1000),
+    "MAX_FILE_BYTES": Setting("536870912", 1, 4398046511104),
+    "RUN_WAIT_SECONDS": Setting("180", 1, 210),
+    "COPY_CONCURRENCY": Setting("4", 1, 64),
+    "COPY_MEMORY_MB": Setting("512", 16, 16384),
+    "RUN_EVENTS": Setting("stream", choices=("stream", "poll")),
+    "RUN_EVENTS_IDLE_SECONDS": Setting("30", 1, 600),
+    "RUNS_QUEUE": Setting("code-interpreter-runs"),
+    "RUNS_QUEUE_STORAGE__queueServiceUri": Setting(),
+    "RUNS_QUEUE_STORAGE": Setting(azure="never", secret=True),
+    "MAX_INPUT_FILES": Setting("10", 1, 50),
+    "MAX_INPUT_BYTES": Setting("536870912", 1, 8589934592),
+    "CALLBACK_ALLOWED_HOSTS": Setting(azure="optional"),
+    "CALLBACK_SIGNING_SECRET": Setting(azure="optional", secret=True),
+    "AZURE_OPENAI_WEBHOOK_SECRET": Setting(azure="optional", secret=True),
+    "OWNER_TAG": Setting(azure="optional"),
+    "WEBSITE_AUTH_ENABLED": Setting(azure="platform"),  # set by App Service authentication, never by us
+}
+SET_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "always"}
+OPTIONAL_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "optional"}
+NEVER_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure in ("never", "platform")}
 
 # Platform settings that are not the app's own but may (or must) be set.
 PLATFORM_EXACT = {
     "AZURE_CLIENT_ID",  # read by azure-identity: picks the user-assigned managed identity
+    "RUNS_QUEUE_STORAGE__credential",  # the queue trigger's identity-based connection (host)
+    "RUNS_QUEUE_STORAGE__clientId",
 }
 PLATFORM_PREFIXES = (
     "AzureWebJobs",  # Functions host storage (AzureWebJobsStorage__* in Azure, Azurite locally)
@@ -50,32 +116,18 @@ REQUIRED_PLATFORM_IN_AZURE = {
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
+    "RUNS_QUEUE_STORAGE__credential",
+    "RUNS_QUEUE_STORAGE__clientId",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
-# Default values the script and Bicep spell out (must agree with the app's defaults).
-DEFAULT_VALUES = {
-    "AZURE_OPENAI_API_VERSION": "",  # unset in the app = the GA v1 API
-    "OUTPUT_CONTAINER": "code-interpreter-outputs",
-    "SAS_TTL_MINUTES": "60",
-    "SAS_TTL_MAX_MINUTES": "1440",
-    "MAX_FILES_PER_RUN": "20",
-    "MAX_FILE_BYTES": "536870912",
-    "RUN_WAIT_SECONDS": "180",
-    "COPY_CONCURRENCY": "4",
-}
 
-APP = "cif-test"
-RG = "rg-cif-test"
-STORAGE = "stciftest"
-OPENAI_ID = "/subscriptions/1111/resourceGroups/rg-ai/providers/Microsoft.CognitiveServices/accounts/aoai-test"
 SUB = "<subscription-id>"
-STORAGE_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Storage/storageAccounts/{STORAGE}"
-APPI_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Insights/components/appi-{APP}"
-IDENTITY_ID = (
-    f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-{APP}"
-)
-BASE_ARGS = ["--name", APP, "--location", "eastus2", "--openai-resource-id", OPENAI_ID]
+RG_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}"
+STORAGE_ID = f"{RG_ID}/providers/Microsoft.Storage/storageAccounts/{STORAGE}"
+OUTPUT_STORAGE_ID = f"{RG_ID}/providers/Microsoft.Storage/storageAccounts/{OUTPUT_STORAGE}"
+APPI_ID = f"{RG_ID}/providers/Microsoft.Insights/components/appi-{APP}"
+IDENTITY_ID = f"{RG_ID}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-{APP}"
 
 
 def is_platform(name: str) -> bool:
@@ -89,61 +141,66 @@ def app_setting_names() -> tuple[str, ...]:
     return tuple(SETTING_NAMES)
 
 
+def test_the_table_and_the_app_read_the_same_settings():
+    app = set(app_setting_names())
+    assert app == set(SETTINGS), (
+        f"the app reads settings the table lacks: {sorted(app - set(SETTINGS))}; "
+        f"the table has settings the app does not read: {sorted(set(SETTINGS) - app)}"
+    )
+    assert not any(is_platform(n) for n in SETTINGS), "an app setting looks like a platform one"
+
+
+# The smallest valid configuration (local style), to load the app's settings around it.
+BASE_ENV = {
+    "AZURE_OPENAI_ENDPOINT": "https://aoai.openai.azure.com",
+    "AZURE_OPENAI_DEPLOYMENT": "dep",
+    "OUTPUT_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
+    "RUNS_QUEUE_STORAGE": "UseDevelopmentStorage=true",
+}
+
+
+def load_app_settings(**env: str) -> object:
+    from code_interpreter_files.settings import load_settings
+
+    return load_settings({**BASE_ENV, **env})
+
+
+def refused(name: str, value: str, **env: str) -> bool:
+    try:
+        load_app_settings(**{name: value, **env})
+    except Exception as error:  # the app's settings error: names the setting, never the value
+        assert name in str(error), f"{name}={value}: the error does not name it: {error}"
+        return True
+    return False
+
+
+RANGED = sorted(n for n, s in SETTINGS.items() if s.low is not None)
+
+
+@pytest.mark.parametrize("name", RANGED)
+def test_the_app_accepts_exactly_the_table_range(name):
+    """Loads the app's own settings at and past each bound: the table (and so Bicep) match the app."""
+    setting = SETTINGS[name]
+    related = {"SAS_TTL_MAX_MINUTES": str(SETTINGS["SAS_TTL_MAX_MINUTES"].high)} if name == "SAS_TTL_MINUTES" else {}
+    assert setting.low is not None and setting.high is not None
+    assert not refused(name, str(setting.low), **related)
+    assert not refused(name, str(setting.high), **related)
+    assert refused(name, str(setting.low - 1), **related)
+    assert refused(name, str(setting.high + 1), **related)
+
+
+def test_the_app_accepts_the_table_defaults():
+    defaults = {n: s.default for n, s in SETTINGS.items() if s.default is not None}
+    assert load_app_settings(**defaults)
+    for name in ("AZURE_OPENAI_API_VERSION", "RUN_EVENTS"):
+        for choice in SETTINGS[name].choices:
+            assert not refused(name, choice)
+        assert refused(name, "2025-04-01-preview")
+
+
 # ---------------------------------------------------------------------------------------
 # scripts/deploy.sh
 # ---------------------------------------------------------------------------------------
-
-
-def fake_tools(tmp_path: Path, *, az: str | None = None, func: bool = False) -> Path:
-    """A PATH with the few tools the script needs, plus optional fake az/func (never the real ones)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for tool in ("tr", "cut", "sed", "dirname", "cat"):
-        real = shutil.which(tool)
-        if real and not (bin_dir / tool).exists():
-            (bin_dir / tool).symlink_to(real)
-    scripts = {"az": az, "func": '#!/bin/sh\necho "func $*" >> "$FAKE_LOG"\n' if func else None}
-    for name, body in scripts.items():
-        if body is not None:
-            path = bin_dir / name
-            path.write_text(body)
-            path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return bin_dir
-
-
-# A stand-in az: logs every call; answers queries with fake values; `functionapp show` without
-# --query fails unless FAKE_APP_EXISTS=1; `account show` fails if FAKE_LOGGED_OUT=1.
-FAKE_AZ = """#!/bin/sh
-echo "az $*" >> "$FAKE_LOG"
-case "$*" in
-  "account show --output none") [ "${FAKE_LOGGED_OUT:-0}" = 1 ] && exit 1; exit 0 ;;
-  *--query*) echo "fake-$(echo "$*" | sed 's/.*--query \\([^ ]*\\).*/\\1/')"; exit 0 ;;
-  "functionapp show --resource-group"*) [ "${FAKE_APP_EXISTS:-0}" = 1 ] && exit 0; exit 3 ;;
-esac
-exit 0
-"""
-
-
-def run_script(tmp_path: Path, args: list[str], bin_dir: Path | None = None, **env: str):
-    bin_dir = bin_dir or fake_tools(tmp_path)
-    log = tmp_path / "calls.log"
-    log.touch()
-    clean_env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "FAKE_LOG": str(log), **env}
-    proc = subprocess.run(
-        [BASH, str(SCRIPT), *args], capture_output=True, text=True, env=clean_env, timeout=60, cwd=tmp_path
-    )
-    return proc, log.read_text().splitlines()
-
-
-def dry_run_commands(tmp_path: Path, *extra: str) -> list[list[str]]:
-    # A fake az/func that would log any call proves --dry-run runs nothing.
-    bin_dir = fake_tools(tmp_path, az=FAKE_AZ, func=True)
-    proc, calls = run_script(tmp_path, ["--dry-run", *BASE_ARGS, *extra], bin_dir)
-    assert proc.returncode == 0, proc.stderr
-    assert calls == [], f"--dry-run executed commands: {calls}"
-    lines = proc.stdout.splitlines()
-    assert lines and all(line.startswith("+ ") for line in lines), proc.stdout
-    return [shlex.split(line[2:]) for line in lines]
 
 
 def opt(cmd: list[str], flag: str) -> str:
@@ -162,7 +219,9 @@ def one(cmds: list[list[str]], *prefix: str) -> tuple[int, list[str]]:
 
 
 def script_settings(cmds: list[list[str]]) -> dict[str, str]:
-    _, cmd = one(cmds, "az", "functionapp", "config", "appsettings", "set")
+    found = find(cmds, "az", "functionapp", "config", "appsettings", "set")
+    assert found
+    cmd = found[0][1]
     start = cmd.index("--settings") + 1
     end = next((i for i in range(start, len(cmd)) if cmd[i].startswith("--")), len(cmd))
     pairs = [item.split("=", 1) for item in cmd[start:end]]
@@ -170,11 +229,17 @@ def script_settings(cmds: list[list[str]]) -> dict[str, str]:
     return dict(pairs)
 
 
+def create_calls(calls: list[str]) -> list[str]:
+    verbs = (" create ", " set ", " update ", " delete ", " publish ")
+    return [c for c in calls if any(v in f"{c} " for v in verbs)]
+
+
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (Debian package: shellcheck)")
-    proc = subprocess.run(["shellcheck", "--severity=style", str(SCRIPT)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for script in (SCRIPT, HOOK):
+        proc = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_script_is_strict_and_executable():
@@ -182,66 +247,100 @@ def test_script_is_strict_and_executable():
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
     assert os.access(SCRIPT, os.X_OK), "scripts/deploy.sh must be executable"
+    assert os.access(HOOK, os.X_OK), "scripts/preprovision.sh must be executable"
+
+
+ORDER = [
+    ("az", "account", "show"),
+    ("az", "functionapp", "list-flexconsumption-locations"),
+    ("az", "cognitiveservices", "account", "show"),
+    ("az", "storage", "account", "check-name"),
+    ("az", "functionapp", "show"),
+    # nothing above creates anything; everything below may
+    ("az", "group", "create"),
+    ("az", "identity", "create"),
+    ("az", "storage", "account", "create"),
+    ("az", "storage", "container-rm", "create"),
+    ("az", "storage", "account", "management-policy", "create"),
+    ("az", "monitor", "log-analytics", "workspace", "create"),
+    ("az", "resource", "create"),
+    ("az", "role", "assignment", "create"),
+    ("az", "functionapp", "create"),
+    ("az", "functionapp", "scale", "config", "set"),
+    ("az", "functionapp", "config", "appsettings", "set"),
+    ("az", "functionapp", "config", "appsettings", "delete"),
+    ("func", "azure", "functionapp", "publish"),
+]
 
 
 def test_dry_run_command_sequence(tmp_path):
     cmds = dry_run_commands(tmp_path, "--output-retention-days", "3", "--openai-deployment", "my-dep")
-    order = [
-        ("az", "group", "create"),
-        ("az", "identity", "create"),
-        ("az", "storage", "account", "create"),
-        ("az", "storage", "container-rm", "create"),
-        ("az", "storage", "account", "management-policy", "create"),
-        ("az", "monitor", "log-analytics", "workspace", "create"),
-        ("az", "monitor", "app-insights", "component", "create"),
-        ("az", "role", "assignment", "create"),
-        ("az", "functionapp", "create"),
-        ("az", "functionapp", "config", "appsettings", "set"),
-        ("az", "functionapp", "config", "appsettings", "delete"),
-        ("func", "azure", "functionapp", "publish"),
-    ]
     positions = []
-    for prefix in order:
+    for prefix in ORDER:
         found = find(cmds, *prefix)
         assert found, f"missing step: {' '.join(prefix)}"
-        positions.append((found[0][0], found[-1][0]))
-    for (name_a, (_, last_a)), (name_b, (first_b, _)) in zip(
-        zip(order, positions, strict=True), zip(order[1:], positions[1:], strict=True), strict=False
-    ):
-        assert last_a < first_b, f"{' '.join(name_a)} must come before {' '.join(name_b)}"
+        positions.append(found[0][0])
+    assert positions == sorted(positions), [" ".join(p) for _, p in sorted(zip(positions, ORDER, strict=True))]
+    first_create = one(cmds, "az", "group", "create")[0]
+    assert all(c[-2:] == ["--output", "tsv"] for c in cmds[:first_create]), "only look-ups before creating"
+
+    _, lookup = one(cmds, "az", "cognitiveservices", "account", "show")
+    assert "--ids" not in lookup
+    assert (opt(lookup, "--subscription"), opt(lookup, "--resource-group"), opt(lookup, "--name")) == (
+        "1111",
+        "rg-ai",
+        "aoai-test",
+    )
+    assert opt(lookup, "--query") == "properties.customSubDomainName"
 
     _, group = one(cmds, "az", "group", "create")
     assert opt(group, "--name") == RG and opt(group, "--location") == "eastus2"
 
-    _, storage = one(cmds, "az", "storage", "account", "create")
-    assert opt(storage, "--name") == STORAGE
-    assert opt(storage, "--allow-shared-key-access") == "false"
-    assert opt(storage, "--allow-blob-public-access") == "false"
+    accounts = [c for _, c in find(cmds, "az", "storage", "account", "create")]
+    assert [opt(c, "--name") for c in accounts] == [STORAGE, OUTPUT_STORAGE]
+    for account in accounts:
+        assert opt(account, "--allow-shared-key-access") == "false"
+        assert opt(account, "--allow-blob-public-access") == "false"
 
-    containers = {opt(c, "--name") for _, c in find(cmds, "az", "storage", "container-rm", "create")}
-    assert containers == {"app-package", "code-interpreter-outputs"}
+    containers = {
+        (opt(c, "--storage-account"), opt(c, "--name")) for _, c in find(cmds, "az", "storage", "container-rm")
+    }
+    assert containers == {
+        (STORAGE, "app-package"),
+        (OUTPUT_STORAGE, "code-interpreter-outputs"),
+        (OUTPUT_STORAGE, "code-interpreter-inputs"),
+    }
 
     _, policy_cmd = one(cmds, "az", "storage", "account", "management-policy", "create")
+    assert opt(policy_cmd, "--account-name") == OUTPUT_STORAGE
     rule = json.loads(opt(policy_cmd, "--policy"))["rules"][0]
     assert rule["enabled"] is True and rule["type"] == "Lifecycle"
     assert rule["definition"]["filters"]["prefixMatch"] == ["code-interpreter-outputs/"]
     assert rule["definition"]["actions"]["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": 3}
 
-    _, appi = one(cmds, "az", "monitor", "app-insights", "component", "create")
-    assert opt(appi, "--workspace").endswith(f"/workspaces/log-{APP}")
-    _, local_auth = one(cmds, "az", "resource", "update")
-    assert opt(local_auth, "--ids") == APPI_ID and opt(local_auth, "--set") == "properties.DisableLocalAuth=true"
+    _, appi = one(cmds, "az", "resource", "create")
+    assert opt(appi, "--resource-type") == "Microsoft.Insights/components" and "--is-full-object" in appi
+    body = json.loads(opt(appi, "--properties"))
+    assert body["kind"] == "web" and body["properties"]["DisableLocalAuth"] is True
+    assert body["properties"]["WorkspaceResourceId"].endswith(f"/workspaces/log-{APP}")
+    assert not find(cmds, "az", "extension"), "the script needs no CLI extension"
 
     _, create = one(cmds, "az", "functionapp", "create")
     assert opt(create, "--name") == APP and opt(create, "--resource-group") == RG
     assert opt(create, "--flexconsumption-location") == "eastus2"
     assert opt(create, "--runtime") == "python" and opt(create, "--runtime-version") == "3.11"
     assert opt(create, "--assign-identity") == IDENTITY_ID  # user-assigned, not [system]
-    assert opt(create, "--deployment-storage-name") == STORAGE
+    assert opt(create, "--storage-account") == opt(create, "--deployment-storage-name") == STORAGE
     assert opt(create, "--deployment-storage-container-name") == "app-package"
     assert opt(create, "--deployment-storage-auth-type") == "UserAssignedIdentity"
     assert opt(create, "--deployment-storage-auth-value") == IDENTITY_ID
+    assert opt(create, "--instance-memory") == "2048"
     assert "--consumption-plan-location" not in create and "--plan" not in create
+
+    _, scale = one(cmds, "az", "functionapp", "scale", "config", "set")
+    assert opt(scale, "--trigger-type") == "http"
+    assert opt(scale, "--trigger-settings") == "perInstanceConcurrency=16"
+    assert opt(scale, "--instance-memory") == "2048"
 
     _, delete = one(cmds, "az", "functionapp", "config", "appsettings", "delete")
     assert opt(delete, "--setting-names") == "AzureWebJobsStorage"
@@ -252,28 +351,39 @@ def test_dry_run_command_sequence(tmp_path):
     settings = script_settings(cmds)
     assert settings["AZURE_OPENAI_DEPLOYMENT"] == "my-dep"
     assert settings["AZURE_OPENAI_ENDPOINT"] == "https://<openai-custom-subdomain>.openai.azure.com"
-    assert settings["OUTPUT_STORAGE_ACCOUNT_URL"] == f"https://{STORAGE}.blob.core.windows.net"
+    assert settings["OUTPUT_STORAGE_ACCOUNT_URL"] == f"https://{OUTPUT_STORAGE}.blob.core.windows.net"
+    assert settings["RUNS_QUEUE_STORAGE__queueServiceUri"] == f"https://{STORAGE}.queue.core.windows.net"
     assert settings["AzureWebJobsStorage__accountName"] == STORAGE
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["RUNS_QUEUE_STORAGE__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == settings["AZURE_CLIENT_ID"] == "<identity-client-id>"
+    assert settings["RUNS_QUEUE_STORAGE__clientId"] == "<identity-client-id>"
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=<identity-client-id>;Authorization=AAD"
-    for name, value in DEFAULT_VALUES.items():
-        assert settings[name] == value, name
+    for name, setting in SETTINGS.items():
+        if setting.default is not None:
+            assert settings[name] == setting.default, name
+    assert not set(settings) & OPTIONAL_IN_AZURE, "optional settings are set only when given"
 
 
 def test_dry_run_role_assignments(tmp_path):
     cmds = dry_run_commands(tmp_path)
-    roles = set()
+    roles = []
     for _, cmd in find(cmds, "az", "role", "assignment", "create"):
         assert opt(cmd, "--assignee-object-id") == "<identity-principal-id>"
         assert opt(cmd, "--assignee-principal-type") == "ServicePrincipal"
-        roles.add((opt(cmd, "--role"), opt(cmd, "--scope")))
-    assert roles == {
-        ("Storage Blob Data Owner", STORAGE_ID),
-        ("Storage Blob Data Contributor", STORAGE_ID),
-        ("Cognitive Services OpenAI User", OPENAI_ID),
-        ("Monitoring Metrics Publisher", APPI_ID),
-    }
+        roles.append((opt(cmd, "--role"), opt(cmd, "--scope")))
+    containers = f"{OUTPUT_STORAGE_ID}/blobServices/default/containers"
+    assert sorted(roles) == sorted(
+        [
+            ("Storage Blob Data Owner", STORAGE_ID),
+            ("Storage Queue Data Contributor", STORAGE_ID),
+            ("Storage Blob Data Contributor", f"{containers}/code-interpreter-outputs"),
+            ("Storage Blob Data Contributor", f"{containers}/code-interpreter-inputs"),
+            ("Storage Blob Delegator", OUTPUT_STORAGE_ID),
+            ("Cognitive Services OpenAI User", OPENAI_ID),
+            ("Monitoring Metrics Publisher", APPI_ID),
+        ]
+    )
     # Role assignments exist before the app starts using the identity.
     first_app = one(cmds, "az", "functionapp", "create")[0]
     assert all(i < first_app for i, _ in find(cmds, "az", "role", "assignment", "create"))
@@ -286,19 +396,55 @@ def test_dry_run_options(tmp_path):
         "my-rg",
         "--storage-account",
         "mystore1",
+        "--output-storage-account",
+        "mystore2",
         "--skip-publish",
         "--openai-endpoint",
         "https://x.openai.azure.com",
         "--openai-api-version",
-        "2025-04-01-preview",
+        "preview",
+        "--callback-allowed-hosts",
+        "Hooks.Example.com, b.example.org",
+        "--owner-tag",
+        "team-a",
+        **SECRETS_ENV,
     )
     assert not find(cmds, "func")
-    assert not find(cmds, "az", "cognitiveservices")
+    _, lookup = one(cmds, "az", "cognitiveservices", "account", "show")
+    assert opt(lookup, "--query") == "id"  # the endpoint is given: only check the account exists
     assert opt(one(cmds, "az", "group", "create")[1], "--name") == "my-rg"
-    assert opt(one(cmds, "az", "storage", "account", "create")[1], "--name") == "mystore1"
+    assert [opt(c, "--name") for _, c in find(cmds, "az", "storage", "account", "create")] == ["mystore1", "mystore2"]
     settings = script_settings(cmds)
     assert settings["AZURE_OPENAI_ENDPOINT"] == "https://x.openai.azure.com"
-    assert settings["AZURE_OPENAI_API_VERSION"] == "2025-04-01-preview"
+    assert settings["AZURE_OPENAI_API_VERSION"] == "preview"
+    assert settings["CALLBACK_ALLOWED_HOSTS"] == "hooks.example.com,b.example.org"
+    assert settings["OWNER_TAG"] == "team-a"
+    assert settings["OUTPUT_STORAGE_ACCOUNT_URL"] == "https://mystore2.blob.core.windows.net"
+    assert settings["RUNS_QUEUE_STORAGE__queueServiceUri"] == "https://mystore1.queue.core.windows.net"
+    sets = [c for _, c in find(cmds, "az", "functionapp", "config", "appsettings", "set")]
+    assert len(sets) == 2 and opt(sets[1], "--settings") == "@<secret-settings-file>"
+    for secret in SECRETS_ENV.values():
+        assert secret not in json.dumps(cmds)
+
+
+def test_secrets_reach_az_only_through_a_private_file(tmp_path):
+    files_log = tmp_path / "files.log"
+    proc, calls = real_run_argv(
+        tmp_path,
+        [*BASE_ARGS, "--skip-publish", "--callback-allowed-hosts", "hooks.example.com"],
+        FAKE_FILES_LOG=str(files_log),
+        **SECRETS_ENV,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(files_log.read_text()) == {
+        "CALLBACK_SIGNING_SECRET": SECRETS_ENV["CALLBACK_SIGNING_SECRET"],
+        "AZURE_OPENAI_WEBHOOK_SECRET": SECRETS_ENV["AZURE_OPENAI_WEBHOOK_SECRET"],
+    }
+    everything = proc.stdout + proc.stderr + json.dumps(calls)
+    for secret in SECRETS_ENV.values():
+        assert secret not in everything
+    file_args = [a for c in calls for a in c if a.startswith("@")]
+    assert len(file_args) == 1 and not Path(file_args[0][1:]).exists(), "the secret file is removed"
 
 
 def test_inputs_from_environment(tmp_path):
@@ -311,26 +457,37 @@ def test_inputs_from_environment(tmp_path):
         AZURE_LOCATION="westus3",
         AZURE_OPENAI_RESOURCE_ID=OPENAI_ID,
         OUTPUT_RETENTION_DAYS="14",
+        AZURE_OUTPUT_STORAGE_ACCOUNT="outacct",
+        OWNER_TAG="from-env",
     )
     assert proc.returncode == 0, proc.stderr
     assert "--flexconsumption-location westus3" in proc.stdout
     assert '"daysAfterModificationGreaterThan":14' in proc.stdout
+    assert "--account-name outacct" in proc.stdout and "OWNER_TAG=from-env" in proc.stdout
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "env", "message"),
     [
-        (["--location", "eastus2", "--openai-resource-id", OPENAI_ID], "--name is required"),
-        (["--name", APP, "--openai-resource-id", OPENAI_ID], "--location is required"),
-        (["--name", APP, "--location", "eastus2"], "--openai-resource-id is required"),
-        ([*BASE_ARGS[:4], "--openai-resource-id", "/subscriptions/x/oops"], "--openai-resource-id must look like"),
-        ([*BASE_ARGS, "--output-retention-days", "0"], "--output-retention-days"),
-        ([*BASE_ARGS, "--bogus"], "unknown option: --bogus"),
-        ([*BASE_ARGS, "--name"], "--name needs a value"),
+        (["--location", "eastus2", "--openai-resource-id", OPENAI_ID], {}, "--name is required"),
+        (["--name", APP, "--openai-resource-id", OPENAI_ID], {}, "--location is required"),
+        (["--name", APP, "--location", "eastus2"], {}, "--openai-resource-id is required"),
+        ([*BASE_ARGS[:4], "--openai-resource-id", "/subscriptions/x/oops"], {}, "--openai-resource-id must look like"),
+        ([*BASE_ARGS, "--output-retention-days", "0"], {}, "--output-retention-days"),
+        ([*BASE_ARGS, "--openai-api-version", "2025-04-01-preview"], {}, "v1, preview or latest"),
+        ([*BASE_ARGS, "--openai-endpoint", "x.openai.azure.com"], {}, "--openai-endpoint must look like"),
+        ([*BASE_ARGS, "--callback-allowed-hosts", "https://a.example.com"], SECRETS_ENV, "host names"),
+        ([*BASE_ARGS, "--callback-allowed-hosts", "a.example.com"], {}, "needs CALLBACK_SIGNING_SECRET"),
+        (BASE_ARGS, {"CALLBACK_SIGNING_SECRET": "not-whsec"}, "whsec_<base64>"),
+        (BASE_ARGS, {"AZURE_OPENAI_WEBHOOK_SECRET": 'a"b'}, "AZURE_OPENAI_WEBHOOK_SECRET must be"),
+        ([*BASE_ARGS, "--owner-tag", "a b"], {}, "--owner-tag must be"),
+        ([*BASE_ARGS, "--storage-account", "same1", "--output-storage-account", "same1"], {}, "must differ"),
+        ([*BASE_ARGS, "--bogus"], {}, "unknown option: --bogus"),
+        ([*BASE_ARGS, "--name"], {}, "--name needs a value"),
     ],
 )
-def test_invalid_inputs(tmp_path, args, message):
-    proc, _ = run_script(tmp_path, ["--dry-run", *args])
+def test_invalid_inputs(tmp_path, args, env, message):
+    proc, _ = run_script(tmp_path, ["--dry-run", *args], **env)
     assert proc.returncode != 0
     assert message in proc.stderr and proc.stdout == ""
 
@@ -356,6 +513,44 @@ def test_missing_func(tmp_path):
     assert calls == ["az account show --output none"]
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (BASE_ARGS, {"FAKE_NO_OPENAI": "1"}, "cannot read the Azure OpenAI account"),
+        ([*BASE_ARGS, "--openai-endpoint", "https://x.openai.azure.com"], {"FAKE_NO_OPENAI": "1"}, "cannot read"),
+        ([*BASE_ARGS[:2], "--location", "marsnorth", *BASE_ARGS[4:]], {}, "does not offer Flex Consumption"),
+        (BASE_ARGS, {"FAKE_NAME_AVAILABLE": "false"}, "is taken"),
+    ],
+)
+def test_a_failing_prerequisite_stops_before_anything_is_created(tmp_path, args, env, message):
+    proc, calls = run_script(tmp_path, args, fake_tools(tmp_path, az=FAKE_AZ, func=True), **env)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "stopped: nothing was created." in proc.stderr
+    assert calls and create_calls(calls) == [], create_calls(calls)
+
+
+def test_a_failure_later_says_what_was_created(tmp_path):
+    proc, calls = run_script(
+        tmp_path, BASE_ARGS, fake_tools(tmp_path, az=FAKE_AZ, func=True), FAKE_FAIL="functionapp create"
+    )
+    assert proc.returncode != 0
+    report = proc.stderr[proc.stderr.index("stopped after creating or updating:") :]
+    for what in (
+        f"resource group {RG}",
+        f"managed identity id-{APP}",
+        f"storage account {STORAGE}",
+        f"storage account {OUTPUT_STORAGE}",
+        "container code-interpreter-inputs",
+        f"Application Insights appi-{APP}",
+        f"role 'Storage Blob Delegator' on {OUTPUT_STORAGE}",
+    ):
+        assert f"  - {what}\n" in report, what
+    assert f"function app {APP}" not in report and "app settings" not in report
+    assert f"az group delete --name {RG}" in report
+    assert not any(c.startswith("az functionapp config appsettings") for c in calls)
+
+
 def test_real_run_matches_dry_run(tmp_path):
     """With a fake az, a real run executes exactly the commands --dry-run printed."""
     (tmp_path / "dry").mkdir()
@@ -372,17 +567,56 @@ def test_real_run_matches_dry_run(tmp_path):
 
 def test_rerun_on_existing_app_updates_instead_of_creating(tmp_path):
     proc, calls = run_script(
-        tmp_path, [*BASE_ARGS, "--skip-publish"], fake_tools(tmp_path, az=FAKE_AZ), FAKE_APP_EXISTS="1"
+        tmp_path,
+        [*BASE_ARGS, "--skip-publish"],
+        fake_tools(tmp_path, az=FAKE_AZ),
+        FAKE_APP_EXISTS="1",
+        FAKE_STORAGE_EXISTS="1",
     )
     assert proc.returncode == 0, proc.stderr
     assert not any(c.startswith("az functionapp create") for c in calls)
+    assert not any(c.startswith("az storage account check-name") for c in calls), "its own accounts are not taken"
     update = [c for c in calls if c.startswith("az functionapp deployment config set")]
     assert len(update) == 1 and "--deployment-storage-auth-type UserAssignedIdentity" in update[0]
+    assert any(c.startswith("az functionapp scale config set") for c in calls)
     assert any(c.startswith("az functionapp config appsettings set") for c in calls)
 
 
 # ---------------------------------------------------------------------------------------
-# App settings: the app, local.settings.json.example, Bicep and the script agree
+# azd preprovision hook
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "ok", "message"),
+    [
+        ({}, False, "set AZURE_OPENAI_RESOURCE_ID"),
+        ({"CREATE_OPENAI": "false", "AZURE_OPENAI_RESOURCE_ID": ""}, False, "CREATE_OPENAI true"),
+        ({"AZURE_OPENAI_RESOURCE_ID": OPENAI_ID}, True, OPENAI_ID),
+        ({"CREATE_OPENAI": "true"}, True, "a new account"),
+        ({"CREATE_OPENAI": "True"}, True, "a new account"),
+        ({"CREATE_OPENAI": "yes"}, False, "CREATE_OPENAI must be true or false"),
+        ({"CREATE_OPENAI": "true", "AZURE_OPENAI_RESOURCE_ID": OPENAI_ID}, False, "set only one"),
+        ({"AZURE_OPENAI_RESOURCE_ID": "/subscriptions/x/oops"}, False, "must look like"),
+    ],
+)
+def test_preprovision_hook(env, ok, message):
+    proc = subprocess.run(
+        ["sh", str(HOOK)], capture_output=True, text=True, env={"PATH": os.environ["PATH"], **env}, timeout=30
+    )
+    assert (proc.returncode == 0) is ok, proc.stderr
+    assert message in (proc.stdout if ok else proc.stderr)
+
+
+def test_azure_yaml_runs_the_hook():
+    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["hooks"]["preprovision"]
+    assert hooks["posix"] == {"shell": "sh", "run": "scripts/preprovision.sh", "continueOnError": False}
+    assert hooks["windows"] == {"shell": "pwsh", "run": "scripts/preprovision.ps1", "continueOnError": False}
+    assert (ROOT / "scripts" / "preprovision.ps1").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# App settings: the table, local.settings.json.example, Bicep and the script agree
 # ---------------------------------------------------------------------------------------
 
 
@@ -406,64 +640,142 @@ def bicep_object_keys(text: str, var_name: str) -> dict[str, str]:
     raise AssertionError(f"var {var_name}: unbalanced braces")
 
 
-def bicep_settings() -> dict[str, str]:
-    own = bicep_object_keys((INFRA / "main.bicep").read_text(), "appSettings")
-    platform = bicep_object_keys((INFRA / "app" / "api.bicep").read_text(), "platformAppSettings")
-    assert not set(own) & set(platform)
-    return {**own, **platform}
+MAIN = INFRA / "main.bicep"
+API = INFRA / "app" / "api.bicep"
 
 
-def check_azure_settings(where: str, names: set[str]) -> None:
-    app_names = set(app_setting_names())
-    missing = app_names - READ_BUT_UNSET_IN_AZURE - names
+def bicep_settings() -> dict[str, dict[str, str]]:
+    main, api = MAIN.read_text(), API.read_text()
+    parts = {
+        "always": bicep_object_keys(main, "appSettings"),
+        "optional": {**bicep_object_keys(main, "optionalAppSettings"), **bicep_object_keys(api, "secretAppSettings")},
+        "platform": bicep_object_keys(api, "platformAppSettings"),
+    }
+    names = [n for part in parts.values() for n in part]
+    assert len(names) == len(set(names)), "a setting is defined twice"
+    return parts
+
+
+def check_azure_settings(where: str, always: set[str], optional: set[str]) -> None:
+    missing = SET_IN_AZURE - always
     assert not missing, f"{where} does not set settings the app reads: {sorted(missing)}"
-    unwanted = names & READ_BUT_UNSET_IN_AZURE
-    assert not unwanted, f"{where} sets key-based settings meant to stay unset in Azure: {sorted(unwanted)}"
-    unknown = {n for n in names if n not in app_names and not is_platform(n)}
+    assert optional == OPTIONAL_IN_AZURE, f"{where}: optional settings differ: {sorted(optional ^ OPTIONAL_IN_AZURE)}"
+    unwanted = (always | optional) & NEVER_IN_AZURE
+    assert not unwanted, f"{where} sets settings meant to stay unset in Azure: {sorted(unwanted)}"
+    unknown = {n for n in always if n not in SETTINGS and not is_platform(n)}
     assert not unknown, f"{where} sets settings the app does not read: {sorted(unknown)}"
-    platform_missing = REQUIRED_PLATFORM_IN_AZURE - names
+    platform_missing = REQUIRED_PLATFORM_IN_AZURE - always
     assert not platform_missing, f"{where} lacks platform settings: {sorted(platform_missing)}"
 
 
-def test_read_but_unset_names_are_real_settings():
-    assert READ_BUT_UNSET_IN_AZURE <= set(app_setting_names())
-    assert not any(is_platform(n) for n in app_setting_names()), "an app setting looks like a platform one"
-
-
 def test_local_settings_example_lists_every_setting():
-    path = ROOT / "local.settings.json.example"
-    assert path.exists(), "local.settings.json.example is missing"
-    data = json.loads(path.read_text())
-    assert data.get("IsEncrypted") is False
-    values = data["Values"]
-    missing = set(app_setting_names()) - set(values)
+    values = json.loads((ROOT / "local.settings.json.example").read_text())
+    assert values.get("IsEncrypted") is False
+    values = values["Values"]
+    # Set by the platform, or the Azure form of a local connection string: not in the example.
+    not_local = {"WEBSITE_AUTH_ENABLED", "RUNS_QUEUE_STORAGE__queueServiceUri"}
+    missing = set(SETTINGS) - not_local - set(values)
     assert not missing, f"local.settings.json.example lacks: {sorted(missing)}"
-    unknown = {n for n in values if n not in app_setting_names() and not is_platform(n)}
+    unknown = {n for n in values if (n not in SETTINGS or n in not_local) and not is_platform(n)}
     assert not unknown, f"local.settings.json.example has settings the app does not read: {sorted(unknown)}"
+    assert values["RUNS_QUEUE_STORAGE"] == values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+    for name, setting in SETTINGS.items():
+        if setting.default is not None:
+            assert values[name] == setting.default, name
+        if setting.secret and name in values:
+            assert values[name] in ("", "UseDevelopmentStorage=true"), f"{name}: no real secret in the example"
 
 
 def test_bicep_sets_every_setting():
-    settings = bicep_settings()
-    check_azure_settings("Bicep", set(settings))
-    assert settings["AzureWebJobsStorage__credential"] == "'managedidentity'"
-    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "'ClientId=${identityClientId};Authorization=AAD'"
+    parts = bicep_settings()
+    check_azure_settings("Bicep", set(parts["always"]) | set(parts["platform"]), set(parts["optional"]))
+    platform = parts["platform"]
+    assert platform["AzureWebJobsStorage__credential"] == "'managedidentity'"
+    assert platform["RUNS_QUEUE_STORAGE__credential"] == "'managedidentity'"
+    assert platform["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "'ClientId=${identityClientId};Authorization=AAD'"
+    for path in (MAIN, API):
+        for secret in ("callbackSigningSecret", "openAiWebhookSecret"):
+            pattern = rf"@secure\(\)\n(@description\([^\n]*\)\n)?param {secret} string = ''"
+            assert re.search(pattern, path.read_text()), f"{path.name}: {secret} must be @secure, empty by default"
+    api = API.read_text()
+    # Secrets never pass through the AVM site module's plain appSettingsKeyValuePairs parameter.
+    assert "appSettingsKeyValuePairs:" not in strip_bicep(api)
+    assert "properties: union(appSettings, platformAppSettings, givenSecretAppSettings)" in api
 
 
 def test_script_sets_every_setting(tmp_path):
-    check_azure_settings("scripts/deploy.sh", set(script_settings(dry_run_commands(tmp_path))))
+    plain = script_settings(dry_run_commands(tmp_path))
+    # The optional ones appear only when given: test_dry_run_options and the secret-file test.
+    check_azure_settings("scripts/deploy.sh", set(plain), OPTIONAL_IN_AZURE)
 
 
-def test_bicep_and_script_defaults_agree():
-    main = (INFRA / "main.bicep").read_text()
+def bicep_params(text: str) -> dict[str, dict[str, object]]:
+    """Each `param` of a Bicep file with its default and @minValue/@maxValue/@allowed decorators."""
+    params: dict[str, dict[str, object]] = {}
+    decorators: dict[str, object] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := re.fullmatch(r"@(minValue|maxValue)\((\d+)\)", line):
+            decorators[m.group(1)] = int(m.group(2))
+        elif m := re.fullmatch(r"@allowed\(\[(.*)\]\)", line):
+            decorators["allowed"] = tuple(re.findall(r"'([^']*)'", m.group(1)))
+        elif m := re.match(r"param (\w+) (\w+)(?: = (.*))?$", line):
+            default = m.group(3).strip("'") if m.group(3) is not None else None
+            params[m.group(1)] = {"type": m.group(2), "default": default, **decorators}
+            decorators = {}
+        elif line and not line.startswith("@"):
+            decorators = {}
+    return params
+
+
+def test_bicep_defaults_and_ranges_match_the_app():
+    main = MAIN.read_text()
+    params = bicep_params(main)
+    own = {**bicep_object_keys(main, "appSettings"), **bicep_object_keys(main, "optionalAppSettings")}
+    ranged = 0
+    for name, setting in SETTINGS.items():
+        if name not in own:
+            continue
+        param = re.fullmatch(r"string\((\w+)\)", own[name]) or re.fullmatch(r"(\w+)", own[name])
+        if not param or param.group(1) not in params:
+            assert setting.default is None, f"{name}: a computed value, yet the table has a default"
+            continue
+        p = params[param.group(1)]
+        if setting.default is not None:
+            assert p["default"] == setting.default, f"{name}: Bicep default {p['default']} is not {setting.default}"
+        if setting.low is not None:
+            assert (p.get("minValue"), p.get("maxValue")) == (setting.low, setting.high), f"{name}: Bicep range"
+            ranged += 1
+        if setting.choices:
+            allowed = set(p.get("allowed", ())) - ({""} if setting.azure == "optional" else set())
+            assert allowed == set(setting.choices), f"{name}: Bicep @allowed {allowed}"
+    assert ranged == sum(1 for s in SETTINGS.values() if s.low is not None)
+
+
+def test_bicep_outputs_agree_with_the_settings():
+    main = MAIN.read_text()
     own = bicep_object_keys(main, "appSettings")
-    for name, value in DEFAULT_VALUES.items():
-        expr = own[name]
-        param = re.fullmatch(r"string\((\w+)\)", expr)
-        if param:
-            found = re.search(rf"^param {param.group(1)} int = (\d+)$", main, re.M)
-        else:
-            found = re.search(rf"^param {expr} string = '([^']*)'$", main, re.M)
-        assert found and found.group(1) == value, f"{name}: Bicep default is not {value}"
+    outputs = dict(re.findall(r"^output (\w+) \w+ = (.+)$", main, re.M))
+    for name, expr in outputs.items():
+        if name in SETTINGS:
+            assert own[name] == expr, f"output {name} = {expr} but the app setting is {own[name]}"
+    assert {"OUTPUT_STORAGE_ACCOUNT_URL", "OUTPUT_CONTAINER", "INPUT_CONTAINER", "RUNS_QUEUE"} <= set(outputs)
+    assert {"RUNS_QUEUE_STORAGE__queueServiceUri", "AZURE_OPENAI_ENDPOINT"} <= set(outputs)
+    assert outputs["HOST_STORAGE_ACCOUNT_NAME"] == "storage.outputs.name"
+    assert outputs["OUTPUT_STORAGE_ACCOUNT_NAME"] == "outputStorage.outputs.name"
+    assert outputs["LOG_ANALYTICS_WORKSPACE_NAME"] == "logAnalytics.outputs.name"
+
+
+def test_memory_budget_fits_the_instance():
+    """docs/deploy.md: the worker's copy budget is at most a quarter of the instance memory."""
+    params = bicep_params(MAIN.read_text())
+    assert int(str(params["copyMemoryMB"]["default"])) * 4 <= int(str(params["instanceMemoryMB"]["default"]))
+    assert params["instanceMemoryMB"]["default"] == "2048" and params["httpPerInstanceConcurrency"]["default"] == "16"
+    assert re.search(r"triggers: \{\s+http: \{\s+perInstanceConcurrency: httpPerInstanceConcurrency", API.read_text())
+    assert "httpPerInstanceConcurrency: httpPerInstanceConcurrency" in MAIN.read_text()
+    text = SCRIPT.read_text()
+    assert "INSTANCE_MEMORY_MB=2048" in text and "HTTP_PER_INSTANCE_CONCURRENCY=16" in text
+    assert "COPY_MEMORY_MB=512" in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -495,36 +807,92 @@ def test_bicep_modules_pinned_and_local_modules_exist():
                 assert (path.parent / ref).exists(), f"{path.name}: module {ref} not found"
 
 
+ROLES = {
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "db58b8e5-c6ad-4a2a-8342-4190687cbf4a": "Storage Blob Delegator",
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd": "Cognitive Services OpenAI User",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+}
+ASSIGNMENT = r"resource \w+ 'Microsoft\.Authorization/roleAssignments"
+
+
 def test_all_role_assignments_live_in_rbac_bicep_with_reasons():
     for path in BICEP_FILES:
         if path.name != "rbac.bicep":
             assert "Microsoft.Authorization/roleAssignments" not in path.read_text(), path
     text = (INFRA / "rbac.bicep").read_text()
-    roles = {
-        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
-        "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
-        "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd": "Cognitive Services OpenAI User",
-        "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
-    }
-    for guid, name in roles.items():
-        assert re.search(rf"'{guid}'\s*$", text, re.M), f"{name} role id missing"
-    blocks = re.split(r"\n(?=resource \w+ 'Microsoft\.Authorization/roleAssignments)", text)[1:]
-    assert len(blocks) == 4
-    comments = text.split("\n\n")
-    for name in roles.values():
-        assert any(c.lstrip().startswith("//") and name in c for c in comments), f"no reason given for {name}"
-    assert text.count("principalType: 'ServicePrincipal'") == 4
+    variables = dict(re.findall(r"^var (\w+) = '([0-9a-f-]{36})'\s*$", text, re.M))
+    assert set(variables.values()) == set(ROLES), "role ids"
+    scopes = []
+    for reason, block in re.findall(rf"\n\n((?://[^\n]*\n)+)({ASSIGNMENT}.*?\n\}})", text, re.S):
+        role = ROLES[variables[re.search(r"roleDefinitions', (\w+)\)", block).group(1)]]
+        assert role in reason, f"the comment above an assignment must give its reason and name {role}"
+        assert "principalType: 'ServicePrincipal'" in block
+        scopes.append((role, re.search(r"^  scope: (\w+)$", block, re.M).group(1)))
+    assert len(scopes) == len(re.findall(ASSIGNMENT, text)), "every assignment has its reason above it"
+    assert sorted(scopes) == sorted(
+        [
+            ("Storage Blob Data Owner", "hostStorage"),
+            ("Storage Queue Data Contributor", "hostStorage"),
+            ("Storage Blob Data Contributor", "outputContainer"),
+            ("Storage Blob Data Contributor", "inputContainer"),
+            ("Storage Blob Delegator", "outputStorage"),
+            ("Cognitive Services OpenAI User", "openAi"),
+            ("Monitoring Metrics Publisher", "appInsights"),
+        ]
+    )
+    assert "'${outputAccount}/default/${outputContainerName}'" in text
+    assert "'${outputAccount}/default/${inputContainerName}'" in text
+
+
+def test_host_and_output_storage_are_separate_accounts():
+    main = MAIN.read_text()
+    assert "var outputStorageAccountName = 'stout${resourceToken}'" in main
+    rbac = re.search(r"module rbac './rbac.bicep' = \{.*?\n\}", main, re.S).group(0)
+    assert "hostStorageAccountName: storage.outputs.name" in rbac
+    assert "outputStorageAccountName: outputStorage.outputs.name" in rbac
+    host = re.search(r"module storage 'br/public:[^']+' = \{.*?\n\}", main, re.S).group(0)
+    output = re.search(r"module outputStorage 'br/public:[^']+' = \{.*?\n\}", main, re.S).group(0)
+    assert "outputContainerName" not in host and "inputContainerName" not in host
+    assert "{ name: runsQueueName }" in host and "deploymentContainerName" in host
+    assert "{ name: outputContainerName, publicAccess: 'None' }" in output
+    assert "{ name: inputContainerName, publicAccess: 'None' }" in output
+    assert "daysAfterModificationGreaterThan: outputRetentionDays" in output
+    for account in (host, output):
+        assert "allowSharedKeyAccess: false" in account
+
+
+def deployment_container_name(app_name: str, token: str) -> str:
+    """Python twin of main.bicep's deploymentContainerName expression (asserted verbatim below)."""
+    return f"app-package-{app_name.replace('-', '')[:32]}-{token[:7]}".lower()
+
+
+@pytest.mark.parametrize("app_name", ["func-abc", "My-App-", "a--b", "X" * 60, "ends-with-hyphen-" * 3, "Ab"])
+def test_deployment_container_name_is_always_valid(app_name):
+    assert (
+        "var deploymentContainerName = toLower('app-package-${take(replace(appName, '-', ''), 32)}-"
+        "${take(resourceToken, 7)}')" in MAIN.read_text()
+    )
+    name = deployment_container_name(app_name, "k3xq9zt2mbcde")
+    assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", name), name
+
+
+def test_placeholder_openai_id_names_the_two_settings():
+    placeholder = re.search(r"^var openAiIdPlaceholder = '([^']+)'", MAIN.read_text(), re.M).group(1)
+    resource_group = placeholder.split("/")[4]
+    assert resource_group == "set-AZURE_OPENAI_RESOURCE_ID-or-CREATE_OPENAI-true"
+    assert re.fullmatch(r"[-\w._()]{1,90}", resource_group), "a valid resource group name"
 
 
 def test_bicep_key_settings():
-    main = (INFRA / "main.bicep").read_text()
-    api = (INFRA / "app" / "api.bicep").read_text()
+    main = MAIN.read_text()
+    api = API.read_text()
     assert "targetScope = 'subscription'" in main
     assert re.search(r"^param outputRetentionDays int = 7$", main, re.M)
     assert re.search(r"^param createOpenAi bool = false$", main, re.M)
     assert re.search(r"^param openAiResourceId string", main, re.M)
-    assert "allowSharedKeyAccess: false" in main
-    assert "daysAfterModificationGreaterThan: outputRetentionDays" in main
     assert "prefixMatch: ['${outputContainerName}/']" in main
     assert "disableLocalAuth: true" in main
     assert re.search(r"name: 'FC1'\s+tier: 'FlexConsumption'", main)
@@ -539,8 +907,8 @@ def test_azd_files():
     azure = yaml.safe_load((ROOT / "azure.yaml").read_text())
     service = azure["services"]["api"]
     assert service == {"project": ".", "language": "python", "host": "function"}
-    assert "'azd-service-name': serviceName" in (INFRA / "app" / "api.bicep").read_text()
-    main = (INFRA / "main.bicep").read_text()
+    assert "'azd-service-name': serviceName" in API.read_text()
+    main = MAIN.read_text()
     params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     for name in params:
         assert re.search(rf"^param {name} ", main, re.M), f"main.parameters.json: unknown parameter {name}"
@@ -620,6 +988,9 @@ def test_package_contents():
         ("code_interpreter_files/__pycache__/x.cpython-311.pyc", True),
         (".python_packages/lib/site-packages/x.py", True),
         ("docs/deploy.md", True),
+        (".azcli-venv/lib/python3.11/site-packages/azure/cli/__main__.py", True),
+        ("requirements-azcli.txt", True),
+        ("scripts/preprovision.sh", True),
     ],
 )
 def test_funcignore_patterns(path, ignored):
@@ -652,7 +1023,8 @@ def test_openapi_documents_every_route():
             if method == "parameters":
                 continue
             anonymous = op.get("security") == []
-            assert anonymous == (path == "/api/health"), f"{method} {path}: function key auth"
+            # Anonymous: the health probe, and the Azure OpenAI webhook (every request signature-checked).
+            assert anonymous == (path in ("/api/health", "/api/openai-webhook")), f"{method} {path}: function key auth"
 
 
 RUN = {
@@ -671,9 +1043,14 @@ RUN = {
             "sha256": "0" * 64,
             "expires_at": "2030-01-01T00:00:00Z",
             "cited": True,
+            "origin": "cited",
         }
     ],
     "failed_files": [{"filename": "big.csv", "file_id": "cfile_2", "code": "file_too_large", "message": "too big"}],
+    "incomplete_reason": None,
+    "warnings": [],
+    "inputs": [{"name": "data.csv", "bytes": 12, "sha256": "1" * 64}],
+    "continued_in": None,
 }
 JSON = {"Content-Type": "application/json"}
 ACCEPTED_HEADERS = {**JSON, "Location": "/api/runs/resp_abc", "Retry-After": "5"}
@@ -851,27 +1228,82 @@ def test_contract_spec_is_parsed_once():
 
 
 # ---------------------------------------------------------------------------------------
-# README "Deploy" section
+# docs/deploy.md (the deploy reference; the README links to it)
 # ---------------------------------------------------------------------------------------
+
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 
 def test_deploy_docs_cover_the_essentials():
-    readme = (ROOT / "README.md").read_text()
-    text = readme[readme.index("## Deploy") : readme.index("## Troubleshooting")]
+    text = DEPLOY_DOC.read_text()
     for needle in (
         "azd up",
         "scripts/deploy.sh",
         "--openai-resource-id",
-        "Storage Blob Data Owner",
-        "Storage Blob Data Contributor",
-        "Cognitive Services OpenAI User",
-        "Monitoring Metrics Publisher",
+        "preprovision",
+        *sorted(set(ROLES.values())),
         "az functionapp keys list",
         "az functionapp function keys list",
         "curl",
         "x-functions-key",
         "func azure functionapp logstream",
-        "traces",
+        "AppTraces",
         "outputRetentionDays",
+        "perInstanceConcurrency",
+        "COPY_MEMORY_MB",
+        "log-analytics",
+        "application-insights",
     ):
-        assert needle in text, f"the README's Deploy section does not mention {needle!r}"
+        assert needle in text, f"docs/deploy.md does not mention {needle!r}"
+
+
+# Columns of the workspace-based Application Insights tables (Azure Monitor Logs reference:
+# AppTraces, AppRequests, AppExceptions), the ones a query here may use.
+TABLE_COLUMNS = {
+    "AppTraces": {"TimeGenerated", "Message", "SeverityLevel", "Properties", "OperationId", "OperationName"},
+    "AppRequests": {"TimeGenerated", "Name", "Url", "ResultCode", "Success", "DurationMs", "OperationId"},
+    "AppExceptions": {"TimeGenerated", "ExceptionType", "OuterMessage", "Details", "OperationId", "ProblemId"},
+}
+KQL_WORDS = {"where", "project", "order", "by", "asc", "desc", "ago", "tostring", "take", "and", "or", "false", "true"}
+
+
+def workspace_queries(text: str) -> list[str]:
+    queries = re.findall(r'"query": "((?:[^"\\]|\\.)*)"', text)
+    queries += re.findall(r"`((?:AppTraces|AppRequests|AppExceptions) \|[^`]*)`", text)
+    queries += re.findall(r"--analytics-query '((?:AppTraces|AppRequests|AppExceptions)[^']*)'", text)
+    return queries
+
+
+def unknown_columns(query: str) -> set[str]:
+    """Names in a query that are neither its table's columns nor KQL words (string literals ignored)."""
+    table = query.split("|")[0].strip()
+    assert table in TABLE_COLUMNS, f"not a workspace table: {table}"
+    code = re.sub(r'\\?"[^"\\]*\\?"', "", query)
+    names = set(re.findall(r"\b[A-Za-z_]\w*\b", code)) - {table} - KQL_WORDS
+    return {n for n in names if n not in TABLE_COLUMNS[table] and n != "InvocationId"}  # Properties.InvocationId
+
+
+def test_log_queries_use_the_workspace_schema():
+    queries = workspace_queries(DEPLOY_DOC.read_text())
+    assert len(queries) >= 4, queries
+    for query in queries:
+        assert not unknown_columns(query), f"not a column of its table: {sorted(unknown_columns(query))}: {query}"
+
+
+def test_schema_check_refuses_classic_names():
+    assert unknown_columns("AppTraces | where timestamp > ago(1h) | project customDimensions, message") == {
+        "timestamp",
+        "customDimensions",
+        "message",
+    }
+
+
+def test_local_settings_example_is_a_valid_configuration():
+    """Its empty values mean "not set" to the app (only the endpoint placeholder needs a real value)."""
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    values["AZURE_OPENAI_ENDPOINT"] = "https://aoai.openai.azure.com"
+    from code_interpreter_files.settings import load_settings
+
+    assert load_settings(values)
+    with pytest.raises(Exception, match="CALLBACK_SIGNING_SECRET"):
+        load_settings({**values, "CALLBACK_ALLOWED_HOSTS": "hooks.example.com"})

@@ -10,9 +10,17 @@ param identityId string
 param identityClientId string
 param instanceMemoryMB int = 2048
 param maximumInstanceCount int = 100
+@description('HTTP requests one instance serves at once (triggers.http.perInstanceConcurrency).')
+param httpPerInstanceConcurrency int = 16
 param serviceName string = 'api'
-@description('The app\'s own settings (see main.bicep).')
+@description('The app\'s own settings (see main.bicep), secrets excepted.')
 param appSettings object
+@secure()
+@description('CALLBACK_SIGNING_SECRET; empty: not set.')
+param callbackSigningSecret string = ''
+@secure()
+@description('AZURE_OPENAI_WEBHOOK_SECRET; empty: not set.')
+param openAiWebhookSecret string = ''
 
 resource stg 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -29,12 +37,28 @@ var platformAppSettings = {
   AzureWebJobsStorage__accountName: stg.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
+  // The queue trigger's connection RUNS_QUEUE_STORAGE (its __queueServiceUri is an app setting).
+  RUNS_QUEUE_STORAGE__credential: 'managedidentity'
+  RUNS_QUEUE_STORAGE__clientId: identityClientId
   // Telemetry with Entra ID auth (App Insights local auth is disabled).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // DefaultAzureCredential / ManagedIdentityCredential pick the user-assigned identity from this.
   AZURE_CLIENT_ID: identityClientId
 }
+
+// Secrets: set only when given. They reach this module as secure parameters and go straight
+// into the site's appsettings resource below, never through a module's plain parameters
+// (the AVM site module's appSettingsKeyValuePairs is not secure: deployment history shows it).
+var secretAppSettings = {
+  CALLBACK_SIGNING_SECRET: callbackSigningSecret
+  AZURE_OPENAI_WEBHOOK_SECRET: openAiWebhookSecret
+}
+var givenSecretAppSettings = toObject(
+  filter(items(secretAppSettings), setting => !empty(setting.value)),
+  setting => setting.key,
+  setting => setting.value
+)
 
 module site 'br/public:avm/res/web/site:0.15.1' = {
   name: '${serviceName}-flex-consumption'
@@ -65,6 +89,13 @@ module site 'br/public:avm/res/web/site:0.15.1' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // Concurrent requests of one instance share its worker's COPY_MEMORY_MB budget
+        // (docs/deploy.md, "Memory and concurrency").
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
@@ -76,8 +107,21 @@ module site 'br/public:avm/res/web/site:0.15.1' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
     }
-    appSettingsKeyValuePairs: union(appSettings, platformAppSettings)
   }
+}
+
+resource siteRef 'Microsoft.Web/sites@2023-12-01' existing = {
+  name: name
+}
+
+// All app settings in one resource (it replaces the whole set on every deployment).
+resource siteAppSettings 'Microsoft.Web/sites/config@2023-12-01' = {
+  name: 'appsettings'
+  parent: siteRef
+  properties: union(appSettings, platformAppSettings, givenSecretAppSettings)
+  dependsOn: [
+    site
+  ]
 }
 
 output name string = site.outputs.name
