@@ -150,6 +150,11 @@ class OutputStore:
                     await self._container.create_container()
                 except ResourceExistsError:
                     pass
+                except HttpResponseError as error:
+                    # Roles scoped to the container (least privilege, infra/rbac.bicep) may not allow
+                    # creating it: the infrastructure made it; a real absence shows on first write.
+                    if error.status_code != 403:
+                        raise
                 self._container_ready = True
 
     async def upload_stream(
