@@ -205,17 +205,20 @@ async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpRespons
 async def on_queue_message(msg: func.QueueMessage, context: func.Context, operation: str) -> None:
     """A RUNS_QUEUE (or poison) message. Errors are logged and re-raised: the host retries them."""
     log = RunLog(context.invocation_id, operation)
-    log.info("queue message", dequeue_count=msg.dequeue_count, message_id=msg.id)
-    try:
-        services = await get_services()
-        body = msg.get_body().decode("utf-8")
-        if operation == "record_poison":
-            await queue_finish.record_poison(services, body, log)
-        else:
-            await queue_finish.handle_message(services, body, log)
-    except Exception as error:
-        log.warning("queue message failed; the host retries it", error=type(error).__name__, detail=str(error)[:200])
-        raise
+    with log.invocation(getattr(context, "trace_context", None)):
+        log.info("queue message", dequeue_count=msg.dequeue_count, message_id=msg.id)
+        try:
+            services = await get_services()
+            body = msg.get_body().decode("utf-8")
+            if operation == "record_poison":
+                await queue_finish.record_poison(services, body, log)
+            else:
+                await queue_finish.handle_message(services, body, log)
+        except Exception as error:
+            log.warning(
+                "queue message failed; the host retries it", error=type(error).__name__, detail=str(error)[:200]
+            )
+            raise
 
 
 def health() -> func.HttpResponse:

@@ -598,7 +598,11 @@ async def copy_files(
         if done is not None:
             return done
         async with gate:
-            return await copy_file(services, response_id, file, log)
+            with log.span("copy file", file_id=file.file_id, filename=file.filename, origin=file.origin) as span:
+                result = await copy_file(services, response_id, file, log)
+                span.set_attribute("bytes", result.bytes if isinstance(result, CopiedFile) else 0)
+                span.set_attribute("outcome", "copied" if isinstance(result, CopiedFile) else result.code)
+                return result
 
     # A task group, not gather: when one copy raises (an identity failure, a bug), the others are
     # cancelled instead of running on, unawaited, after the answer has gone out.

@@ -77,7 +77,10 @@ async def test_one_run_is_one_tree_with_the_invocation_id_on_every_span(
         assert attributes["response_id"] == response_id
     assert (steps["copy files"].attributes or {})["count"] == 1
 
+    [file_span] = [s for s in _children(spans, steps["copy files"]) if s.name == "copy file"]
+    assert (file_span.attributes or {})["bytes"] == 11 and (file_span.attributes or {})["outcome"] == "copied"
     copy = _descendants(spans, steps["copy files"])
+    assert all(s in _descendants(spans, file_span) for s in copy if s.kind == trace.SpanKind.CLIENT and s.name == "PUT")
     azure_sdk = [s for s in copy if s.instrumentation_scope and s.instrumentation_scope.name.startswith("azure.core")]
     assert any(s.name == "BlobClient.upload_blob" for s in azure_sdk), [(s.name, s.kind) for s in copy]
     blob_puts = [s for s in azure_sdk if s.kind == trace.SpanKind.CLIENT and s.name == "PUT"]
