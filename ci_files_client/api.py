@@ -125,8 +125,9 @@ def _error(response: httpx.Response) -> CliError:
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         message = str(error.get("message") or "no message")
-        if error.get("code") == "rate_limited" and response.headers.get("retry-after"):
-            message += f" (retry after {response.headers['retry-after']} s)"
+        retry = response.headers.get("retry-after")
+        if error.get("code") == "rate_limited" and retry and "retry after" not in message.lower():
+            message += f" (retry after {retry} s)"
         if error.get("invocation_id"):
             message += f" [invocation {error['invocation_id']}]"
         return CliError(error["code"], message, status=response.status_code, body=body)

@@ -61,6 +61,9 @@ HINTS: dict[str, Hint] = {
     "internal_error": Hint(
         Exit.TRY_AGAIN, "the service failed unexpectedly: try again; the logs hold the details under the invocation id"
     ),
+    "unsupported_manifest": Hint(
+        Exit.SERVICE_CONFIG, "the run was stored by another version of the service: update the service, then retry"
+    ),
     # the contract's additions
     "rate_limited": Hint(Exit.TRY_AGAIN, "too many runs at once: wait and try again"),
     "run_deleted": Hint(Exit.RUN_GONE, "the run was deleted with its files: run the prompt again"),

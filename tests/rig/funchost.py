@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import azure.functions as func
 from aiohttp import web
-from azure.functions.decorators.core import Function
+from azure.functions.decorators.function_app import Function
 
 ROUTE_PREFIX = "api"  # host.json extensions.http.routePrefix
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}?]*)?(\?)?\}")
@@ -65,16 +65,21 @@ class HttpRoute:
 
 
 def route_pattern(template: str) -> re.Pattern[str]:
-    """A Functions route template (`runs/{id}`, `{id:int}`, `{id?}`) as a regex over the raw path;
-    constraints are not enforced (the app checks its own parameters)."""
-    out, pos = [], 0
-    for match in _PARAM.finditer(template):
-        out.append(re.escape(template[pos : match.start()]))
-        optional = "?" if match.group(2) else ""
-        out.append(f"(?P<{match.group(1)}>[^/]+){optional}")
-        pos = match.end()
-    out.append(re.escape(template[pos:]))
-    return re.compile(f"/{ROUTE_PREFIX}/" + "".join(out).strip("/") + "/?")
+    """A Functions route template (`runs/{id}`, `{id:int}`, `{id?}`) as a regex over the raw path,
+    segment by segment; constraints are not enforced (the app checks its own parameters)."""
+    out = [f"/{ROUTE_PREFIX}"]
+    for segment in template.strip("/").split("/"):
+        whole = _PARAM.fullmatch(segment)
+        if whole and whole.group(2):  # an optional last parameter: the slash goes with it
+            out.append(f"(?:/(?P<{whole.group(1)}>[^/]+))?")
+            continue
+        pieces, pos = ["/"], 0
+        for match in _PARAM.finditer(segment):
+            pieces.append(re.escape(segment[pos : match.start()]) + f"(?P<{match.group(1)}>[^/]+)")
+            pos = match.end()
+        pieces.append(re.escape(segment[pos:]))
+        out.append("".join(pieces))
+    return re.compile("".join(out) + "/?")
 
 
 def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
@@ -194,6 +199,10 @@ async def _serve_until_stopped(port: int) -> None:
     async with FuncHost(function_app.app, port) as host:
         print(f"READY {host.url}", flush=True)
         await stop.wait()
+    from code_interpreter_files import services
+
+    if services._current is not None:  # close the app's clients as the worker's shutdown does
+        await services._current[1].aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
