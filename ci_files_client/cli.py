@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ci_files_client.render import Screen, clean, error_line
 DEFAULT_URL = "http://localhost:7071"
 # The service takes bodies up to 1 MiB; base64 grows a file by a third and the prompt needs room.
 INLINE_INPUT_LIMIT = 512 * 1024
+MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\([^)\s]*\)")
 
 EPILOG = f"""\
 environment:
@@ -245,7 +247,8 @@ def _finish(screen: Screen, service: Service, body: dict[str, Any], args: argpar
 
 
 def _describe(screen: Screen, body: dict[str, Any]) -> None:
-    text = str(body.get("text") or "").strip()
+    # Markdown links keep their words only: their targets are long SAS URLs, listed in the table below.
+    text = MARKDOWN_LINK.sub(r"\1", str(body.get("text") or "")).strip()
     if text:
         screen.info("answer: " + clean(_short(text, 300).strip('"')))
     if body.get("incomplete_reason"):
