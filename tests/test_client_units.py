@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pathspec
 import pytest
 
 from ci_files_client.cli import INLINE_INPUT_LIMIT, parser, run_payload
@@ -77,3 +78,11 @@ def test_every_hint_is_one_actionable_sentence() -> None:
     for code, hint in HINTS.items():
         assert hint.exit != Exit.OK and hint.todo and "\n" not in hint.todo, code
         assert CliError(code, "x").line().startswith(f"error {code}: x. What to do: ")
+
+
+def test_the_client_is_not_shipped_with_the_function_app() -> None:
+    root = Path(__file__).resolve().parents[1]
+    spec = pathspec.GitIgnoreSpec.from_lines((root / ".funcignore").read_text().splitlines())
+    for path in ("ci_files_client/cli.py", "notebooks/walkthrough.ipynb", "pyproject.toml", "downloads/test.txt"):
+        assert spec.match_file(path), path
+    assert not spec.match_file("function_app.py") and not spec.match_file("requirements.txt")
