@@ -32,6 +32,28 @@ def test_routes_come_from_the_app_bindings() -> None:
     assert route_pattern("items/{id:int}/{rest?}").fullmatch("/api/items/7") is not None
 
 
+class Recorder:
+    """A companion (what a queue poller would be) that records when the host starts and stops it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def stop(self) -> None:
+        self.events.append("stop")
+
+
+async def test_companions_run_with_the_host() -> None:
+    recorder = Recorder()
+    async with FuncHost(function_app.app, companions=[recorder]) as host:
+        assert recorder.events == ["start"]
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{host.url}/api/nothing-here")).status_code == 404
+    assert recorder.events == ["start", "stop"]
+
+
 async def test_subprocess_host_serves_a_whole_run(rig: Rig, tmp_path: Path) -> None:
     """`python -m tests.rig.funchost --port 0` with the rig's app environment, as an operator sets it."""
     env = {k: v for k, v in os.environ.items() if k not in Rig.ENV_NAMES}

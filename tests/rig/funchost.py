@@ -9,7 +9,9 @@ bindings (`route`, `methods`, the host.json prefix `api`). Function keys are not
 In-process: `async with FuncHost(app) as host: host.url` (on the running event loop, which the app's
 async clients are bound to). As a process: `python -m tests.rig.funchost --port 0` prints
 `READY http://127.0.0.1:<port>` and serves until SIGTERM, with the app configured by its environment.
-Other triggers (queues) are left to their own pollers; this host only serves HTTP.
+Other triggers (queues) are served by *companions*: objects with async `start()`/`stop()` that run
+alongside (`FuncHost(app, companions=[...])`, or `--companion module:factory` where `factory(app)`
+makes one), so a queue poller in its own module can share this host.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import importlib
 import inspect
 import re
 import signal
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import azure.functions as func
@@ -39,6 +43,14 @@ def indexed_functions(app: func.FunctionApp) -> dict[str, Function]:
     """The app's functions by name, indexed once per process as the worker does (a second
     `get_functions()` on the same app raises a duplicate-name error)."""
     return {f.get_function_name(): f for f in app.get_functions()}
+
+
+class Companion(Protocol):
+    """Something that runs next to the HTTP server, e.g. a queue-trigger poller."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -105,9 +117,10 @@ def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
 class FuncHost:
     """Serves the HTTP functions of `app` on 127.0.0.1 (`port=0`: a free port)."""
 
-    def __init__(self, app: func.FunctionApp, port: int = 0) -> None:
+    def __init__(self, app: func.FunctionApp, port: int = 0, companions: Sequence[Companion] = ()) -> None:
         self.routes = http_routes(app)
         self.port = port
+        self.companions = list(companions)
         self.invocations: list[tuple[str, int]] = []  # (function name, status), for tests
         self._runner: web.AppRunner | None = None
 
@@ -125,9 +138,13 @@ class FuncHost:
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
         self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        for companion in self.companions:
+            await companion.start()
         return self
 
     async def stop(self) -> None:
+        for companion in reversed(self.companions):
+            await companion.stop()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -189,14 +206,23 @@ class FuncHost:
         return result
 
 
-async def _serve_until_stopped(port: int) -> None:
+def load_companion(spec: str, app: func.FunctionApp) -> Companion:
+    """`module:factory` -> `factory(app)`."""
+    module, _, name = spec.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    companion: Companion = factory(app)
+    return companion
+
+
+async def _serve_until_stopped(port: int, companion_specs: Sequence[str]) -> None:
     import function_app  # imported here: the environment configures the app before its first import
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with FuncHost(function_app.app, port) as host:
+    companions = [load_companion(spec, function_app.app) for spec in companion_specs]
+    async with FuncHost(function_app.app, port, companions) as host:
         print(f"READY {host.url}", flush=True)
         await stop.wait()
     from code_interpreter_files import services
@@ -208,8 +234,11 @@ async def _serve_until_stopped(port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the function app's HTTP functions (tests only).")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--companion", action="append", default=[], metavar="MODULE:FACTORY", help="also run FACTORY(app)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(_serve_until_stopped(args.port))
+    asyncio.run(_serve_until_stopped(args.port, args.companion))
 
 
 if __name__ == "__main__":
