@@ -8,7 +8,8 @@
 # 2. creates local.settings.json from local.settings.json.example when it is missing (storage on
 #    Azurite) and refuses to go on while AZURE_OPENAI_ENDPOINT or AZURE_OPENAI_DEPLOYMENT is unset
 #    (in local.settings.json or the environment);
-# 3. creates .venv and installs requirements.txt (again only when requirements.txt changed);
+# 3. creates .venv and installs requirements.txt and the `ci-files` client (again only when
+#    requirements.txt or pyproject.toml changed);
 # 4. starts Azurite's blob and queue services in the background, data under .azurite/ (reuses
 #    ones already listening), and stops them when this script ends;
 # 5. runs `func start` with .venv active.
@@ -73,9 +74,11 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # A setting from the environment, else from local.settings.json's Values; placeholders (<...>) count as unset.
 setting() {
   local name=$1 value=${!1:-}
-  if [[ -z $value && -f local.settings.json ]]; then
+  local file=local.settings.json
+  [[ -f $file ]] || file=local.settings.json.example # what a --dry-run would copy
+  if [[ -z $value && -f $file ]]; then
     value=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("Values", {}).get(sys.argv[2]) or "")' \
-      local.settings.json "$name" 2>/dev/null || true)
+      "$file" "$name" 2>/dev/null || true)
   fi
   [[ $value == *"<"* ]] && value=""
   printf '%s' "$value"
@@ -159,19 +162,20 @@ if [[ $PROBLEMS -gt 0 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "Python environment (.venv)"
-WANT=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' requirements.txt)
+step "Python environment (.venv: the app's requirements.txt and the ci-files client)"
+WANT=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
+  requirements.txt pyproject.toml)
 HAVE=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [[ -x .venv/bin/python && $WANT == "$HAVE" ]]; then
-  info ".venv is up to date with requirements.txt"
+  info ".venv is up to date with requirements.txt and pyproject.toml"
 elif $DRY_RUN; then
   [[ -x .venv/bin/python ]] || would "$PYTHON -m venv .venv"
-  would ".venv/bin/python -m pip install -r requirements.txt"
+  would ".venv/bin/python -m pip install -r requirements.txt -e ."
 else
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
   printf '%s\n' "$WANT" >.venv/.requirements.sha256
-  info "installed requirements.txt into .venv"
+  info "installed requirements.txt and the ci-files client into .venv"
 fi
 
 # ---------------------------------------------------------------------------------------------

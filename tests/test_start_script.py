@@ -57,6 +57,10 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / "scripts" / "start.sh", repo / "scripts" / "start.sh")
     shutil.copy(REPO_ROOT / "local.settings.json.example", repo / "local.settings.json.example")
     (repo / "requirements.txt").write_text("# the app's requirements would be here\n")
+    shutil.copy(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copytree(
+        REPO_ROOT / "ci_files_client", repo / "ci_files_client", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (repo / "node_modules").symlink_to(REPO_ROOT / "node_modules")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -66,7 +70,9 @@ def scratch(tmp_path: Path) -> Path:
 
 
 def start(repo: Path, *args: str, func: bool = True, **settings: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI_", "VIRTUAL_ENV"))}
+    # A developer's shell: none of the test session's settings (its CA in SSL_CERT_FILE would break pip).
+    dropped = ("AZURE_OPENAI_", "VIRTUAL_ENV", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     # Without the test's own venv on PATH: the script must find Python 3.11 by itself.
     path = [p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent]
     if func:
@@ -105,6 +111,7 @@ def test_start_runs_func_with_azurite_up_then_stops_it(scratch: Path) -> None:
     assert record["blob"].startswith("Azurite-Blob/") and record["queue"].startswith("Azurite-Queue/"), record
     assert record["virtual_env"] == str(scratch / ".venv")
     assert record["python"] == str(scratch / ".venv" / "bin" / "python")
+    assert (scratch / ".venv" / "bin" / "ci-files").exists()  # the client is ready for the second terminal
     assert f"BlobEndpoint=http://127.0.0.1:{ports['AZURITE_BLOB_PORT']}/" in record["output_storage"]
     assert "Stopped Azurite (blob and queue)." in first.stdout
     assert not serving(int(ports["AZURITE_BLOB_PORT"])) and not serving(int(ports["AZURITE_QUEUE_PORT"]))
@@ -115,7 +122,7 @@ def test_start_runs_func_with_azurite_up_then_stops_it(scratch: Path) -> None:
     (scratch / "local.settings.json").write_text(json.dumps({"Values": {"MINE": "1"}}))
     again = start(scratch, **settings)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert ".venv is up to date with requirements.txt" in again.stdout
+    assert ".venv is up to date with requirements.txt and pyproject.toml" in again.stdout
     assert "local.settings.json exists: kept as it is" in again.stdout
     assert json.loads((scratch / "local.settings.json").read_text()) == {"Values": {"MINE": "1"}}
     assert len((scratch.parent / "func.jsonl").read_text().splitlines()) == 2
@@ -141,12 +148,8 @@ def test_start_names_a_missing_func_and_dry_run_changes_nothing(scratch: Path) -
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert steps(dry.stdout) == ["1", "2", "3", "4", "5"]
     assert "would run: func start" in dry.stdout and "would run: " in dry.stdout.split("[4/5]")[1]
-    assert sorted(p.name for p in scratch.iterdir()) == [
-        "local.settings.json.example",
-        "node_modules",
-        "requirements.txt",
-        "scripts",
-    ]
+    untouched = ["ci_files_client", "local.settings.json.example", "node_modules", "pyproject.toml"]
+    assert sorted(p.name for p in scratch.iterdir()) == [*untouched, "requirements.txt", "scripts"]
     no_func = start(scratch, func=False, AZURE_OPENAI_API_KEY="k", **settings)
     assert no_func.returncode == 1
     assert "missing: Azure Functions Core Tools 4 (`func`). Install it: `npm install -g" in no_func.stderr
