@@ -76,6 +76,12 @@ HINTS: dict[str, Hint] = {
     ),
     "invalid_webhook_signature": Hint(Exit.AUTH, "the webhook secret does not match AZURE_OPENAI_WEBHOOK_SECRET"),
     "webhook_not_configured": Hint(Exit.SERVICE_CONFIG, "set AZURE_OPENAI_WEBHOOK_SECRET on the service"),
+    "input_changed": Hint(Exit.TRY_AGAIN, "an input blob changed while the service read it: run the command again"),
+    "run_in_progress": Hint(
+        Exit.TRY_AGAIN, "the run to continue has not finished: wait for it (`ci-files get RUN_ID`), then --continue"
+    ),
+    "invalid_webhook_payload": Hint(Exit.BAD_REQUEST, "the webhook body is not an Azure OpenAI event"),
+    "webhook_too_large": Hint(Exit.BAD_REQUEST, "the webhook body is larger than the service accepts"),
     # the client's own
     "unauthorized": Hint(Exit.AUTH, "pass the function key with --key or CI_FILES_KEY (`func keys list` / the portal)"),
     "route_not_found": Hint(Exit.UNEXPECTED, "check --url: it is the function app's address, without /api"),

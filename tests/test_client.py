@@ -3,6 +3,7 @@ with the real rig behind it: downloads, waiting, overwriting, and one readable l
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import os
@@ -180,13 +181,26 @@ def every_error_code() -> dict[str, int]:
                 description = spec["components"]["responses"].get(name, {}).get("description", "")
                 for code in re.findall(r"`([a-z_]+)`", description):
                     statuses.setdefault(code, int(status))
-    return {**CONTRACT_CODES, **{code: statuses.get(code, 500) for code in enum}}
+    return {**CONTRACT_CODES, **raised_by_the_app(), **{code: statuses.get(code, 500) for code in enum}}
+
+
+def raised_by_the_app() -> dict[str, int]:
+    """Every `ApiError(status, "code", ...)` in the app's source, documented yet or not."""
+    codes = {}
+    for source in (REPO_ROOT / "code_interpreter_files").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ApiError" and len(node.args) >= 2:
+                status, code = node.args[:2]
+                if isinstance(status, ast.Constant) and isinstance(code, ast.Constant):
+                    codes[str(code.value)] = int(status.value)
+    return codes
 
 
 async def test_every_error_code_is_one_line_and_an_exit_code(tmp_path: Path) -> None:
     """A server answering each documented error body: every code has its own hint and exit code;
     the host's empty 401/404 too."""
     codes = every_error_code()
+    assert len(raised_by_the_app()) >= 15
     assert set(codes) <= set(HINTS), f"codes without a hint in ci_files_client/errors.py: {set(codes) - set(HINTS)}"
 
     async def answer(request: web.Request) -> web.Response:
