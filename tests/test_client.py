@@ -103,6 +103,19 @@ async def test_run_downloads_test_txt(rig: Rig, funchost: FuncHost, tmp_path: Pa
     assert [name for name, _ in funchost.invocations] == ["health", "create_run"]
 
 
+async def test_run_polls_location_after_a_202(
+    rig: Rig, funchost: FuncHost, tmp_path: Path, configure: Callable[..., dict[str, str]]
+) -> None:
+    """The service stops waiting after RUN_WAIT_SECONDS and answers 202: the client polls `Location`."""
+    configure(RUN_WAIT_SECONDS="1")
+    result = await ci_files("run", hello_script(rig, latency=3), url=funchost.url, cwd=tmp_path)
+
+    assert result.code == 0, result.err + result.out
+    assert (tmp_path / "downloads" / "test.txt").read_bytes() == b"hello world"
+    assert funchost.invocations[:2] == [("health", 200), ("create_run", 202)]
+    assert funchost.invocations[-1] == ("get_run", 200)
+
+
 async def test_no_wait_then_get(rig: Rig, funchost: FuncHost, tmp_path: Path) -> None:
     started = await ci_files("run", "--no-wait", hello_script(rig, latency=0.5), url=funchost.url, cwd=tmp_path)
     assert started.code == 0, started.err
