@@ -337,17 +337,11 @@ def _parse_file(script_id: str, index: int, raw: Any) -> ScriptFile:
     path: str = raw["path"]
     if "copy_of_input" in raw:  # inputs hook: a copy of an input file (tests/rig/emulator_files.py)
         return emulator_files.parse_copy_file(index, raw)
-    if "content_base64" in raw and "content" not in raw:  # binary files (a PNG for the notebook test)
-        raw = {**raw, "content": None}
     if ("content" in raw) == ("size" in raw):
-        raise _bad_request(f"files[{index}] needs exactly one of 'content', 'content_base64' or 'size'", "files")
+        raise _bad_request(f"files[{index}] needs exactly one of 'content' or 'size'", "files")
     seed: str | None = None
     data: bytes | None = None
-    if isinstance(raw.get("content_base64"), str):
-        data = base64.b64decode(raw["content_base64"], validate=True)
-        size = len(data)
-        sha = hashlib.sha256(data).hexdigest()
-    elif "content" in raw:
+    if "content" in raw:
         if not isinstance(raw["content"], str):
             raise _bad_request(f"files[{index}].content must be a string", "files")
         data = raw["content"].encode("utf-8")
