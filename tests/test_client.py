@@ -135,6 +135,15 @@ async def test_no_wait_then_get(rig: Rig, funchost: FuncHost, tmp_path: Path) ->
     assert_one_error_line(gone, gone.err.split()[1])
 
 
+async def test_input_file_is_sent_inline(rig: Rig, funchost: FuncHost, tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    result = await ci_files("run", "--input", "data.csv", hello_script(rig), url=funchost.url, cwd=tmp_path)
+
+    assert result.code == 0, result.err + result.out
+    assert "      input: data.csv (8 bytes)" in result.out.splitlines()
+    assert (tmp_path / "downloads" / "test.txt").read_bytes() == b"hello world"
+
+
 async def test_existing_file_is_not_overwritten(rig: Rig, funchost: FuncHost, tmp_path: Path) -> None:
     mine = tmp_path / "downloads" / "test.txt"
     mine.parent.mkdir()
