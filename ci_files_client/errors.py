@@ -76,6 +76,9 @@ HINTS: dict[str, Hint] = {
     ),
     "invalid_webhook_signature": Hint(Exit.AUTH, "the webhook secret does not match AZURE_OPENAI_WEBHOOK_SECRET"),
     "webhook_not_configured": Hint(Exit.SERVICE_CONFIG, "set AZURE_OPENAI_WEBHOOK_SECRET on the service"),
+    "finish_failed": Hint(
+        Exit.TRY_AGAIN, "the service gave up finishing the run after its retries: run the prompt again"
+    ),
     "input_changed": Hint(Exit.TRY_AGAIN, "an input blob changed while the service read it: run the command again"),
     "run_in_progress": Hint(
         Exit.TRY_AGAIN, "the run to continue has not finished: wait for it (`ci-files get RUN_ID`), then --continue"
