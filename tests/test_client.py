@@ -144,6 +144,16 @@ async def test_input_file_is_sent_inline(rig: Rig, funchost: FuncHost, tmp_path:
     assert (tmp_path / "downloads" / "test.txt").read_bytes() == b"hello world"
 
 
+async def test_continue_a_run(rig: Rig, funchost: FuncHost, tmp_path: Path) -> None:
+    first = await ci_files("run", "--json", hello_script(rig), url=funchost.url, cwd=tmp_path)
+    assert first.code == 0, first.err
+    run_id = RUN_ID.findall(first.out)[0]
+
+    second = await ci_files("run", "--continue", run_id, hello_script(rig), url=funchost.url, cwd=tmp_path)
+    assert second.code == 0, second.err + second.out
+    assert "      continued in the same container" in second.out.splitlines()
+
+
 async def test_existing_file_is_not_overwritten(rig: Rig, funchost: FuncHost, tmp_path: Path) -> None:
     mine = tmp_path / "downloads" / "test.txt"
     mine.parent.mkdir()
