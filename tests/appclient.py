@@ -22,11 +22,12 @@ import function_app
 from tests import figures
 from tests.openapi_contract import assert_matches_openapi
 from tests.rig.azurite import ACCOUNT_KEY
+from tests.rig.funchost import indexed_functions
 from tests.rig.identity_endpoint import OBJECT_ID, TENANT_ID
 from tests.rig.rig import Rig
 
-# The worker indexes the app once; get_functions() refuses a second indexing.
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
+# The worker indexes the app once; get_functions() refuses a second indexing (shared with the funchost).
+FUNCTIONS = indexed_functions(function_app.app)
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""The service's HTTP API as the client uses it: every non-success answer raises a `CliError`.
+
+Synchronous httpx: a command does one thing at a time and waits on it, and rich's live displays are
+driven from the same thread; there is nothing to overlap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ci_files_client.errors import CliError
+
+# The service answers a waiting POST within RUN_WAIT_SECONDS (at most 210 s); leave room above it.
+READ_TIMEOUT_SECONDS = 240.0
+MAX_POLL_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    location: str | None
+    retry_after: float
+
+
+class Service:
+    """One service at `base_url` (`http://localhost:7071`), with its function key if it needs one."""
+
+    def __init__(self, base_url: str, key: str | None) -> None:
+        headers = {"x-functions-key": key} if key else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def health(self) -> dict[str, Any]:
+        """`GET /api/health` (anonymous); a not-configured service is an error naming the settings."""
+        response = self._send("GET", "/api/health")
+        body = _json(response)
+        if response.status_code == 503 and isinstance(body, dict) and "missing" in body:
+            names = [*body.get("missing", []), *body.get("invalid", [])]
+            raise CliError("not_configured", "the service lacks settings: " + ", ".join(names), status=503, body=body)
+        if response.status_code != 200:
+            raise _error(response)
+        return body if isinstance(body, dict) else {}
+
+    def start_run(self, payload: dict[str, Any]) -> Answer:
+        return self._answer(self._send("POST", "/api/runs", json=payload))
+
+    def get_run(self, response_id: str, ttl: int | None = None, location: str | None = None) -> Answer:
+        path = location or f"/api/runs/{quote(response_id, safe='')}"
+        params = {"sas_ttl_minutes": str(ttl)} if ttl else None
+        return self._answer(self._send("GET", path, params=params))
+
+    def delete_run(self, response_id: str) -> None:
+        response = self._send("DELETE", f"/api/runs/{quote(response_id, safe='')}")
+        if response.status_code != 204:
+            raise _error(response)
+
+    def wait(
+        self,
+        answer: Answer,
+        ttl: int | None,
+        on_status: Callable[[str], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Answer:
+        """Poll `Location` after each `Retry-After` until the run is finished (200)."""
+        while answer.status == 202:
+            on_status(str(answer.body.get("status", "in_progress")))
+            sleep(answer.retry_after)
+            answer = self.get_run(str(answer.body["response_id"]), ttl, answer.location)
+        return answer
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise CliError("timeout", f"{self.base_url} did not answer in time") from None
+        except httpx.TransportError as error:
+            raise CliError("unreachable", f"nothing answered at {self.base_url} ({type(error).__name__})") from None
+
+    def _answer(self, response: httpx.Response) -> Answer:
+        if response.status_code not in (200, 202):
+            raise _error(response)
+        body = _json(response)
+        if not isinstance(body, dict) or "response_id" not in body:
+            raise CliError("bad_answer", f"HTTP {response.status_code} without a run in its body")
+        return Answer(
+            status=response.status_code,
+            body=body,
+            location=response.headers.get("location"),
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else 2.0
+    except ValueError:
+        seconds = 2.0
+    return min(max(seconds, 0.5), MAX_POLL_SECONDS)
+
+
+def _error(response: httpx.Response) -> CliError:
+    """The service's `{"error": {"code", "message"}}`, or what an empty or foreign answer means."""
+    body = _json(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        message = str(error.get("message") or "no message")
+        retry = response.headers.get("retry-after")
+        if error.get("code") == "rate_limited" and retry and "retry after" not in message.lower():
+            message += f" (retry after {retry} s)"
+        if error.get("invocation_id"):
+            message += f" [invocation {error['invocation_id']}]"
+        return CliError(error["code"], message, status=response.status_code, body=body)
+    if response.status_code == 401:
+        return CliError("unauthorized", "the service refused the function key", status=401)
+    where = response.request.url.copy_with(query=None)  # never echo a `code=` key
+    if response.status_code == 404:
+        return CliError("route_not_found", f"no such route at {where}", status=404)
+    return CliError("bad_answer", f"an answer without an error body from {where}", status=response.status_code)

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Start Code Interpreter Files locally with one command.
+#
+#   scripts/start.sh [--dry-run] [-- <extra `func start` arguments>]
+#
+# 1. checks the prerequisites and says how to get what is missing: Python 3.11, Azure Functions
+#    Core Tools 4 (`func`), Node.js 20+ with npm (for Azurite), and `az login` or an API key;
+# 2. creates local.settings.json from local.settings.json.example when it is missing (storage on
+#    Azurite) and refuses to go on while AZURE_OPENAI_ENDPOINT or AZURE_OPENAI_DEPLOYMENT is unset
+#    (in local.settings.json or the environment);
+# 3. creates .venv and installs requirements.txt and the `ci-files` client (again only when
+#    requirements.txt or pyproject.toml changed);
+# 4. starts Azurite's blob and queue services in the background, data under .azurite/ (reuses
+#    ones already listening), and stops them when this script ends;
+# 5. runs `func start` with .venv active.
+#
+# Safe to run again. --dry-run checks and prints what it would do, changing nothing.
+# Ports: AZURITE_BLOB_PORT (10000) and AZURITE_QUEUE_PORT (10001); other ports than those of
+# UseDevelopmentStorage=true are handed to the app as connection strings.
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+DRY_RUN=false
+FUNC_ARGS=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dry-run) DRY_RUN=true ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; FUNC_ARGS=("$@"); break ;;
+    *) printf 'error: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+BLOB_PORT=${AZURITE_BLOB_PORT:-10000}
+QUEUE_PORT=${AZURITE_QUEUE_PORT:-10001}
+AZURITE_DIR="$ROOT/.azurite"
+NODE_BIN="$ROOT/node_modules/.bin"
+STEPS=5
+STEP=0
+PROBLEMS=0
+STARTED_PIDS=()
+
+step() { STEP=$((STEP + 1)); printf '[%d/%d] %s\n' "$STEP" "$STEPS" "$*"; }
+info() { printf '      %s\n' "$*"; }
+problem() { PROBLEMS=$((PROBLEMS + 1)); printf 'missing: %s\n' "$*" >&2; }
+would() { printf '      would run: %s\n' "$*"; }
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_azurite() {
+  local pid
+  # ${a[@]+...}: an empty array under `set -u` in the bash 3.2 of macOS.
+  for pid in ${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ ${#STARTED_PIDS[@]} -gt 0 ]]; then
+    printf 'Stopped Azurite (blob and queue).\n'
+  fi
+  STARTED_PIDS=()
+}
+trap stop_azurite EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A setting from the environment, else from local.settings.json's Values; placeholders (<...>) count as unset.
+setting() {
+  local name=$1 value=${!1:-}
+  local file=local.settings.json
+  [[ -f $file ]] || file=local.settings.json.example # what a --dry-run would copy
+  if [[ -z $value && -f $file ]]; then
+    value=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("Values", {}).get(sys.argv[2]) or "")' \
+      "$file" "$name" 2>/dev/null || true)
+  fi
+  [[ $value == *"<"* ]] && value=""
+  printf '%s' "$value"
+}
+
+# ---------------------------------------------------------------------------------------------
+step "Checking prerequisites"
+PYTHON=""
+for candidate in python3.11 python3 python; do
+  if command -v "$candidate" >/dev/null 2>&1 &&
+    [[ $("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) == 3.11 ]]; then
+    PYTHON=$(command -v "$candidate")
+    break
+  fi
+done
+if [[ -n $PYTHON ]]; then
+  info "Python 3.11: $PYTHON"
+else
+  problem "Python 3.11 (the Functions runtime's version). Install it: \`sudo apt install python3.11 python3.11-venv\`, \`brew install python@3.11\`, or \`winget install Python.Python.3.11\`"
+  PYTHON=python3
+fi
+if ! command -v func >/dev/null 2>&1; then
+  problem "Azure Functions Core Tools 4 (\`func\`). Install it: \`npm install -g azure-functions-core-tools@4\`, \`brew tap azure/functions && brew install azure-functions-core-tools@4\`, or \`winget install Microsoft.Azure.FunctionsCoreTools\`"
+elif [[ $(func --version 2>/dev/null) != 4.* ]]; then
+  problem "Azure Functions Core Tools 4: \`func --version\` says $(func --version 2>/dev/null || echo nothing). Install version 4: \`npm install -g azure-functions-core-tools@4\`"
+else
+  info "Functions Core Tools: $(func --version)"
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  problem "Node.js 20 or later with npm (runs Azurite). Install it: \`nvm install 22\`, \`brew install node@22\`, or your system's nodejs and npm packages"
+elif [[ $(node -p 'process.versions.node.split(".")[0]') -lt 20 ]]; then
+  problem "Node.js 20 or later (runs Azurite); found $(node --version). Install a newer one: \`nvm install 22\`"
+else
+  info "Node.js: $(node --version)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "Settings (local.settings.json)"
+if [[ -f local.settings.json ]]; then
+  info "local.settings.json exists: kept as it is"
+elif $DRY_RUN; then
+  would "cp local.settings.json.example local.settings.json (storage: UseDevelopmentStorage=true)"
+else
+  "$PYTHON" - <<'EOF'
+import json
+settings = json.load(open("local.settings.json.example"))
+values = settings.setdefault("Values", {})
+for name in ("AzureWebJobsStorage", "OUTPUT_STORAGE_CONNECTION_STRING", "RUNS_QUEUE_STORAGE"):
+    values[name] = "UseDevelopmentStorage=true"  # Azurite, started below
+values["OUTPUT_STORAGE_ACCOUNT_URL"] = ""
+with open("local.settings.json", "w") as out:
+    json.dump(settings, out, indent=2)
+    out.write("\n")
+EOF
+  info "created local.settings.json from local.settings.json.example (storage on Azurite)"
+fi
+for name in AZURE_OPENAI_ENDPOINT AZURE_OPENAI_DEPLOYMENT; do
+  case $name in # (no associative arrays: macOS still ships bash 3.2)
+    AZURE_OPENAI_ENDPOINT) example="https://<resource>.openai.azure.com" ;;
+    *) example="<your model deployment name, e.g. gpt-4.1>" ;;
+  esac
+  if [[ -z $(setting "$name") ]]; then
+    problem "$name is not set: set it in local.settings.json (Values) or the environment, e.g. $name=$example"
+  else
+    info "$name is set"
+  fi
+done
+if [[ -n $(setting AZURE_OPENAI_API_KEY) ]]; then
+  info "Azure OpenAI: API key"
+elif ! command -v az >/dev/null 2>&1; then
+  problem "a way to call Azure OpenAI: set AZURE_OPENAI_API_KEY in local.settings.json, or install the Azure CLI and run \`az login\`"
+elif ! az account show --output none >/dev/null 2>&1; then
+  problem "an Azure sign-in: run \`az login\` (your account needs the Cognitive Services OpenAI User role), or set AZURE_OPENAI_API_KEY in local.settings.json"
+else
+  info "Azure OpenAI: your \`az login\` identity"
+fi
+if [[ $PROBLEMS -gt 0 ]]; then
+  printf 'Not starting: %d thing(s) missing (listed above).\n' "$PROBLEMS" >&2
+  $DRY_RUN || exit 1
+  info "(--dry-run: the rest of what a run would do)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "Python environment (.venv: the app's requirements.txt and the ci-files client)"
+WANT=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
+  requirements.txt pyproject.toml)
+HAVE=$(cat .venv/.requirements.sha256 2>/dev/null || true)
+if [[ -x .venv/bin/python && $WANT == "$HAVE" ]]; then
+  info ".venv is up to date with requirements.txt and pyproject.toml"
+elif $DRY_RUN; then
+  [[ -x .venv/bin/python ]] || would "$PYTHON -m venv .venv"
+  would ".venv/bin/python -m pip install -r requirements.txt -e ."
+else
+  [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+  printf '%s\n' "$WANT" >.venv/.requirements.sha256
+  info "installed requirements.txt and the ci-files client into .venv"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "Azurite (blob on $BLOB_PORT, queue on $QUEUE_PORT, data in .azurite/)"
+if [[ ! -x $NODE_BIN/azurite-blob ]]; then
+  if $DRY_RUN; then would "npm ci --no-audit --no-fund"; else npm ci --no-audit --no-fund --loglevel=error; fi
+fi
+start_azurite() { # service port
+  local service=$1 port=$2
+  if listening "$port"; then
+    info "$service: something already listens on $port (an Azurite from another start?): using it"
+    return
+  fi
+  local cmd=("$NODE_BIN/azurite-$service" "--${service}Host" 127.0.0.1 "--${service}Port" "$port"
+    --location "$AZURITE_DIR" --skipApiVersionCheck --disableTelemetry --silent)
+  if $DRY_RUN; then
+    would "${cmd[*]} &"
+    return
+  fi
+  mkdir -p "$AZURITE_DIR"
+  # Node 22 from node_modules first (the pinned Azurite wants it); `&` keeps it out of Ctrl-C's reach.
+  PATH="$NODE_BIN:$PATH" "${cmd[@]}" >"$AZURITE_DIR/$service.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  local tries=0
+  until listening "$port"; do
+    tries=$((tries + 1))
+    if [[ $tries -gt 150 ]] || ! kill -0 "$!" 2>/dev/null; then
+      printf 'error: Azurite %s did not start on port %s; its log (.azurite/%s.log):\n' "$service" "$port" "$service" >&2
+      tail -n 20 "$AZURITE_DIR/$service.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.2
+  done
+  info "$service: started (pid $!), log in .azurite/$service.log"
+}
+start_azurite blob "$BLOB_PORT"
+start_azurite queue "$QUEUE_PORT"
+if [[ $BLOB_PORT != 10000 || $QUEUE_PORT != 10001 ]]; then
+  # The well-known development account of Azurite (a public, documented key).
+  ACCOUNT_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+  CONNECTION="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$ACCOUNT_KEY;BlobEndpoint=http://127.0.0.1:$BLOB_PORT/devstoreaccount1;QueueEndpoint=http://127.0.0.1:$QUEUE_PORT/devstoreaccount1;"
+  export AzureWebJobsStorage="$CONNECTION" OUTPUT_STORAGE_CONNECTION_STRING="$CONNECTION" RUNS_QUEUE_STORAGE="$CONNECTION"
+  info "other ports than UseDevelopmentStorage=true's: the app gets connection strings to them"
+fi
+
+# ---------------------------------------------------------------------------------------------
+FUNC_LINE="func start${FUNC_ARGS[*]+ ${FUNC_ARGS[*]}}"
+step "$FUNC_LINE (Ctrl-C stops it and Azurite)"
+if $DRY_RUN; then
+  would "$FUNC_LINE  (with .venv active)"
+  info "then, in another terminal: ci-files run \"Create test.txt containing hello world\""
+  [[ $PROBLEMS -eq 0 ]] && exit 0
+  exit 1
+fi
+export VIRTUAL_ENV="$ROOT/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+info "then, in another terminal: .venv/bin/ci-files run \"Create test.txt containing hello world\""
+status=0
+func start ${FUNC_ARGS[@]+"${FUNC_ARGS[@]}"} || status=$?
+exit "$status"
