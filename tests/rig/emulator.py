@@ -6,6 +6,12 @@ Run: ``python -m tests.rig.emulator --host 127.0.0.1 --port 0 --api-key KEY``; i
 Behaviour is driven by *scripts* registered via ``POST /_emulator/scripts``; a response picks a
 script through the marker ``[[script:<id>]]`` found in its input (else the default script).
 See ``EmulatorControl`` for the control API and ``_parse_script`` for the script fields.
+
+Every JSON body and stream event it serves under ``/openai/v1`` is checked (in a worker process)
+against the published OpenAI component schemas plus Azure's required ``user``
+(``openai_schemas``); ``/_emulator/stats`` reports the tally and the session's last test asserts
+that nothing violated them. Errors are ``{"error": {message, type, param, code}}``, unknown routes
+included; 401s and 429s carry Azure's ``code`` ("401", "429").
 """
 
 from __future__ import annotations
