@@ -6,6 +6,12 @@ Run: ``python -m tests.rig.emulator --host 127.0.0.1 --port 0 --api-key KEY``; i
 Behaviour is driven by *scripts* registered via ``POST /_emulator/scripts``; a response picks a
 script through the marker ``[[script:<id>]]`` found in its input (else the default script).
 See ``EmulatorControl`` for the control API and ``_parse_script`` for the script fields.
+
+Every JSON body and stream event it serves under ``/openai/v1`` is checked (in a worker process)
+against the published OpenAI component schemas plus Azure's required ``user``
+(``openai_schemas``); ``/_emulator/stats`` reports the tally and the session's last test asserts
+that nothing violated them. Errors are ``{"error": {message, type, param, code}}``, unknown routes
+included; 401s and 429s carry Azure's ``code`` ("401", "429").
 """
 
 from __future__ import annotations
@@ -143,7 +149,7 @@ def _fault_error(spec: FailSpec) -> ApiError:
     if spec.retry_after_ms is not None:
         headers["retry-after-ms"] = _seconds(spec.retry_after_ms)
     if spec.status == 429:
-        wait = spec.retry_after if spec.retry_after is not None else None
+        wait = spec.retry_after
         if wait is None and spec.retry_after_ms is not None:
             wait = math.ceil(spec.retry_after_ms / 1000)
         when = f"Please retry after {_seconds(wait)} seconds." if wait is not None else "Please retry later."
@@ -701,6 +707,7 @@ class Emulator:
         # Not reset by reset_stats: the session check adds up every body this process served.
         self.schemas = SchemaChecker()
         self.streams_open = 0  # a gauge: event streams whose handler still runs
+        self.closing = False  # set on shutdown: silent streams end instead of holding it up
         self.reset_stats()
 
     # ---- stats
@@ -1066,8 +1073,10 @@ class Emulator:
                 return stream
             await send("response.created", self._response_obj(run, status="queued" if background else "in_progress"))
             if script.silent_stream:
-                while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                transport = request.transport
+                while not self.closing and transport is not None and not transport.is_closing():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)  # no event, until the client leaves
+                    transport = request.transport
                 return stream
             await send("response.in_progress", self._response_obj(run, status="in_progress"))
             if script.cut_events:
@@ -1324,6 +1333,7 @@ async def _serve(host: str, port: int, emulator: Emulator) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    emulator.closing = True
     await runner.cleanup()
     emulator.schemas.close()
 

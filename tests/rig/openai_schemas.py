@@ -50,6 +50,10 @@ ROOTS = (
     "ResponseCompletedEvent",
     "ResponseFailedEvent",
     "ResponseIncompleteEvent",
+    # The Files API (input files): for the routes tests/rig/emulator_files.py adds.
+    "OpenAIFile",
+    "ListFilesResponse",
+    "DeleteFileResponse",
 )
 EVENT_SCHEMAS = {
     "response.created": "ResponseCreatedEvent",
@@ -60,7 +64,7 @@ EVENT_SCHEMAS = {
     "response.incomplete": "ResponseIncompleteEvent",
 }
 AZURE_RESPONSE = "AzureResponse"
-CACHE_VERSION = 1  # bump when the extraction changes
+CACHE_VERSION = 2  # bump when the extraction (ROOTS) changes
 
 
 def find_spec(start: Path = REPO_ROOT) -> Path | None:
@@ -130,6 +134,9 @@ def _load_document(spec: Path, digest: str) -> dict[str, Any]:
     with os.fdopen(fd, "w") as fh:
         json.dump(sub, fh, default=str)  # YAML dates in examples become strings
     os.replace(tmp, cached)  # atomic: concurrent emulators never read half a file
+    for stale in CACHE_DIR.glob("openai-schemas-*.json"):
+        if stale != cached:
+            stale.unlink(missing_ok=True)
     return json.loads(cached.read_text())
 
 

@@ -383,14 +383,24 @@ def test_azure_response_overlay_requires_user() -> None:
     assert not schemas.errors("AzureResponse", {**response, "user": None})
 
 
-def test_every_body_served_here_validated(ctl: EmulatorControl) -> None:
-    """This module's emulator: every body so far checked, none against its schema (the session
-    check below adds up every emulator of the run)."""
+def test_every_body_served_here_validated(client: openai.OpenAI, ctl: EmulatorControl) -> None:
+    """This module's emulator: one body of each kind served now, and every body so far checked,
+    none against its schema (the session check below adds up every emulator of the run)."""
+    before = ctl.stats()["schemas"]["validated"]
+    r = _create(client, ctl.add_script({"files": [{"path": "/mnt/data/s.txt", "content": "s"}]})["marker"])
+    ann = r.output[1].content[0].annotations[0]
+    client.containers.files.retrieve(ann.file_id, container_id=ann.container_id)
+    list(client.containers.files.list(container_id=ann.container_id))
+    with _create(client, stream=True) as events:
+        assert [e.type for e in events][-1] == "response.completed"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nope")
     st = ctl.stats()["schemas"]
     assert st["load_error"] is None and st["spec"] and st["bodies_queued"] == st["bodies_checked"] > 0
     assert st["violations"] == [] and st["violation_counts"] == {}
-    for schema in ("AzureResponse", "ContainerFileListResource", "ContainerFileResource", "ErrorResponse"):
-        assert st["validated"].get(schema, 0) > 0, schema
+    kinds = ("AzureResponse", "ContainerFileListResource", "ContainerFileResource", "ErrorResponse")
+    for schema in (*kinds, "ResponseCreatedEvent", "ResponseInProgressEvent", "ResponseCompletedEvent"):
+        assert st["validated"].get(schema, 0) > before.get(schema, 0), schema
 
 
 # ---- issue 9 scenarios
