@@ -348,6 +348,7 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
                         ("file_id", file.file_id),
                     )
                 },
+                budget=services.memory_budget,
             )
     except FileCopyError as error:
         failure = FailedFile(file.filename, file.file_id, error.code, error.message, error.retryable)

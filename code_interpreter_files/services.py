@@ -8,7 +8,8 @@ from openai import AsyncOpenAI
 
 from . import responses_api
 from .identity import AppCredential, needs_credential
-from .settings import Settings, load_settings, settings_fingerprint
+from .memory_budget import MemoryBudget
+from .settings import MIB, Settings, load_settings, settings_fingerprint
 from .singleflight import SingleFlight
 from .storage import OutputStore
 
@@ -19,6 +20,7 @@ class Services:
     credential: AppCredential | None
     openai: AsyncOpenAI
     store: OutputStore
+    memory_budget: MemoryBudget  # COPY_MEMORY_MB, shared by every copy in the worker
     finishing: SingleFlight = field(default_factory=SingleFlight)
 
     async def aclose(self) -> None:
@@ -48,6 +50,7 @@ async def get_services() -> Services:
         credential=credential,
         openai=responses_api.build_client(settings, credential),
         store=OutputStore(settings, credential if settings.uses_identity_for_storage else None),
+        memory_budget=MemoryBudget(settings.copy_memory_mb * MIB),
     )
     previous, _current = _current, (fingerprint, services)
     if previous is not None:

@@ -23,6 +23,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "MAX_FILE_BYTES",
     "RUN_WAIT_SECONDS",
     "COPY_CONCURRENCY",
+    "COPY_MEMORY_MB",
 )
 
 # The Azure load balancer ends an HTTP request after 230 s, whatever functionTimeout says.
@@ -60,6 +61,7 @@ class Settings:
     max_file_bytes: int
     run_wait_seconds: float
     copy_concurrency: int
+    copy_memory_mb: int = 512  # worker-wide budget of copy bytes in flight (memory_budget.py)
 
     def __repr__(self) -> str:  # never print a key or a connection string
         return f"Settings(openai_base_url={self.openai_base_url!r}, deployment={self.deployment!r}, ...)"
@@ -165,6 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_file_bytes=integer("MAX_FILE_BYTES", 512 * MIB, 1, 4 * 1024 * 1024 * MIB),
         run_wait_seconds=integer("RUN_WAIT_SECONDS", 180, 1, HTTP_ANSWER_LIMIT_SECONDS - 20),
         copy_concurrency=integer("COPY_CONCURRENCY", 4, 1, 64),
+        copy_memory_mb=integer("COPY_MEMORY_MB", 512, 16, 16384),
     )
     if missing or invalid:
         raise SettingsError(missing, invalid)
