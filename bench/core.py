@@ -85,14 +85,16 @@ class Context:
     function_directory: str = ""
 
 
-async def call(name: str, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+async def call(
+    name: str, method: str, path: str, body: bytes = b"", route_params: dict[str, str] | None = None
+) -> tuple[int, Any]:
     request = func.HttpRequest(
         method=method,
         url=f"http://localhost:7071{path}",
         body=body,
         headers={"content-type": "application/json"},
         params={},
-        route_params={},
+        route_params=route_params or {},
     )
     response = await functions()[name].get_user_function()(request, Context(function_name=name))
     raw = response.get_body()
@@ -104,6 +106,20 @@ async def post_run(prompt: str) -> dict[str, Any]:
     status, answer = await call("create_run", "POST", "/api/runs", json.dumps({"prompt": prompt}).encode())
     if status != 200 or answer.get("failed_files"):
         raise BenchError(f"POST /api/runs answered {status}: {json.dumps(answer)[:500]}")
+    return answer
+
+
+async def post_run_to_the_end(prompt: str) -> dict[str, Any]:
+    """POST /api/runs, then GET it again while it answers 202 (a copy longer than RUN_WAIT_SECONDS
+    goes on in the worker), as a patient caller does; the answer must have copied every file."""
+    status, answer = await call("create_run", "POST", "/api/runs", json.dumps({"prompt": prompt}).encode())
+    while status == 202:
+        response_id = answer["response_id"]
+        status, answer = await call(
+            "get_run", "GET", f"/api/runs/{response_id}", route_params={"response_id": response_id}
+        )
+    if status != 200 or answer.get("failed_files"):
+        raise BenchError(f"the run answered {status}: {json.dumps(answer)[:500]}")
     return answer
 
 
@@ -155,14 +171,18 @@ def shaped_network(rig: Rig, latency_ms: float, mib_per_s: float) -> Iterator[di
                 "AZURE_OPENAI_ENDPOINT": emulator._replace(netloc=via[emulator.netloc]).geturl(),
             }
         )
+        shaping: dict[str, Any] = {"latency_ms": latency_ms, "mib_per_s": mib_per_s}
         try:
-            yield {"latency_ms": latency_ms, "mib_per_s": mib_per_s, "proxy_pid": proxy.pid}
+            yield shaping
         finally:
             NETWORK.clear()
             NETWORK.update(saved)
     finally:
         proxy.terminate()
-        proxy.wait(timeout=10)
+        out, _ = proxy.communicate(timeout=30)
+    forwarded = out.split()
+    if forwarded[:1] == ["FORWARDED"]:  # filled in after the block: read it once the `with` ends
+        shaping["proxy_connections"], shaping["proxy_bytes"] = int(forwarded[1]), int(forwarded[2])
 
 
 @contextlib.contextmanager
@@ -244,7 +264,7 @@ class RigCpu:
     Azurite's share of the wall time says whether a copy ran at the transfer limit: its one
     Node.js thread busy all the time means nothing on the client side can go faster."""
 
-    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator"}
+    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator", "proxy": "bench.netshape"}
 
     def __init__(self) -> None:
         self.pids = {"app": os.getpid()}
@@ -798,12 +818,23 @@ async def network(rig: Rig, plan: Plan) -> dict[str, Any]:
         with app_settings(rig, **base_settings(plan)):
             large = await _large_file(rig, plan.net_large_bytes, plan.net_large_reps)
             many = await _many_files(rig, plan, plan.net_many_files, plan.net_many_file_bytes, plan.net_many_reps)
+        await _close_services()  # before the proxy stops: no pooled connection outlives it
     return {
         "latency_ms": shaping["latency_ms"],
         "mib_per_s": shaping["mib_per_s"],
+        "proxy_connections": shaping.get("proxy_connections", 0),
+        "proxy_bytes": shaping.get("proxy_bytes", 0),
         "large_file": large,
         "many_files": many,
     }
+
+
+async def _close_services() -> None:
+    from code_interpreter_files import services
+
+    if services._current is not None:
+        await services._current[1].aclose()
+        services._current = None
 
 
 # -- 9. upload_stream against azure-storage-blob's own upload_blob --------------------------------
@@ -834,8 +865,9 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
         }
 
     loopback = await both()
-    with shaped_network(rig, plan.latency_ms, plan.mib_per_s):
+    with shaped_network(rig, plan.latency_ms, plan.mib_per_s) as shaping:
         shaped = await both()
+    shaped["proxy_bytes"] = shaping.get("proxy_bytes", 0)
     return {
         "bytes": plan.uploader_bytes,
         "reps": plan.uploader_reps,

@@ -41,7 +41,7 @@ async def _verify(services: Any, answers: list[dict[str, Any]]) -> int:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.core import check_files, post_run
+    from bench.core import check_files, post_run, post_run_to_the_end
     from code_interpreter_files.services import get_services
 
     specs = json.loads(args.specs)
@@ -49,7 +49,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     services = await get_services()
     with PeakRss() as rss:
         started = time.perf_counter()
-        answers = await asyncio.gather(*(post_run(args.prompt) for _ in range(args.runs)))
+        answers = await asyncio.gather(*(post_run_to_the_end(args.prompt) for _ in range(args.runs)))
         wall = time.perf_counter() - started
     for answer in answers:
         check_files(answer, specs)
