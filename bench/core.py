@@ -864,10 +864,13 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
             "samples": samples,
         }
 
-    loopback = await both()
-    with shaped_network(rig, plan.latency_ms, plan.mib_per_s) as shaping:
-        shaped = await both()
-    shaped["proxy_bytes"] = shaping.get("proxy_bytes", 0)
+    networks: dict[str, Any] = {}
+    if "loopback" in plan.uploader_networks:
+        networks["loopback"] = await both()
+    if "shaped" in plan.uploader_networks:
+        with shaped_network(rig, plan.latency_ms, plan.mib_per_s) as shaping:
+            networks["shaped"] = await both()
+        networks["shaped"]["proxy_bytes"] = shaping.get("proxy_bytes", 0)
     return {
         "bytes": plan.uploader_bytes,
         "reps": plan.uploader_reps,
@@ -875,8 +878,7 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
         "blocks_in_flight": storage.BLOCKS_IN_FLIGHT,
         "latency_ms": plan.latency_ms,
         "mib_per_s": plan.mib_per_s,
-        "loopback": loopback,
-        "shaped": shaped,
+        **networks,
     }
 
 

@@ -45,7 +45,8 @@ class Plan:
     net_many_file_bytes: int
     net_many_reps: int
     uploader_bytes: int  # 9. upload_stream vs the SDK's upload_blob, a fresh process each ...
-    uploader_reps: int  # ... best of this many, on loopback and through the proxy
+    uploader_reps: int  # ... best of this many ...
+    uploader_networks: tuple[str, ...]  # ... on these: "loopback", "shaped" (through the proxy)
     latency_ms: float = 20.0  # the simulated network (`bench.netshape`): round trip added per exchange ...
     mib_per_s: float = 40.0  # ... and bandwidth per connection and direction
 
@@ -89,6 +90,7 @@ FULL = Plan(
     net_many_reps=3,
     uploader_bytes=256 * MIB,
     uploader_reps=2,
+    uploader_networks=("loopback", "shaped"),
 )
 
 PLANS = {
@@ -118,5 +120,6 @@ PLANS = {
         net_many_reps=1,
         uploader_bytes=2 * MIB,
         uploader_reps=1,
+        uploader_networks=("shaped",),  # a fresh process per upload: the smoke run keeps it to two
     ),
 }

@@ -254,6 +254,8 @@ def _network_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def _uploader_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for network, label in (("loopback", "loopback"), ("shaped", f"{r['latency_ms']:g} ms, {r['mib_per_s']:g} MiB/s")):
+        if network not in r:
+            continue
         n = r[network]
         m = f"9. uploader {_size(r['bytes'])}, {label}"
         rows += [

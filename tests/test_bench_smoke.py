@@ -95,10 +95,6 @@ FIGURES = {
         "many_files.concurrent_vs_sequential",
     ),
     "uploader": (
-        "loopback.ours_s",
-        "loopback.sdk_s",
-        "loopback.ours_growth_MiB",
-        "loopback.sdk_growth_MiB",
         "shaped.ours_s",
         "shaped.sdk_s",
         "shaped.ours_growth_MiB",
