@@ -183,3 +183,19 @@ async def test_concurrent_runs_wait_for_the_worker_budget_and_every_byte_arrives
         assert reply.json["failed_files"] == []
         app.verify_answer(reply.json)
     assert sorted(len(reply.json["files"]) for reply in replies) == [1, 3, 3, 3]
+
+
+def test_copy_memory_mb_defaults_to_512_and_is_bounded() -> None:
+    from code_interpreter_files.settings import SettingsError, load_settings
+
+    env = {
+        "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
+        "AZURE_OPENAI_DEPLOYMENT": "gpt-4.1",
+        "OUTPUT_STORAGE_ACCOUNT_URL": "https://example.blob.core.windows.net",
+    }
+    assert load_settings(env).copy_memory_mb == 512
+    assert load_settings({**env, "COPY_MEMORY_MB": "16384"}).copy_memory_mb == 16384
+    for bad in ("15", "16385", "lots"):
+        with pytest.raises(SettingsError) as raised:
+            load_settings({**env, "COPY_MEMORY_MB": bad})
+        assert "COPY_MEMORY_MB" in raised.value.invalid
