@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.launch import run_with_services, started_rig
-from bench.plan import PLANS, STAGES
+from bench.plan import MIB, PLANS, STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         "--mib-per-s", type=float, default=None, help="simulated network: bandwidth per connection (default 40)"
     )
     parser.add_argument(
+        "--budget-file-mib", type=int, default=None, help="stage 7: size of each file (default 16; issue 14: 64)"
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="where to write the figures (default bench/results/latest.json)"
     )
     args = parser.parse_args(argv)
     plan = PLANS["smoke" if args.smoke else "huge" if args.huge else "full"]
     if args.latency_ms is not None:
         plan = replace(plan, latency_ms=args.latency_ms)
+    if args.budget_file_mib is not None:
+        plan = replace(plan, budget_file_bytes=args.budget_file_mib * MIB)
     if args.mib_per_s is not None:
         plan = replace(plan, mib_per_s=args.mib_per_s)
     only = tuple(stage for stage in STAGES if stage in args.only) if args.only else STAGES
