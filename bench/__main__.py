@@ -2,17 +2,20 @@
 
 Starts the test rig (Azurite over HTTPS, the managed identity endpoint, the Responses emulator),
 runs every measurement through the app's real code path, prints a table and writes the figures
-to bench/results/latest.json (git-ignored). About 3 minutes on 2 cores; `--smoke` takes seconds.
+to bench/results/latest.json (git-ignored). Stage 8 and 9 run the app and its baselines through a
+shaping proxy (`bench.netshape`, `--latency-ms`, `--mib-per-s`). About 12 minutes on 2 cores;
+`--smoke` takes seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bench.launch import run_with_services, started_rig
-from bench.plan import PLANS, STAGES
+from bench.plan import MIB, PLANS, STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--huge", action="store_true", help="a 1 GiB file for the large-file time (default 256 MiB)")
     parser.add_argument("--only", action="append", choices=STAGES, help="run only this stage (repeatable)")
     parser.add_argument(
+        "--latency-ms", type=float, default=None, help="simulated network: round trip per request (default 20)"
+    )
+    parser.add_argument(
+        "--mib-per-s", type=float, default=None, help="simulated network: bandwidth per connection (default 40)"
+    )
+    parser.add_argument(
+        "--budget-file-mib", type=int, default=None, help="stage 7: size of each file (default 16; issue 14: 64)"
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="where to write the figures (default bench/results/latest.json)"
     )
     args = parser.parse_args(argv)
     plan = PLANS["smoke" if args.smoke else "huge" if args.huge else "full"]
+    if args.latency_ms is not None:
+        plan = replace(plan, latency_ms=args.latency_ms)
+    if args.budget_file_mib is not None:
+        plan = replace(plan, budget_file_bytes=args.budget_file_mib * MIB)
+    if args.mib_per_s is not None:
+        plan = replace(plan, mib_per_s=args.mib_per_s)
     only = tuple(stage for stage in STAGES if stage in args.only) if args.only else STAGES
 
     print(f"[bench] starting the rig (plan {plan.name})", flush=True)

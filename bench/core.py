@@ -85,14 +85,16 @@ class Context:
     function_directory: str = ""
 
 
-async def call(name: str, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+async def call(
+    name: str, method: str, path: str, body: bytes = b"", route_params: dict[str, str] | None = None
+) -> tuple[int, Any]:
     request = func.HttpRequest(
         method=method,
         url=f"http://localhost:7071{path}",
         body=body,
         headers={"content-type": "application/json"},
         params={},
-        route_params={},
+        route_params=route_params or {},
     )
     response = await functions()[name].get_user_function()(request, Context(function_name=name))
     raw = response.get_body()
@@ -104,6 +106,20 @@ async def post_run(prompt: str) -> dict[str, Any]:
     status, answer = await call("create_run", "POST", "/api/runs", json.dumps({"prompt": prompt}).encode())
     if status != 200 or answer.get("failed_files"):
         raise BenchError(f"POST /api/runs answered {status}: {json.dumps(answer)[:500]}")
+    return answer
+
+
+async def post_run_to_the_end(prompt: str) -> dict[str, Any]:
+    """POST /api/runs, then GET it again while it answers 202 (a copy longer than RUN_WAIT_SECONDS
+    goes on in the worker), as a patient caller does; the answer must have copied every file."""
+    status, answer = await call("create_run", "POST", "/api/runs", json.dumps({"prompt": prompt}).encode())
+    while status == 202:
+        response_id = answer["response_id"]
+        status, answer = await call(
+            "get_run", "GET", f"/api/runs/{response_id}", route_params={"response_id": response_id}
+        )
+    if status != 200 or answer.get("failed_files"):
+        raise BenchError(f"the run answered {status}: {json.dumps(answer)[:500]}")
     return answer
 
 
@@ -129,6 +145,46 @@ def base_settings(plan: Plan) -> dict[str, str]:
     return {"MAX_FILE_BYTES": str(plan.max_file_bytes), "MAX_FILES_PER_RUN": str(max(20, plan.many_files))}
 
 
+#: Endpoints of the network in use: empty on loopback, the shaping proxy's inside `shaped_network`.
+NETWORK: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def shaped_network(rig: Rig, latency_ms: float, mib_per_s: float) -> Iterator[dict[str, Any]]:
+    """Every connection of the app (and of the baselines, which use its settings) to the emulator
+    and to Azurite goes through one `bench.netshape` process while this is open."""
+    azurite = urlsplit(rig.azurite.account_url)
+    emulator = urlsplit(rig.emulator_url)
+    command = [sys.executable, "-m", "bench.netshape", f"--latency-ms={latency_ms}", f"--mib-per-s={mib_per_s}"]
+    command += [f"--upstream={azurite.netloc}", f"--upstream={emulator.netloc}"]
+    proxy = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None
+        ready = proxy.stdout.readline().split()
+        if not ready or ready[0] != "READY":
+            raise BenchError("bench.netshape did not start")
+        via = {azurite.netloc: f"127.0.0.1:{ready[1]}", emulator.netloc: f"127.0.0.1:{ready[2]}"}
+        saved = dict(NETWORK)
+        NETWORK.update(
+            {
+                "OUTPUT_STORAGE_ACCOUNT_URL": azurite._replace(netloc=via[azurite.netloc]).geturl(),
+                "AZURE_OPENAI_ENDPOINT": emulator._replace(netloc=via[emulator.netloc]).geturl(),
+            }
+        )
+        shaping: dict[str, Any] = {"latency_ms": latency_ms, "mib_per_s": mib_per_s}
+        try:
+            yield shaping
+        finally:
+            NETWORK.clear()
+            NETWORK.update(saved)
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+    forwarded = out.split()
+    if forwarded[:1] == ["FORWARDED"]:  # filled in after the block: read it once the `with` ends
+        shaping["proxy_connections"], shaping["proxy_bytes"] = int(forwarded[1]), int(forwarded[2])
+
+
 @contextlib.contextmanager
 def app_settings(rig: Rig, **overrides: Any) -> Iterator[dict[str, str]]:
     """The app's environment as an operator sets it (identity for storage and model), restored after."""
@@ -137,6 +193,7 @@ def app_settings(rig: Rig, **overrides: Any) -> Iterator[dict[str, str]]:
     for name in names - {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}:
         os.environ.pop(name, None)
     env = rig.app_env("identity", "identity")
+    env.update(NETWORK)
     env.update({name: str(value) for name, value in overrides.items()})
     os.environ.update(env)
     try:
@@ -207,7 +264,7 @@ class RigCpu:
     Azurite's share of the wall time says whether a copy ran at the transfer limit: its one
     Node.js thread busy all the time means nothing on the client side can go faster."""
 
-    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator"}
+    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator", "proxy": "bench.netshape"}
 
     def __init__(self) -> None:
         self.pids = {"app": os.getpid()}
@@ -337,7 +394,10 @@ def rotated(names: tuple[str, ...], rep: int) -> tuple[str, ...]:
 
 
 async def large_file(rig: Rig, plan: Plan) -> dict[str, Any]:
-    size = plan.large_bytes
+    return await _large_file(rig, plan.large_bytes, plan.large_reps)
+
+
+async def _large_file(rig: Rig, size: int, reps: int) -> dict[str, Any]:
     prompt, specs = script(rig, [{"path": "/mnt/data/large.bin", "size": size}])
     services = await warm(rig)
     # A run of the script for the baselines to read from (started directly: nothing is copied).
@@ -389,7 +449,7 @@ async def large_file(rig: Rig, plan: Plan) -> dict[str, Any]:
     measure = {"app": app, "old_way": old_way, "download_only": download, "upload_only": upload}
     samples: dict[str, list[float]] = {name: [] for name in measure}
     try:
-        for rep in range(plan.large_reps):
+        for rep in range(reps):
             for name in rotated(tuple(measure), rep):
                 samples[name].append(await measure[name]())
         await _blob_client(services, "bench-warm.bin").delete_blob()
@@ -401,7 +461,7 @@ async def large_file(rig: Rig, plan: Plan) -> dict[str, Any]:
     floor = max(best["download_only"], best["upload_only"])
     return {
         "bytes": size,
-        "reps": plan.large_reps,
+        "reps": reps,
         "statistic": "best of reps",
         "samples_s": samples,
         "app_s": best["app"],
@@ -484,7 +544,11 @@ async def upload_files_only(client: Any, container: str, files: list[bytes], con
 
 
 async def many_files(rig: Rig, plan: Plan) -> dict[str, Any]:
-    files = [{"path": f"/mnt/data/part-{i:02d}.bin", "size": plan.many_file_bytes} for i in range(plan.many_files)]
+    return await _many_files(rig, plan, plan.many_files, plan.many_file_bytes, plan.many_reps)
+
+
+async def _many_files(rig: Rig, plan: Plan, count: int, file_bytes: int, reps: int) -> dict[str, Any]:
+    files = [{"path": f"/mnt/data/part-{i:02d}.bin", "size": file_bytes} for i in range(count)]
     prompt, specs = script(rig, files)
     data = [content.generate(spec["seed"], spec["bytes"]) for spec in specs]
     in_flight = {"concurrent": 0, "sequential": 0}
@@ -525,16 +589,16 @@ async def many_files(rig: Rig, plan: Plan) -> dict[str, Any]:
         "upload_only": upload,
     }
     samples: dict[str, list[float]] = {name: [] for name in measure}
-    for rep in range(plan.many_reps):
+    for rep in range(reps):
         for name in rotated(tuple(measure), rep):
             samples[name].append(await measure[name]())
     best = {name: min(values) for name, values in samples.items()}
-    total = plan.many_files * plan.many_file_bytes
+    total = count * file_bytes
     return {
-        "files": plan.many_files,
-        "file_bytes": plan.many_file_bytes,
+        "files": count,
+        "file_bytes": file_bytes,
         "copy_concurrency": concurrency,
-        "reps": plan.many_reps,
+        "reps": reps,
         "statistic": "best of reps",
         "samples_s": samples,
         "concurrent_s": best["concurrent"],
@@ -682,6 +746,142 @@ async def cold_start(rig: Rig, plan: Plan) -> dict[str, Any]:
     return await asyncio.to_thread(_cold_start, plan)
 
 
+# -- 7. the worker's memory budget under many runs -----------------------------------------------
+
+UNLIMITED_COPY_MEMORY_MB = 16384  # COPY_MEMORY_MB's maximum: no copy ever waits
+
+
+def _child_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))))
+
+
+async def _run_child(module: str, args: list[str]) -> dict[str, Any]:
+    """Run `python -m <module> ...` with the current app environment; its last line as JSON."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"{module} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def memory_budget(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """`budget_runs` runs of `budget_files` files at once in a fresh worker process, with
+    COPY_MEMORY_MB and with it unlimited: peak RSS growth, wall time, every byte read back."""
+    files = [{"path": f"/mnt/data/big-{i}.bin", "size": plan.budget_file_bytes} for i in range(plan.budget_files)]
+    prompt, specs = script(rig, files)
+    warm_prompt, _ = script(rig, [{"path": "/mnt/data/warm.txt", "content": "warm"}])
+    args = ["--warm-prompt", warm_prompt, "--prompt", prompt, "--runs", str(plan.budget_runs)]
+    args += ["--specs", json.dumps([{"bytes": s["bytes"], "sha256": s["sha256"]} for s in specs])]
+    modes = {"budget": plan.budget_memory_mb, "unlimited": UNLIMITED_COPY_MEMORY_MB}
+    results: dict[str, dict[str, Any]] = {}
+    for mode, megabytes in modes.items():
+        # RUN_WAIT_SECONDS at its maximum: the load is meant to take long, never to answer 202.
+        with app_settings(rig, **base_settings(plan), COPY_MEMORY_MB=megabytes, RUN_WAIT_SECONDS=210):
+            results[mode] = await _run_child("bench.loadchild", args)
+    budget, unlimited = results["budget"], results["unlimited"]
+    total = plan.budget_runs * plan.budget_files * plan.budget_file_bytes
+    return {
+        "runs": plan.budget_runs,
+        "files_per_run": plan.budget_files,
+        "file_bytes": plan.budget_file_bytes,
+        "copy_memory_mb": plan.budget_memory_mb,
+        "by_mode": results,
+        "budget_growth_MiB": budget["rss_growth_bytes"] / MIB,
+        "unlimited_growth_MiB": unlimited["rss_growth_bytes"] / MIB,
+        "budget_growth_over_limit_MiB": budget["rss_growth_bytes"] / MIB - plan.budget_memory_mb,
+        "budget_peak_MiB": budget["budget_peak_bytes"] / MIB,
+        "budget_waits": budget["budget_waits"],
+        "budget_wall_s": budget["wall_s"],
+        "unlimited_wall_s": unlimited["wall_s"],
+        "wall_vs_unlimited": budget["wall_s"] / unlimited["wall_s"],
+        "bytes_expected": 2 * total,
+        "bytes_verified": budget["bytes_verified"] + unlimited["bytes_verified"],
+        "bytes_unverified": 2 * total - budget["bytes_verified"] - unlimited["bytes_verified"],
+    }
+
+
+# -- 8. a simulated network: the same measurements through the shaping proxy ---------------------
+
+
+async def network(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """1. and 3. again, with every connection of the app and of the baselines to the emulator and
+    to Azurite through `bench.netshape` (per-request latency, per-connection bandwidth)."""
+    with shaped_network(rig, plan.latency_ms, plan.mib_per_s) as shaping:
+        with app_settings(rig, **base_settings(plan)):
+            large = await _large_file(rig, plan.net_large_bytes, plan.net_large_reps)
+            many = await _many_files(rig, plan, plan.net_many_files, plan.net_many_file_bytes, plan.net_many_reps)
+        await _close_services()  # before the proxy stops: no pooled connection outlives it
+    return {
+        "latency_ms": shaping["latency_ms"],
+        "mib_per_s": shaping["mib_per_s"],
+        "proxy_connections": shaping.get("proxy_connections", 0),
+        "proxy_bytes": shaping.get("proxy_bytes", 0),
+        "large_file": large,
+        "many_files": many,
+    }
+
+
+async def _close_services() -> None:
+    from code_interpreter_files import services
+
+    if services._current is not None:
+        await services._current[1].aclose()
+        services._current = None
+
+
+# -- 9. upload_stream against azure-storage-blob's own upload_blob --------------------------------
+
+
+async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """The same streamed upload by both, a fresh process each (peak RSS), on loopback and through
+    the shaping proxy; best time and its peak of `uploader_reps`, ways alternating."""
+
+    async def both() -> dict[str, Any]:
+        samples: dict[str, list[dict[str, Any]]] = {"ours": [], "sdk": []}
+        with app_settings(rig, **base_settings(plan)):
+            for rep in range(plan.uploader_reps):
+                for way in rotated(("ours", "sdk"), rep):
+                    samples[way].append(
+                        await _run_child("bench.uploadchild", [f"--way={way}", f"--bytes={plan.uploader_bytes}"])
+                    )
+        best = {way: min(runs, key=lambda r: r["upload_s"]) for way, runs in samples.items()}
+        return {
+            "ours_s": best["ours"]["upload_s"],
+            "sdk_s": best["sdk"]["upload_s"],
+            "ours_growth_MiB": max(r["rss_growth_bytes"] for r in samples["ours"]) / MIB,
+            "sdk_growth_MiB": max(r["rss_growth_bytes"] for r in samples["sdk"]) / MIB,
+            "ours_cpu_s": best["ours"]["cpu_s"],
+            "sdk_cpu_s": best["sdk"]["cpu_s"],
+            "ours_vs_sdk": best["ours"]["upload_s"] / best["sdk"]["upload_s"],
+            "samples": samples,
+        }
+
+    networks: dict[str, Any] = {}
+    if "loopback" in plan.uploader_networks:
+        networks["loopback"] = await both()
+    if "shaped" in plan.uploader_networks:
+        with shaped_network(rig, plan.latency_ms, plan.mib_per_s) as shaping:
+            networks["shaped"] = await both()
+        networks["shaped"]["proxy_bytes"] = shaping.get("proxy_bytes", 0)
+    return {
+        "bytes": plan.uploader_bytes,
+        "reps": plan.uploader_reps,
+        "block_bytes": storage.BLOCK_BYTES,
+        "blocks_in_flight": storage.BLOCKS_IN_FLIGHT,
+        "latency_ms": plan.latency_ms,
+        "mib_per_s": plan.mib_per_s,
+        **networks,
+    }
+
+
 # -- the whole run -------------------------------------------------------------------------------
 
 MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
@@ -691,6 +891,9 @@ MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
     "concurrent_runs": concurrent_runs,
     "per_run": per_run,
     "cold_start": cold_start,
+    "memory_budget": memory_budget,
+    "network": network,
+    "uploader": uploader_stage,
 }
 assert tuple(MEASUREMENTS) == STAGES
 

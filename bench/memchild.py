@@ -59,6 +59,24 @@ class _Sampler(threading.Thread):
         return max(self.peak, _status_bytes("VmRSS"))
 
 
+class PeakRss:
+    """Peak RSS growth over a `with` block (what `bench.loadchild` and `bench.uploadchild` measure)."""
+
+    def __enter__(self) -> PeakRss:
+        gc.collect()
+        self.exact = _reset_peak()
+        self._sampler = None if self.exact else _Sampler()
+        if self._sampler is not None:
+            self._sampler.start()
+        self.before = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.peak = _status_bytes("VmHWM") if self._sampler is None else self._sampler.finish()
+        self.growth = self.peak - self.before
+        self.peak_from = "VmHWM after clear_refs" if self.exact else "VmRSS sampled every 1 ms"
+
+
 TUNABLE = {"BLOCK_BYTES": "storage", "BLOCKS_IN_FLIGHT": "storage", "DOWNLOAD_CHUNK_BYTES": "responses_api"}
 
 

@@ -8,7 +8,17 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 #: The stages, in the order they run (`--only` picks some).
-STAGES = ("large_file", "memory", "many_files", "concurrent_runs", "per_run", "cold_start")
+STAGES = (
+    "large_file",
+    "memory",
+    "many_files",
+    "concurrent_runs",
+    "per_run",
+    "cold_start",
+    "memory_budget",
+    "network",
+    "uploader",
+)
 
 
 @dataclass(frozen=True)
@@ -25,11 +35,35 @@ class Plan:
     concurrent_reps: int
     per_run_runs: int  # 5. sequential runs of one small file, no model latency
     cold_reps: int  # 6. fresh interpreters per import variant
+    budget_runs: int  # 7. this many runs at once in a fresh process ...
+    budget_files: int  # ... each of this many files ...
+    budget_file_bytes: int  # ... of this size, with COPY_MEMORY_MB ...
+    budget_memory_mb: int  # ... this, against COPY_MEMORY_MB unlimited (its maximum)
+    net_large_bytes: int  # 8. through the shaping proxy: one large file ...
+    net_large_reps: int
+    net_many_files: int  # ... and many files in one run
+    net_many_file_bytes: int
+    net_many_reps: int
+    uploader_bytes: int  # 9. upload_stream vs the SDK's upload_blob, a fresh process each ...
+    uploader_reps: int  # ... best of this many ...
+    uploader_networks: tuple[str, ...]  # ... on these: "loopback", "shaped" (through the proxy)
+    latency_ms: float = 20.0  # the simulated network (`bench.netshape`): round trip added per exchange ...
+    mib_per_s: float = 40.0  # ... and bandwidth per connection and direction
 
     @property
     def max_file_bytes(self) -> int:
         """MAX_FILE_BYTES for the run: every file of the plan must be allowed."""
-        return max(self.large_bytes, *self.memory_sizes, self.many_file_bytes) + MIB
+        return (
+            max(
+                self.large_bytes,
+                *self.memory_sizes,
+                self.many_file_bytes,
+                self.budget_file_bytes,
+                self.net_large_bytes,
+                self.net_many_file_bytes,
+            )
+            + MIB
+        )
 
 
 FULL = Plan(
@@ -45,6 +79,23 @@ FULL = Plan(
     concurrent_reps=3,
     per_run_runs=200,
     cold_reps=7,
+    budget_runs=20,
+    budget_files=4,
+    # Issue 14 asks for 64 MiB files (5 GiB per mode). On the shared 2-core machine Azurite's one
+    # JS thread wrote 16-25 MiB/s under the other agents' load: 5 GiB took longer than
+    # RUN_WAIT_SECONDS' 210 s, and a run past it answers 202 and its copy is cancelled, so no figure.
+    # The memory bound depends on the 80 copies in flight, not on the file size (each 16 MiB file
+    # still needs 4 blocks); `--budget-file-mib 64` runs the issue's size on a quiet machine.
+    budget_file_bytes=16 * MIB,
+    budget_memory_mb=512,
+    net_large_bytes=256 * MIB,
+    net_large_reps=2,
+    net_many_files=16,
+    net_many_file_bytes=8 * MIB,
+    net_many_reps=3,
+    uploader_bytes=256 * MIB,
+    uploader_reps=2,
+    uploader_networks=("loopback", "shaped"),
 )
 
 PLANS = {
@@ -63,5 +114,17 @@ PLANS = {
         concurrent_reps=1,
         per_run_runs=3,
         cold_reps=1,
+        budget_runs=3,
+        budget_files=2,
+        budget_file_bytes=3 * MIB,
+        budget_memory_mb=16,
+        net_large_bytes=2 * MIB,
+        net_large_reps=1,
+        net_many_files=3,
+        net_many_file_bytes=256 * 1024,
+        net_many_reps=1,
+        uploader_bytes=2 * MIB,
+        uploader_reps=1,
+        uploader_networks=("shaped",),  # a fresh process per upload: the smoke run keeps it to two
     ),
 }

@@ -42,6 +42,22 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "cold_start" in results:
         goal("cold_start.app_vs_dependencies", results["cold_start"]["app_vs_dependencies"], 1.2, "<= 1.2")
+    if "memory_budget" in results:
+        budget = results["memory_budget"]
+        limit = budget["copy_memory_mb"] + 64
+        goal("memory_budget.budget_growth_MiB", budget["budget_growth_MiB"], limit, f"<= {limit} MiB")
+        goal("memory_budget.bytes_unverified", budget["bytes_unverified"], 0, "0")
+        goal("memory_budget.wall_vs_unlimited", budget["wall_vs_unlimited"], 1.2, "<= 1.2")
+    if "network" in results:
+        net = results["network"]
+        goal("network.large_file.app_vs_old_way", net["large_file"]["app_vs_old_way"], 0.6, "<= 0.6")
+        goal("network.large_file.app_vs_floor", net["large_file"]["app_vs_floor"], 1.2, "<= 1.2")
+        goal(
+            "network.many_files.concurrent_vs_sequential",
+            net["many_files"]["concurrent_vs_sequential"],
+            0.35,
+            "<= 0.35",
+        )
     return rows
 
 
@@ -161,6 +177,96 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (m, f"import function_app, median of {r['reps']}", f"{r['app_import_s'] * 1000:.0f} ms", ""),
             (m, "import its dependencies alone", f"{r['dependencies_import_s'] * 1000:.0f} ms", ""),
             (m, "app / dependencies", f"{r['app_vs_dependencies']:.2f}", "cold_start.app_vs_dependencies"),
+        ]
+    if "memory_budget" in results:
+        rows += _budget_rows(results["memory_budget"])
+    if "network" in results:
+        rows += _network_rows(results["network"])
+    if "uploader" in results:
+        rows += _uploader_rows(results["uploader"])
+    return rows
+
+
+def _budget_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    m = f"7. {r['runs']} runs x {r['files_per_run']} x {_size(r['file_bytes'])}"
+    budget, unlimited = r["by_mode"]["budget"], r["by_mode"]["unlimited"]
+    return [
+        (
+            m,
+            f"peak RSS growth, COPY_MEMORY_MB={r['copy_memory_mb']} (fresh process)",
+            f"{r['budget_growth_MiB']:.0f} MiB",
+            "memory_budget.budget_growth_MiB",
+        ),
+        (m, "peak RSS growth, unlimited", f"{r['unlimited_growth_MiB']:.0f} MiB", ""),
+        (
+            m,
+            "budget reserved at most / copies that waited",
+            f"{r['budget_peak_MiB']:.0f} MiB / {r['budget_waits']}",
+            "",
+        ),
+        (m, "wall time with the budget / unlimited", f"{r['budget_wall_s']:.1f} / {r['unlimited_wall_s']:.1f} s", ""),
+        (m, "budget / unlimited", f"{r['wall_vs_unlimited']:.2f}", "memory_budget.wall_vs_unlimited"),
+        (
+            m,
+            "bytes read back with a wrong sha256 or missing",
+            f"{r['bytes_unverified']} of {_size(r['bytes_expected'])}",
+            "memory_budget.bytes_unverified",
+        ),
+        (m, "files copied per mode", f"{budget['files']} / {unlimited['files']}", ""),
+    ]
+
+
+def _network_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    large, many = r["large_file"], r["many_files"]
+    shaping = f"{r['latency_ms']:g} ms, {r['mib_per_s']:g} MiB/s"
+    m = f"8. network {shaping}: {_size(large['bytes'])}"
+    rows = [
+        (m, f"app, best of {large['reps']}", f"{large['app_s']:.2f} s ({large['app_MiB_per_s']:.0f} MiB/s)", ""),
+        (m, "(a) old way: SDK download to disk, then upload", f"{large['old_way_s']:.2f} s", ""),
+        (m, "download only / upload only", f"{large['download_only_s']:.2f} / {large['upload_only_s']:.2f} s", ""),
+        (m, "(b) floor = max(download only, upload only)", f"{large['floor_s']:.2f} s", ""),
+        (m, "app / (a)", f"{large['app_vs_old_way']:.2f}", "network.large_file.app_vs_old_way"),
+        (m, "app / (b)", f"{large['app_vs_floor']:.2f}", "network.large_file.app_vs_floor"),
+        (m, "app: CPU busy", _cpu(large["cpu_share_during_app"]), ""),
+    ]
+    m = f"8. network {shaping}: {many['files']} x {_size(many['file_bytes'])}"
+    rows += [
+        (
+            m,
+            f"COPY_CONCURRENCY={many['copy_concurrency']}, best of {many['reps']}",
+            f"{many['concurrent_s']:.2f} s",
+            "",
+        ),
+        (m, "COPY_CONCURRENCY=1", f"{many['sequential_s']:.2f} s", ""),
+        (m, "upload only, same files from memory", f"{many['upload_only_s']:.2f} s", ""),
+        (
+            m,
+            "concurrent / sequential",
+            f"{many['concurrent_vs_sequential']:.2f}",
+            "network.many_files.concurrent_vs_sequential",
+        ),
+        (m, "upload only / sequential: best this rig allows", f"{many['upload_only_vs_sequential']:.2f}", ""),
+        (m, "concurrent: CPU busy", _cpu(many["cpu_share"]["concurrent"]), ""),
+    ]
+    return rows
+
+
+def _uploader_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for network, label in (("loopback", "loopback"), ("shaped", f"{r['latency_ms']:g} ms, {r['mib_per_s']:g} MiB/s")):
+        if network not in r:
+            continue
+        n = r[network]
+        m = f"9. uploader {_size(r['bytes'])}, {label}"
+        rows += [
+            (
+                m,
+                f"upload_stream: time, best of {r['reps']} / peak RSS growth",
+                f"{n['ours_s']:.2f} s / {n['ours_growth_MiB']:.0f} MiB",
+                "",
+            ),
+            (m, "SDK upload_blob + metadata: time / growth", f"{n['sdk_s']:.2f} s / {n['sdk_growth_MiB']:.0f} MiB", ""),
+            (m, "upload_stream / SDK, time", f"{n['ours_vs_sdk']:.2f}", ""),
         ]
     return rows
 

@@ -676,6 +676,7 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
                         ("file_id", file.file_id),
                     )
                 },
+                budget=services.memory_budget,
             )
     except FileCopyError as error:
         failure = failed(error.code, error.message, error.retryable)

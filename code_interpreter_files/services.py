@@ -8,8 +8,9 @@ from openai import AsyncOpenAI
 
 from . import responses_api
 from .identity import AppCredential, needs_credential
+from .memory_budget import MemoryBudget
 from .run_queue import RunQueue
-from .settings import Settings, load_settings, settings_fingerprint
+from .settings import MIB, Settings, load_settings, settings_fingerprint
 from .singleflight import SingleFlight
 from .storage import OutputStore
 
@@ -21,6 +22,7 @@ class Services:
     openai: AsyncOpenAI
     store: OutputStore
     queue: RunQueue
+    memory_budget: MemoryBudget  # COPY_MEMORY_MB, shared by every copy in the worker
     finishing: SingleFlight = field(default_factory=SingleFlight)
 
     async def aclose(self) -> None:
@@ -52,6 +54,7 @@ async def get_services() -> Services:
         openai=responses_api.build_client(settings, credential),
         store=OutputStore(settings, credential if settings.uses_identity_for_storage else None),
         queue=RunQueue(settings, credential if settings.queue_service_url else None),
+        memory_budget=MemoryBudget(settings.copy_memory_mb * MIB),
     )
     previous, _current = _current, (fingerprint, services)
     if previous is not None:

@@ -69,6 +69,37 @@ FIGURES = {
         "first_run.delegation_key_requests",
     ),
     "cold_start": ("app_import_s", "dependencies_import_s", "app_vs_dependencies"),
+    "memory_budget": (
+        "budget_growth_MiB",
+        "unlimited_growth_MiB",
+        "budget_peak_MiB",
+        "budget_waits",
+        "budget_wall_s",
+        "unlimited_wall_s",
+        "wall_vs_unlimited",
+        "bytes_verified",
+        "bytes_unverified",
+    ),
+    "network": (
+        "proxy_bytes",
+        "latency_ms",
+        "mib_per_s",
+        "large_file.app_s",
+        "large_file.old_way_s",
+        "large_file.download_only_s",
+        "large_file.upload_only_s",
+        "large_file.app_vs_old_way",
+        "large_file.app_vs_floor",
+        "many_files.concurrent_s",
+        "many_files.sequential_s",
+        "many_files.concurrent_vs_sequential",
+    ),
+    "uploader": (
+        "shaped.ours_s",
+        "shaped.sdk_s",
+        "shaped.ours_growth_MiB",
+        "shaped.sdk_growth_MiB",
+    ),
 }
 GOALS = {
     "large_file.app_vs_old_way",
@@ -80,6 +111,12 @@ GOALS = {
     "per_run.identity_requests_after_first_run",
     "per_run.delegation_key_requests_after_first_run",
     "cold_start.app_vs_dependencies",
+    "memory_budget.budget_growth_MiB",
+    "memory_budget.bytes_unverified",
+    "memory_budget.wall_vs_unlimited",
+    "network.large_file.app_vs_old_way",
+    "network.large_file.app_vs_floor",
+    "network.many_files.concurrent_vs_sequential",
 }
 
 
@@ -108,7 +145,26 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
     assert {g["figure"] for g in data["goals"]} == GOALS
     assert all(isinstance(g["met"], bool) and is_figure(g["value"]) for g in data["goals"])
     assert data["machine"]["nproc"] >= 1 and data["tuning"]["BLOCK_BYTES"] > 0
+    # The new measurements did their work: copies waited for the budget, which they never exceeded,
+    # every byte of both modes was read back, and the shaped stages really went through the proxy.
+    budget = data["memory_budget"]
+    assert budget["budget_waits"] > 0 and budget["budget_peak_MiB"] <= plan.budget_memory_mb
+    assert budget["bytes_unverified"] == 0 and budget["bytes_verified"] == budget["bytes_expected"] > 0
+    # the app's copy alone moves the large file twice through the proxy (download and upload)
+    assert data["network"]["proxy_bytes"] > 2 * plan.net_large_bytes and data["network"]["proxy_connections"] > 0
+    assert data["uploader"]["shaped"]["proxy_bytes"] > 2 * plan.uploader_bytes
 
     printed = table(data)
-    for heading in ("1. large file", "2. memory", "3. ", "4. ", "5. per run", "6. cold start", "goals:"):
+    headings = (
+        "1. large file",
+        "2. memory",
+        "3. ",
+        "4. ",
+        "5. per run",
+        "6. cold start",
+        "7. ",
+        "8. network",
+        "9. uploader",
+    )
+    for heading in (*headings, "goals:"):
         assert heading in printed

@@ -464,6 +464,7 @@ async def test_a_stream_longer_than_announced_or_the_limit_leaves_no_blob(app: A
                 filename=name.rsplit("/", 1)[1],
                 content_type="application/octet-stream",
                 metadata={},
+                budget=(await get_services()).memory_budget,
             )
         assert raised.value.code == code
         with pytest.raises(ResourceNotFoundError):

@@ -403,6 +403,7 @@ async def test_a_missing_blob_is_not_found_not_half_there(app: AppClient) -> Non
             filename="p.bin",
             content_type="application/octet-stream",
             metadata={},
+            budget=(await get_services()).memory_budget,
         )
     with pytest.raises(ResourceNotFoundError):
         await store._container.get_blob_client("resp_partial/f/p.bin").get_blob_properties()
