@@ -26,6 +26,8 @@ REPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files verified (bytes and sha256 through their link)", ("files_verified",)),
     ("links security-checked (read-only, one blob, tamper)", ("links_checked",)),
     ("files lost", ("files_lost",)),
+    ("crashes injected (copies killed or cancelled mid-run, then resumed)", ("crashes_injected",)),
+    ("duplicate downloads (two instances finishing one run)", ("duplicate_downloads",)),
     ("log lines scanned for secrets", ("log_lines_scanned",)),
     ("error bodies scanned for secrets", ("error_bodies_scanned",)),
     ("secrets leaked", ("secrets_leaked",)),

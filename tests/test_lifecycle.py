@@ -235,3 +235,14 @@ async def test_concurrent_deletes_are_204_and_404_never_502(app: AppClient) -> N
     answer = (await app.post_run(prompt="twice")).json
     replies = await asyncio.gather(*(app.delete_run(answer["response_id"]) for _ in range(2)))
     assert sorted(r.status for r in replies) in ([204, 204], [204, 404])
+
+
+async def test_a_manifest_of_a_newer_version_is_a_clear_error(app: AppClient, rig) -> None:
+    answer = (await app.post_run(prompt="hello")).json
+    service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
+    blob = service.get_blob_client(rig.OUTPUT_CONTAINER, f"{answer['response_id']}/manifest.json")
+    saved = json.loads(blob.download_blob().readall())
+    blob.upload_blob(json.dumps({**saved, "version": 99}), overwrite=True)
+    reply = await app.get_run(answer["response_id"])
+    assert reply.status == 500 and reply.error_code() == "unsupported_manifest"
+    assert "newer" in reply.json["error"]["message"]

@@ -286,3 +286,24 @@ def _app_settings(env: dict[str, str]) -> dict[str, str]:
     from tests.rig.rig import Rig
 
     return {k: v for k, v in env.items() if k not in Rig.ENV_NAMES or k == "RUNS_QUEUE"}
+
+
+async def test_an_instance_killed_mid_copy_is_picked_up_after_its_leases(app: AppClient, rig, queue_env) -> None:
+    """SIGKILL releases nothing: the message comes back after its invisibility, the blob lease ends
+    within LEASE_SECONDS, and another instance copies only what the dead one had not committed."""
+    info = app.script(latency=0.2, files=[{"path": f"/mnt/data/k{i}.bin", "size": 24 * 1024 * 1024} for i in range(3)])
+    response_id = (await app.post_run(prompt=info["prompt"], wait=False, collect="all")).json["response_id"]
+    env = {**os.environ, "COPY_CONCURRENCY": "1"}
+    dead = QueueHostProcess(env, lease_seconds=5)
+    try:
+        await _until(lambda: len(storage_names(rig, response_id)) >= 1, within=120, step=0.05)
+    finally:
+        dead.kill()
+    figures.count("crashes_injected")
+    first = storage_names(rig, response_id)[0].split("/")[1]
+    with QueueHostProcess(env, lease_seconds=5):
+        await _until(lambda: _manifest_exists(rig, response_id), within=240, step=0.5)
+    answer = (await app.get_run(response_id)).json
+    assert len(answer["files"]) == 3
+    app.verify_answer(answer)
+    assert rig.emulator.stats()["downloads"][first] == 1

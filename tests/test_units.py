@@ -58,3 +58,42 @@ def test_storage_refusing_the_identity_is_an_auth_error_not_try_again() -> None:
     error = _error_for(refused)
     assert (error.status, error.code) == (502, "storage_auth_error")
     assert "Storage Blob Data Contributor" in error.message
+
+
+def test_manifests_of_older_versions_are_read_and_newer_ones_refused() -> None:
+    import pytest
+
+    from code_interpreter_files.models import MANIFEST_VERSION, RunRecord, UnsupportedManifest
+
+    version_1 = {
+        "version": 1,
+        "response_id": "resp_1",
+        "status": "completed",
+        "text": "see sandbox:/mnt/data/a.txt",
+        "files": [
+            {
+                "filename": "a.txt",
+                "file_id": "cfile_1",
+                "container_id": "cntr_1",
+                "blob": "resp_1/cfile_1/a.txt",
+                "bytes": 1,
+                "content_type": "text/plain",
+                "sha256": "0" * 64,
+                "cited": True,
+                "sandbox_path": "/mnt/data/a.txt",
+            }
+        ],
+        "failed_files": [{"filename": "b", "file_id": "cfile_2", "code": "file_not_found", "message": "gone"}],
+    }
+    record = RunRecord.from_manifest(version_1)
+    assert record.files[0].origin == "cited" and record.warnings == [] and record.incomplete_reason is None
+    assert record.owner is None and record.inputs == []
+    again = RunRecord.from_manifest(record.to_manifest())
+    assert again == record and record.to_manifest()["version"] == MANIFEST_VERSION
+    for bad in (
+        {**version_1, "version": MANIFEST_VERSION + 1},
+        {**version_1, "version": "2"},
+        {**version_1, "version": 0},
+    ):
+        with pytest.raises(UnsupportedManifest):
+            RunRecord.from_manifest(bad)
