@@ -28,3 +28,13 @@ class FileCopyError(Exception):
         self.code = code
         self.message = message
         self.retryable = retryable
+
+
+CONTAINER_GONE = (
+    "the Code Interpreter container expired or was deleted (containers end after 20 idle minutes, and on Azure "
+    "after one hour however busy)"
+)
+
+
+def run_deleted() -> ApiError:
+    return ApiError(409, "run_deleted", "the run was deleted (DELETE /api/runs/{id}) while its files were being copied")

@@ -3,49 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
-import mimetypes
-import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
 
-import httpx2
 import openai
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 from openai.types.responses import Response
 
 from . import callbacks, conversations, inputs, ownership, responses_api
-from .citations import answer_text, container_ids, file_citations, image_outputs, is_id_like, link_files
-from .errors import ApiError, FileCopyError
+from .citations import answer_text, link_files
+from .copying import copy_files
+from .errors import CONTAINER_GONE, ApiError, run_deleted
+from .finding import find_files
 from .models import (
-    Citation,
     Collect,
-    ContainerFile,
     CopiedFile,
-    FailedFile,
-    FoundFile,
-    Origin,
     RunRecord,
     RunRequest,
     RunWarning,
 )
 from .naming import (
-    blob_name,
-    content_type_for,
-    is_plain_id,
     is_valid_response_id,
     manifest_blob,
-    safe_filename,
-    valid_unicode,
 )
 from .runlog import RunLog
 from .services import Services
-from .storage import ExistingBlob, LeaseHeld
+from .storage import LeaseHeld
 
 RETRY_AFTER_SECONDS = 5
 # A synchronous POST also queues its run's finish, visible this long after its answer was due: if the
@@ -55,16 +39,7 @@ FAILED_STATUSES = {
     "failed": (502, "run_failed"),
     "cancelled": (409, "run_cancelled"),
 }
-CONTAINER_GONE = (
-    "the Code Interpreter container expired or was deleted (containers end after 20 idle minutes, and on Azure "
-    "after one hour however busy)"
-)
-_DATA_IMAGE = re.compile(r"data:(image/[a-z0-9.+-]{1,40});base64,", re.IGNORECASE)
 _DELETE_RESPONSE_ATTEMPTS = 3
-
-
-def run_deleted() -> ApiError:
-    return ApiError(409, "run_deleted", "the run was deleted (DELETE /api/runs/{id}) while its files were being copied")
 
 
 @dataclass(frozen=True)
@@ -73,15 +48,6 @@ class Accepted:
 
     response_id: str
     status: str
-
-
-@dataclass(kw_only=True)
-class Findings:
-    """What find_files learnt: the files to copy, those already lost, and what the caller should know."""
-
-    found: list[FoundFile] = field(default_factory=list)
-    failed: list[FailedFile] = field(default_factory=list)
-    warnings: list[RunWarning] = field(default_factory=list)
 
 
 def sas_ttl(services: Services, minutes: int | None) -> timedelta:
@@ -395,344 +361,6 @@ async def _without_inputs(
         else:
             kept.append(file)
     return kept
-
-
-async def _list_containers(
-    services: Services, run_containers: list[str]
-) -> tuple[dict[str, ContainerFile], dict[str, openai.APIStatusError]]:
-    """The files of each container by id, and the containers whose listing failed (never fatal:
-    on Azure the listing can fail with 403/404/500 while downloads by id still work)."""
-    listed: dict[str, ContainerFile] = {}
-    unlisted: dict[str, openai.APIStatusError] = {}
-    for container_id in run_containers:
-        try:
-            for entry in await responses_api.list_container_files(services.openai, container_id):
-                listed.setdefault(entry.file_id, entry)
-        except openai.APIStatusError as error:
-            unlisted[container_id] = error
-    return listed, unlisted
-
-
-async def find_files(services: Services, response: Response, collect: Collect) -> Findings:
-    """The cited files (by file id), the images the run only showed, and the container's own
-    assistant files when asked for or when nothing is cited. Citations are untrusted: they must
-    point into this run's containers. A file whose metadata cannot be read is downloaded by id."""
-    limits = services.settings
-    citations = file_citations(response)
-    run_containers = container_ids(response)
-    listed, unlisted = await _list_containers(services, run_containers)
-    findings = Findings()
-    for container_id, error in unlisted.items():
-        fallback = "the cited files are downloaded by id" + (
-            ", and collect=all could not add the uncited ones" if collect == "all" else ""
-        )
-        findings.warnings.append(
-            RunWarning(
-                code="container_listing_failed",
-                message=f"Azure OpenAI answered {responses_api.describe(error)} when listing the files of "
-                f"container {container_id}; {fallback}",
-            )
-        )
-    images = image_outputs(response)
-    if unlisted and not citations and not images and not listed:
-        if all(responses_api.is_container_gone(e) for e in unlisted.values()):
-            raise ApiError(
-                410, "container_expired", f"{CONTAINER_GONE} before its files could be listed: run the prompt again"
-            )
-
-    lookups = 0
-    for citation in citations:
-        shown = safe_filename(_citation_name(citation))
-        if not is_plain_id(citation.file_id):  # `..`, `x/content`, `%2F`: never part of a URL path
-            findings.failed.append(
-                FailedFile(
-                    filename=shown,
-                    file_id=valid_unicode(citation.file_id[:128]),
-                    code="invalid_citation",
-                    message="the citation's file id is not an Azure OpenAI file id",
-                )
-            )
-            continue
-        if citation.container_id not in run_containers:
-            findings.failed.append(
-                FailedFile(
-                    filename=shown,
-                    file_id=citation.file_id,
-                    code="unknown_container",
-                    message="the citation points at a container this run did not use",
-                )
-            )
-            continue
-        item: ContainerFile | None = listed.get(citation.file_id)
-        if item is None and citation.container_id not in unlisted:
-            # The model can cite thousands of ids that do not exist: look up a bounded number of them.
-            if lookups >= limits.max_files_per_run:
-                findings.failed.append(
-                    FailedFile(
-                        filename=shown,
-                        file_id=citation.file_id,
-                        code="too_many_files",
-                        message=f"the answer cites more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) "
-                        "files the container does not list; this one was not looked up",
-                    )
-                )
-                continue
-            lookups += 1
-            try:
-                item = await responses_api.retrieve_container_file(
-                    services.openai, citation.container_id, citation.file_id
-                )
-            except openai.APIStatusError as error:
-                if responses_api.is_container_gone(error) or responses_api.is_file_missing(error):
-                    findings.failed.append(_download_failure(shown, citation.file_id, error))
-                    continue
-                # Metadata unavailable (403, 5xx): the content endpoint may still work.
-        if item is not None and item.source == "user":
-            continue  # the caller's own input, cited by the model: not an output
-        if item is not None:
-            name = item.path if is_id_like(citation.filename, citation.file_id) else citation.filename
-            findings.found.append(_found(item, name, origin="cited"))
-        else:
-            findings.found.append(
-                FoundFile(
-                    container_id=citation.container_id,
-                    file_id=citation.file_id,
-                    filename=shown,
-                    sandbox_path=citation.sandbox_path,
-                    bytes=None,
-                    origin="cited",
-                )
-            )
-
-    for call_id, container_id, n, url in images:
-        image = _image_output(call_id, container_id, n, url, limits.max_file_bytes)
-        (findings.found if isinstance(image, FoundFile) else findings.failed).append(image)  # type: ignore[arg-type]
-
-    # Citations of other containers (or with invalid ids) are not citations of this run's files.
-    cited_ids = {c.file_id for c in citations if c.container_id in run_containers and is_plain_id(c.file_id)}
-    if collect == "all" or not cited_ids:
-        findings.found += [
-            _found(item, item.path, origin="listed")
-            for item in listed.values()
-            if item.file_id not in cited_ids and item.source in (None, "assistant")
-        ]
-
-    over = findings.found[limits.max_files_per_run :]
-    findings.failed += [
-        FailedFile(
-            filename=f.filename,
-            file_id=f.file_id,
-            code="too_many_files",
-            message=f"the run has more than MAX_FILES_PER_RUN ({limits.max_files_per_run}) files",
-        )
-        for f in over
-    ]
-    findings.found = findings.found[: limits.max_files_per_run]
-    return findings
-
-
-def _citation_name(citation: Citation) -> str:
-    """The citation's file name, unless it is only the id: then the `sandbox:` link's, else the id."""
-    if not is_id_like(citation.filename, citation.file_id):
-        return citation.filename or citation.file_id
-    if citation.sandbox_path:
-        return citation.sandbox_path.rsplit("/", 1)[-1]
-    return citation.file_id
-
-
-def _image_output(call_id: str, container_id: str, n: int, url: Any, limit: int) -> FoundFile | FailedFile:
-    """An image the run only showed: a `data:image/...;base64,` URL inside the response. Any other URL
-    is refused, never fetched: it came from the model."""
-    file_id = f"{call_id}-{n}"
-    match = _DATA_IMAGE.match(url) if isinstance(url, str) else None
-    data: bytes | None = None
-    if match is not None and (len(url) - match.end()) * 3 // 4 <= limit:
-        with contextlib.suppress(binascii.Error, ValueError):
-            data = base64.b64decode(url[match.end() :], validate=True)
-    if match is None or data is None:
-        return FailedFile(
-            filename=f"{file_id}.png",
-            file_id=file_id,
-            code="invalid_image_output",
-            message="the image output is not a base64 data URL of an image within MAX_FILE_BYTES",
-        )
-    media_type = match.group(1).lower()
-    extension = {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type) or (
-        mimetypes.guess_extension(media_type) or ".png"
-    )
-    return FoundFile(
-        container_id=container_id,
-        file_id=file_id,
-        filename=safe_filename(file_id + extension),
-        sandbox_path=None,
-        bytes=len(data),
-        origin="image_output",
-        data=data,
-    )
-
-
-def _found(item: ContainerFile, name: str | None, *, origin: Origin) -> FoundFile:
-    return FoundFile(
-        container_id=item.container_id,
-        file_id=item.file_id,
-        filename=safe_filename(name or item.path or item.file_id),
-        sandbox_path=item.path or None,
-        bytes=item.bytes,
-        origin=origin,
-    )
-
-
-async def copy_files(
-    services: Services,
-    response_id: str,
-    files: list[FoundFile],
-    log: RunLog,
-    existing: dict[str, ExistingBlob] | None = None,
-) -> tuple[list[CopiedFile], list[FailedFile]]:
-    """Copy concurrently, at most COPY_CONCURRENCY at a time; one failure never hides the others.
-    A file an earlier attempt committed (same blob name, same size) is reused, not copied again."""
-    gate = asyncio.Semaphore(services.settings.copy_concurrency)
-
-    async def one(file: FoundFile) -> CopiedFile | FailedFile:
-        done = _already_copied(response_id, file, (existing or {}).get(file.file_id))
-        if done is not None:
-            return done
-        async with gate:
-            with log.span("copy file", file_id=file.file_id, filename=file.filename, origin=file.origin) as span:
-                result = await copy_file(services, response_id, file, log)
-                span.set_attribute("bytes", result.bytes if isinstance(result, CopiedFile) else 0)
-                span.set_attribute("outcome", "copied" if isinstance(result, CopiedFile) else result.code)
-                return result
-
-    # A task group, not gather: when one copy raises (an identity failure, a bug), the others are
-    # cancelled instead of running on, unawaited, after the answer has gone out.
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(f)) for f in files]
-    except BaseExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    results = [task.result() for task in tasks]
-    return [r for r in results if isinstance(r, CopiedFile)], [r for r in results if isinstance(r, FailedFile)]
-
-
-def _already_copied(response_id: str, file: FoundFile, blob: ExistingBlob | None) -> CopiedFile | None:
-    if blob is None or blob.name != blob_name(response_id, file.file_id, file.filename):
-        return None
-    if file.bytes is not None and file.bytes != blob.bytes:
-        return None
-    return CopiedFile(
-        filename=file.filename,
-        file_id=file.file_id,
-        container_id=file.container_id,
-        blob=blob.name,
-        bytes=blob.bytes,
-        content_type=blob.content_type,
-        sha256=blob.sha256,
-        cited=file.cited,
-        origin=file.origin,
-        sandbox_path=file.sandbox_path,
-    )
-
-
-@contextlib.asynccontextmanager
-async def _content(services: Services, file: FoundFile) -> AsyncIterator[AsyncIterator[bytes]]:
-    """The file's bytes: streamed from the container, or the image output the response carried."""
-    if file.data is not None:
-
-        async def inline() -> AsyncIterator[bytes]:
-            yield file.data or b""
-
-        yield inline()
-        return
-    async with responses_api.open_file_content(services.openai, file.container_id, file.file_id) as chunks:
-        yield chunks
-
-
-async def copy_file(services: Services, response_id: str, file: FoundFile, log: RunLog) -> CopiedFile | FailedFile:
-    """Stream one file into its blob. Nothing is written unless every byte arrived."""
-    limit = services.settings.max_file_bytes
-
-    def failed(code: str, message: str, retryable: bool = False) -> FailedFile:
-        return FailedFile(filename=file.filename, file_id=file.file_id, code=code, message=message, retryable=retryable)
-
-    if file.bytes is not None and file.bytes > limit:
-        return failed("file_too_large", f"{file.bytes} bytes is more than MAX_FILE_BYTES ({limit})")
-    blob = blob_name(response_id, file.file_id, file.filename)
-    content_type = content_type_for(file.filename)
-    try:
-        async with _content(services, file) as chunks:
-            stored = await services.store.upload_stream(
-                blob,
-                chunks,
-                max_bytes=limit,
-                expected_bytes=file.bytes,
-                filename=file.filename,
-                content_type=content_type,
-                metadata={
-                    k: quote(v, safe="")
-                    for k, v in (
-                        ("response_id", response_id),
-                        ("container_id", file.container_id),
-                        ("file_id", file.file_id),
-                    )
-                },
-                budget=services.memory_budget,
-            )
-    except FileCopyError as error:
-        failure = failed(error.code, error.message, error.retryable)
-    except openai.APIStatusError as error:
-        failure = _download_failure(file.filename, file.file_id, error)
-    except (openai.APIConnectionError, httpx2.HTTPError) as error:
-        failure = failed(
-            "download_interrupted",
-            f"the download from the container broke off ({type(error).__name__}); ask again to retry",
-            True,
-        )
-    except AzureError as error:
-        if isinstance(error, HttpResponseError) and error.status_code in (401, 403):
-            raise  # a missing role or a refused token: the run's problem, not the file's
-        failure = failed(
-            "storage_error", f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry", True
-        )
-    else:
-        if await services.store.is_deleted(response_id):  # DELETE came during the copy: take it back
-            await services.store.delete_blob(blob)
-            raise run_deleted()
-        return CopiedFile(
-            filename=file.filename,
-            file_id=file.file_id,
-            container_id=file.container_id,
-            blob=blob,
-            bytes=stored.bytes,
-            content_type=content_type,
-            sha256=stored.sha256,
-            cited=file.cited,
-            origin=file.origin,
-            sandbox_path=file.sandbox_path,
-        )
-    log.warning("file not copied", file_id=file.file_id, code=failure.code)
-    return failure
-
-
-def _download_failure(filename: str, file_id: str, error: openai.APIStatusError) -> FailedFile:
-    if responses_api.is_container_gone(error):
-        return FailedFile(
-            filename=filename,
-            file_id=file_id,
-            code="container_expired",
-            message=f"{CONTAINER_GONE}: run the prompt again",
-        )
-    if error.status_code == 404:
-        return FailedFile(
-            filename=filename, file_id=file_id, code="file_not_found", message="the container has no such file"
-        )
-    return FailedFile(
-        filename=filename,
-        file_id=file_id,
-        code="upstream_error",
-        message=f"Azure OpenAI answered {error.status_code} for this file; ask again to retry",
-        retryable=True,
-    )
 
 
 async def answer(services: Services, record: RunRecord, ttl: timedelta, log: RunLog) -> dict[str, Any]:

@@ -190,7 +190,7 @@ async def test_images_that_were_only_shown_are_copied(app: AppClient, rig) -> No
 
 
 async def test_an_image_output_that_is_not_a_data_url_is_refused_not_fetched() -> None:
-    from code_interpreter_files.pipeline import _image_output
+    from code_interpreter_files.finding import _image_output
 
     refused = _image_output("ci_1", "cntr_1", 1, "https://169.254.169.254/latest/meta-data", 1 << 20)
     assert refused.code == "invalid_image_output"  # type: ignore[union-attr]
