@@ -88,6 +88,15 @@ BODY_SCHEMAS: dict[tuple[str, str], str] = {
     ("POST", "/responses/{id}/cancel"): AZURE_RESPONSE,
     ("GET", "/containers/{cid}/files"): "ContainerFileListResource",
     ("GET", "/containers/{cid}/files/{fid}"): "ContainerFileResource",
+    # tests/rig/emulator_files.py
+    ("POST", "/files"): "OpenAIFile",
+    ("GET", "/files/{fid}"): "OpenAIFile",
+    ("DELETE", "/files/{fid}"): "DeleteFileResponse",
+    ("POST", "/uploads"): "Upload",
+    ("POST", "/uploads/{uid}/parts"): "UploadPart",
+    ("POST", "/uploads/{uid}/complete"): "Upload",
+    ("POST", "/uploads/{uid}/cancel"): "Upload",
+    ("GET", "/containers/{cid}"): "ContainerResource",
 }
 INCLUDE_CI_OUTPUTS = "code_interpreter_call.outputs"
 RBAC_CHECK_ACCESS = (

@@ -50,10 +50,13 @@ ROOTS = (
     "ResponseCompletedEvent",
     "ResponseFailedEvent",
     "ResponseIncompleteEvent",
-    # The Files API (input files): for the routes tests/rig/emulator_files.py adds.
+    # Files, Uploads and the container object: the routes tests/rig/emulator_files.py adds.
     "OpenAIFile",
     "ListFilesResponse",
     "DeleteFileResponse",
+    "Upload",
+    "UploadPart",
+    "ContainerResource",
 )
 EVENT_SCHEMAS = {
     "response.created": "ResponseCreatedEvent",
@@ -64,7 +67,7 @@ EVENT_SCHEMAS = {
     "response.incomplete": "ResponseIncompleteEvent",
 }
 AZURE_RESPONSE = "AzureResponse"
-CACHE_VERSION = 2  # bump when the extraction (ROOTS) changes
+CACHE_VERSION = 3  # bump when the extraction (ROOTS) changes
 
 
 def find_spec(start: Path = REPO_ROOT) -> Path | None:
