@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -36,7 +37,6 @@ V1_API_VERSIONS = ("v1", "preview", "latest")
 DEVELOPMENT_STORAGE_ACCOUNT = "devstoreaccount1"  # the account UseDevelopmentStorage=true stands for
 
 _NAME_RULE = "3-63 lowercase letters, digits and single hyphens"
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _OWNER_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -167,9 +167,19 @@ def _hosts(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value)
     hosts = tuple(str(item).strip().lower() for item in items if str(item).strip())
     for host in hosts:
-        if not _HOST_NAME.match(host):
+        # Host names (IDN and a trailing dot allowed: callbacks.normalize_host compares them normalized)
+        # or IP literals (IPv6 has colons); never a scheme, port, path, userinfo or query.
+        if not _is_ip_literal(host) and any(c in host for c in "/:@?#[]*\\ \t"):
             raise _invalid("comma-separated host names, without scheme, port or path")
     return hosts
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _signing_secret(value: SecretStr) -> SecretStr:

@@ -298,6 +298,10 @@ def test_callback_hosts_are_lower_cased_names_and_need_the_signing_secret() -> N
         error = problems({**BASE, "CALLBACK_ALLOWED_HOSTS": bad, "CALLBACK_SIGNING_SECRET": WHSEC})
         assert error.invalid == {"CALLBACK_ALLOWED_HOSTS": "comma-separated host names, without scheme, port or path"}
     assert load_settings({**BASE, "CALLBACK_ALLOWED_HOSTS": " , "}).callback_allowed_hosts == ()
+    odd = load_settings(
+        {**BASE, "CALLBACK_ALLOWED_HOSTS": "::1,bücher.example,Upper.Example.", "CALLBACK_SIGNING_SECRET": WHSEC}
+    )
+    assert odd.callback_allowed_hosts == ("::1", "bücher.example", "upper.example.")  # compared normalised
 
 
 @pytest.mark.parametrize(
