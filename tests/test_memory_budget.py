@@ -192,6 +192,7 @@ def test_copy_memory_mb_defaults_to_512_and_is_bounded() -> None:
         "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
         "AZURE_OPENAI_DEPLOYMENT": "gpt-4.1",
         "OUTPUT_STORAGE_ACCOUNT_URL": "https://example.blob.core.windows.net",
+        "RUNS_QUEUE_STORAGE__queueServiceUri": "https://example.queue.core.windows.net",
     }
     assert load_settings(env).copy_memory_mb == 512
     assert load_settings({**env, "COPY_MEMORY_MB": "16384"}).copy_memory_mb == 16384
