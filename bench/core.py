@@ -35,7 +35,6 @@ import azure.functions as func
 
 from bench.plan import MIB, STAGES, Plan
 from code_interpreter_files import responses_api, storage
-from code_interpreter_files.models import RunRequest
 from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.settings import SETTING_NAMES, load_settings
 from tests.rig import content
@@ -403,7 +402,7 @@ async def _large_file(rig: Rig, size: int, reps: int) -> dict[str, Any]:
     services = await warm(rig)
     # A run of the script for the baselines to read from (started directly: nothing is copied).
     started_run = await responses_api.start_response(
-        services.openai, services.settings, RunRequest(prompt=prompt), listen=False
+        services.openai, services.settings, prompt=prompt, instructions=None, metadata={}, listen=False
     )
     run = rig.emulator.run(started_run.response.id)
     container_id, file_id = run["container_id"], run["files"][0]["file_id"]
