@@ -3,8 +3,8 @@
 Starts the test rig (Azurite over HTTPS, the managed identity endpoint, the Responses emulator),
 runs every measurement through the app's real code path, prints a table and writes the figures
 to bench/results/latest.json (git-ignored). Stage 8 and 9 run the app and its baselines through a
-shaping proxy (`bench.netshape`, `--latency-ms`, `--mib-per-s`). About 12 minutes on 2 cores;
-`--smoke` takes seconds.
+shaping proxy (`bench.netshape`, `--latency-ms`, `--mib-per-s`). About 17 minutes on 2 busy cores;
+`--smoke` takes about a minute.
 """
 
 from __future__ import annotations

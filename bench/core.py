@@ -38,6 +38,7 @@ from code_interpreter_files import responses_api, storage
 from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.settings import SETTING_NAMES, load_settings
 from tests.rig import content
+from tests.rig.emulator_files import files_state
 from tests.rig.rig import Rig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -881,6 +882,64 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
     }
 
 
+# -- 10. one blob input streamed into Azure OpenAI -----------------------------------------------
+
+
+async def _put_input(client: Any, container: str, blob: str, size: int) -> str:
+    """Write an input blob (`tests.rig.content` bytes, seeded by its name), as a caller's job
+    would; its sha256."""
+    await client.get_blob_client(container, blob).upload_blob(
+        content.chunks(blob, size), length=size, overwrite=True, max_concurrency=storage.BLOCKS_IN_FLIGHT
+    )
+    return content.sha256_of(blob, size)
+
+
+async def inputs_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """`upload_inputs` of one blob input per size in a fresh process (`bench.inputchild`): peak RSS
+    growth, time, and the bytes the emulator stored checked against the blob's sha256."""
+    from azure.core.exceptions import ResourceExistsError
+
+    from code_interpreter_files import inputs
+
+    sizes: list[dict[str, Any]] = []
+    with app_settings(rig, **base_settings(plan), MAX_INPUT_BYTES=max(plan.input_sizes)):
+        services = await warm(rig)
+        client = uploader(services)
+        container = services.settings.input_container
+        prefix = f"bench-inputs-{uuid.uuid4().hex}"
+        warm_blob = f"{prefix}/warm.bin"
+        try:
+            with contextlib.suppress(ResourceExistsError):
+                await client.create_container(container)
+            await _put_input(client, container, warm_blob, inputs.PART_BYTES + 1)
+            for size in plan.input_sizes:
+                blob = f"{prefix}/input-{size}.bin"
+                sha256 = await _put_input(client, container, blob, size)
+                child = await _run_child("bench.inputchild", ["--warm-blob", warm_blob, "--blob", blob])
+                stored = {f["id"]: f for f in files_state(rig.emulator)["files"]}.get(child["file_id"], {})
+                got = {(child["bytes"], child["sha256"]), (stored.get("bytes"), stored.get("sha256"))}
+                if got != {(size, sha256)}:  # what the app counted and what the emulator stored
+                    raise BenchError(f"the {size}-byte input reached the emulator with the wrong bytes")
+                child["parts"] = len(stored["parts"])
+                sizes.append(child)
+                await inputs.delete_uploaded(services, [child["file_id"]])
+                await client.get_blob_client(container, blob).delete_blob()
+            await client.get_blob_client(container, warm_blob).delete_blob()
+        finally:
+            await client.close()
+    growth = [s["rss_growth_bytes"] for s in sizes]
+    last = sizes[-1]
+    return {
+        "sizes": sizes,
+        "max_growth_MiB": max(growth) / MIB,
+        "spread_MiB": (max(growth) - min(growth)) / MIB,
+        "part_bytes": inputs.PART_BYTES,
+        "parts_in_flight": inputs.PARTS_IN_FLIGHT,
+        "app_MiB_per_s": last["bytes"] / MIB / last["upload_s"],
+        "app_cpu_s_per_GiB": last["cpu_s"] / (last["bytes"] / (1024 * MIB)),
+    }
+
+
 # -- the whole run -------------------------------------------------------------------------------
 
 MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
@@ -893,6 +952,7 @@ MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
     "memory_budget": memory_budget,
     "network": network,
     "uploader": uploader_stage,
+    "inputs": inputs_stage,
 }
 assert tuple(MEASUREMENTS) == STAGES
 

@@ -18,6 +18,7 @@ STAGES = (
     "memory_budget",
     "network",
     "uploader",
+    "inputs",
 )
 
 
@@ -47,6 +48,7 @@ class Plan:
     uploader_bytes: int  # 9. upload_stream vs the SDK's upload_blob, a fresh process each ...
     uploader_reps: int  # ... best of this many ...
     uploader_networks: tuple[str, ...]  # ... on these: "loopback", "shaped" (through the proxy)
+    input_sizes: tuple[int, ...]  # 10. one blob input uploaded to Azure OpenAI, a fresh process per size
     latency_ms: float = 20.0  # the simulated network (`bench.netshape`): round trip added per exchange ...
     mib_per_s: float = 40.0  # ... and bandwidth per connection and direction
 
@@ -96,6 +98,7 @@ FULL = Plan(
     uploader_bytes=256 * MIB,
     uploader_reps=2,
     uploader_networks=("loopback", "shaped"),
+    input_sizes=(64 * MIB, 256 * MIB, GIB),
 )
 
 PLANS = {
@@ -126,5 +129,6 @@ PLANS = {
         uploader_bytes=2 * MIB,
         uploader_reps=1,
         uploader_networks=("shaped",),  # a fresh process per upload: the smoke run keeps it to two
+        input_sizes=(5 * MIB, 9 * MIB),  # over one 4 MiB part: the Uploads API's path, as the full sizes
     ),
 }

@@ -1,4 +1,4 @@
-"""The goals of issue 4, the printed table, and the JSON file."""
+"""The goals of issues 4, 11 and 14, the printed table, and the JSON file."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.35,
             "<= 0.35",
         )
+    if "inputs" in results:
+        streamed = results["inputs"]
+        goal("inputs.max_growth_MiB", streamed["max_growth_MiB"], 64, "<= 64 MiB")
+        goal("inputs.spread_MiB", streamed["spread_MiB"], 16, "<= 16 MiB (flat)")
     return rows
 
 
@@ -184,6 +188,8 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows += _network_rows(results["network"])
     if "uploader" in results:
         rows += _uploader_rows(results["uploader"])
+    if "inputs" in results:
+        rows += _inputs_rows(results["inputs"])
     return rows
 
 
@@ -269,6 +275,31 @@ def _uploader_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (m, "upload_stream / SDK, time", f"{n['ours_vs_sdk']:.2f}", ""),
         ]
     return rows
+
+
+def _inputs_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    m = "10. input upload (fresh process)"
+    rows = [
+        (
+            m,
+            f"peak RSS growth uploading {_size(s['bytes'])} ({s['parts']} parts)",
+            f"{s['rss_growth_bytes'] / MIB:.1f} MiB",
+            "",
+        )
+        for s in r["sizes"]
+    ]
+    last = r["sizes"][-1]
+    return rows + [
+        (m, "max growth", f"{r['max_growth_MiB']:.1f} MiB", "inputs.max_growth_MiB"),
+        (m, "spread across sizes", f"{r['spread_MiB']:.1f} MiB", "inputs.spread_MiB"),
+        (m, "parts of / in flight", f"{_size(r['part_bytes'])} / {r['parts_in_flight']}", ""),
+        (
+            m,
+            f"{_size(last['bytes'])}: time / app CPU per GiB",
+            f"{last['upload_s']:.2f} s ({r['app_MiB_per_s']:.0f} MiB/s) / {r['app_cpu_s_per_GiB']:.1f} s",
+            "",
+        ),
+    ]
 
 
 def table(results: dict[str, Any]) -> str:

@@ -100,6 +100,7 @@ FIGURES = {
         "shaped.ours_growth_MiB",
         "shaped.sdk_growth_MiB",
     ),
+    "inputs": ("max_growth_MiB", "spread_MiB", "app_MiB_per_s", "app_cpu_s_per_GiB"),
 }
 GOALS = {
     "large_file.app_vs_old_way",
@@ -117,6 +118,8 @@ GOALS = {
     "network.large_file.app_vs_old_way",
     "network.large_file.app_vs_floor",
     "network.many_files.concurrent_vs_sequential",
+    "inputs.max_growth_MiB",
+    "inputs.spread_MiB",
 }
 
 
@@ -153,6 +156,11 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
     # the app's copy alone moves the large file twice through the proxy (download and upload)
     assert data["network"]["proxy_bytes"] > 2 * plan.net_large_bytes and data["network"]["proxy_connections"] > 0
     assert data["uploader"]["shaped"]["proxy_bytes"] > 2 * plan.uploader_bytes
+    # each input went up in parts through the Uploads API (its bytes checked against the emulator's)
+    assert [(s["bytes"], s["parts"]) for s in data["inputs"]["sizes"]] == [
+        (size, -(-size // data["inputs"]["part_bytes"])) for size in plan.input_sizes
+    ]
+    assert all(is_figure(s["rss_growth_bytes"]) and is_figure(s["upload_s"]) for s in data["inputs"]["sizes"])
 
     printed = table(data)
     headings = (
@@ -165,6 +173,7 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
         "7. ",
         "8. network",
         "9. uploader",
+        "10. input upload",
     )
     for heading in (*headings, "goals:"):
         assert heading in printed
