@@ -16,10 +16,9 @@ from code_interpreter_files.run_queue import (
     FinishMessage,
     QueueMessageError,
     RunQueue,
-    RunQueueNotConfigured,
     parse_message,
 )
-from code_interpreter_files.settings import load_settings
+from code_interpreter_files.settings import SettingsError, load_settings
 from tests.rig.rig import Rig
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,6 +135,6 @@ async def test_bad_arguments_and_missing_configuration(configure: Callable[..., 
         await queue.close()
     env = configure(storage="connection_string")
     env.pop("RUNS_QUEUE_STORAGE")
-    unconfigured = RunQueue(load_settings(env), None)
-    with pytest.raises(RunQueueNotConfigured, match="RUNS_QUEUE_STORAGE or RUNS_QUEUE_STORAGE__queueServiceUri"):
-        await unconfigured.enqueue_finish("resp_a", "all", None)
+    with pytest.raises(SettingsError) as missing:  # the queue connection is required: refused at start
+        load_settings(env)
+    assert missing.value.missing == ["RUNS_QUEUE_STORAGE or RUNS_QUEUE_STORAGE__queueServiceUri"]
