@@ -24,7 +24,7 @@ from yarl import URL
 
 from .errors import ApiError
 from .run_queue import RunQueue
-from .settings import Settings
+from .settings import Settings, is_ip_literal
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def parse_callback_url(url: str, settings: Settings) -> URL:
     host = normalize_host(parsed.raw_host)
     if host is None or host not in allowed:
         raise _not_allowed("callback_url's host is not in the app's CALLBACK_ALLOWED_HOSTS")
-    if _is_ip(host) and address_refused(host, loopback_allowed=True):  # aiohttp does not resolve IP literals
+    if is_ip_literal(host) and address_refused(host, loopback_allowed=True):  # aiohttp does not resolve IP literals
         raise _not_allowed("callback_url's address is link-local, unspecified, multicast or reserved")
     if parsed.scheme != "https" and host not in LOOPBACK_HOSTS:
         raise _not_allowed("callback_url must use https (http only for 127.0.0.1, ::1 or localhost)")
@@ -166,14 +166,6 @@ def validate_callback_url(url: str, settings: Settings) -> str:
     """Check a caller's callback_url at POST time; the URL to store (unchanged). ApiError 400 if not allowed."""
     parse_callback_url(url, settings)
     return url
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def callback_id(response_id: str) -> str:

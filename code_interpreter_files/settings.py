@@ -169,12 +169,12 @@ def _hosts(value: Any) -> tuple[str, ...]:
     for host in hosts:
         # Host names (IDN and a trailing dot allowed: callbacks.normalize_host compares them normalized)
         # or IP literals (IPv6 has colons); never a scheme, port, path, userinfo or query.
-        if not _is_ip_literal(host) and any(c in host for c in "/:@?#[]*\\ \t"):
+        if not is_ip_literal(host) and any(c in host for c in "/:@?#[]*\\ \t"):
             raise _invalid("comma-separated host names, without scheme, port or path")
     return hosts
 
 
-def _is_ip_literal(host: str) -> bool:
+def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
