@@ -377,12 +377,17 @@ class OutputStore:
         return RunLease(BlobLeaseClient(lock))
 
     async def is_deleted(self, response_id: str) -> bool:
-        """DELETE wrote the run's tombstone: no copy may commit anything for it any more."""
+        """DELETE wrote the run's tombstone: no copy may commit anything for it any more.
+
+        A listing, not Get Blob Properties: this runs after every commit, and the 404 of a missing
+        blob costs an exception each time (measured: +90 MiB RSS left after 200 runs in tests/test_load.py)."""
+        name = tombstone_blob(response_id)
         try:
-            await self._container.get_blob_client(tombstone_blob(response_id)).get_blob_properties()
-        except ResourceNotFoundError:
-            return False
-        return True
+            async for blob in self._container.list_blobs(name_starts_with=name, results_per_page=1):
+                return blob.name == name
+        except ResourceNotFoundError:  # no output container yet
+            pass
+        return False
 
     async def delete_blob(self, blob: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
