@@ -142,7 +142,7 @@ async def get_run(
         _check_record(services, record, principal)
         return await answer(services, record, ttl, log)
     if await services.store.is_deleted(response_id):
-        raise ApiError(404, "run_not_found", f"run {response_id} was deleted")
+        raise ownership.not_found(response_id)  # the same answer as for any run this caller cannot see
     deadline = _deadline(services)
     with responses_api.deadline_of_answer(deadline):
         try:
@@ -187,8 +187,10 @@ async def delete_run(services: Services, response_id: str, log: RunLog, principa
         except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError):
             log.info("the response could not be cancelled (it finished, or the service refused)")
     await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
-    info = await services.store.read_run_info(response_id)
-    uploaded = conversations.uploaded_file_ids(response) if response is not None else info.get("file_ids", [])
+    if response is not None:
+        uploaded = conversations.uploaded_file_ids(response)
+    else:
+        uploaded = (await services.store.read_run_info(response_id)).get("file_ids", [])
     await inputs.delete_uploaded(services, uploaded, log)
     deleted = await services.store.delete_run(response_id)
     if response is not None:

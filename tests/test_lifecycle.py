@@ -32,7 +32,7 @@ def manifest(rig, response_id: str) -> dict:
 
 async def test_async_post_answers_202_then_get_returns_the_files(app: AppClient, rig) -> None:
     info = app.script(
-        latency=0.6, files=[{"path": "/mnt/data/a.csv", "content": "a,b"}, {"path": "/mnt/data/b.bin", "size": 70000}]
+        latency=2.5, files=[{"path": "/mnt/data/a.csv", "content": "a,b"}, {"path": "/mnt/data/b.bin", "size": 70000}]
     )
     started = await app.post_run(prompt=info["prompt"], wait=False)
     assert started.status == 202
