@@ -244,12 +244,21 @@ async def carried_sha256(services: Services, response: Response) -> dict[str, st
     return known
 
 
-async def save_setup(services: Services, response_id: str, setup: RunSetup) -> None:
-    """Keep the run's input record in its run record (`<response id>/run.json`)."""
-    await services.store.write_run_info(response_id, setup.record())
+async def save_setup(services: Services, response_id: str, setup: RunSetup, *, callback_url: str | None) -> None:
+    """Keep what finishing the run needs in any worker (`<response id>/run.json`): its inputs, how it
+    continued, and where to call back. Nothing is written for a run that has none of these."""
+    if setup.inputs or setup.continued_in or setup.warnings or callback_url:
+        await services.store.write_run_info(response_id, {**setup.record(), "callback_url": callback_url})
 
 
 async def load_setup(services: Services, response_id: str) -> dict[str, Any]:
-    """The record kept at the start; a run started without inputs or a previous run has none."""
-    empty: dict[str, Any] = {"inputs": [], "continued_in": None, "warnings": [], "file_ids": [], "carried": []}
+    """The record `save_setup` kept, with the defaults of a run that has none."""
+    empty: dict[str, Any] = {
+        "inputs": [],
+        "continued_in": None,
+        "warnings": [],
+        "file_ids": [],
+        "carried": [],
+        "callback_url": None,
+    }
     return {**empty, **await services.store.read_run_info(response_id)}

@@ -122,11 +122,7 @@ async def _record_start(
         await services.queue.enqueue_finish(response_id, request.collect, callback_url, delay_seconds=int(delay))
     except AzureError as error:  # the run has started: answer anyway; a GET can still finish it
         log.warning("could not queue the run's finish", error=type(error).__name__)
-    info = setup.record()
-    if callback_url is not None:
-        info["callback_url"] = callback_url
-    if setup.inputs or setup.continued_in or setup.warnings or callback_url:
-        await services.store.write_run_info(response_id, info)
+    await conversations.save_setup(services, response_id, setup, callback_url=callback_url)
 
 
 async def get_run(
@@ -190,7 +186,7 @@ async def delete_run(services: Services, response_id: str, log: RunLog, principa
     if response is not None:
         uploaded = conversations.uploaded_file_ids(response)
     else:
-        uploaded = (await services.store.read_run_info(response_id)).get("file_ids", [])
+        uploaded = (await conversations.load_setup(services, response_id))["file_ids"]
     await inputs.delete_uploaded(services, uploaded, log)
     deleted = await services.store.delete_run(response_id)
     if response is not None:
@@ -314,9 +310,9 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
     existing = await store.copied_files(response.id)
     with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
         copied, copy_failures = await copy_files(services, response.id, findings.found, log, existing)
-    info = await store.read_run_info(response.id)
+    info = await conversations.load_setup(services, response.id)
     copied = await _without_inputs(services, response, info, copied)
-    findings.warnings += [RunWarning(**w) for w in info.get("warnings", [])]
+    findings.warnings += [RunWarning(**w) for w in info["warnings"]]
     record = RunRecord(
         response_id=response.id,
         status=response.status or "completed",
@@ -325,8 +321,8 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
         files=copied,
         failed_files=findings.failed + copy_failures,
         warnings=findings.warnings,
-        inputs=info.get("inputs", []),
-        continued_in=info.get("continued_in"),
+        inputs=info["inputs"],
+        continued_in=info["continued_in"],
         owner=(response.metadata or {}).get("owner"),
         principal=(response.metadata or {}).get("principal"),
     )
@@ -343,7 +339,7 @@ async def _copy_and_record(services: Services, response: Response, collect: Coll
     if not written:
         log.info("another request finished this run first; using its manifest")
         return RunRecord.from_manifest(await store.read_manifest(response.id) or record.to_manifest())
-    if info.get("callback_url"):  # the one who wrote the manifest calls back, through the queue
+    if info["callback_url"]:  # the one who wrote the manifest calls back, through the queue
         await services.queue.enqueue_callback(response.id, info["callback_url"], attempt=1, delay_seconds=0)
     return record
 
@@ -354,7 +350,7 @@ async def _without_inputs(
     """Drop what is only a copy of an input or of a carried file (same name or id, same bytes): those
     are the caller's files, not the run's outputs. Their blobs are deleted again."""
     known = await conversations.carried_sha256(services, response)
-    known.update({f"/mnt/data/{i['name']}": i["sha256"] for i in info.get("inputs", []) if "name" in i})
+    known.update({f"/mnt/data/{i['name']}": i["sha256"] for i in info["inputs"]})
     kept = []
     for file in copied:
         path = file.sandbox_path or f"/mnt/data/{file.filename}"

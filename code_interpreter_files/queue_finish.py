@@ -158,7 +158,7 @@ async def record_poison(services: Services, body: str, log: RunLog) -> None:
 
 async def _commit(services: Services, record: RunRecord, log: RunLog) -> None:
     if await services.store.write_manifest(record.response_id, record.to_manifest()):
-        callback_url = (await services.store.read_run_info(record.response_id)).get("callback_url")
+        callback_url = (await conversations.load_setup(services, record.response_id))["callback_url"]
         if callback_url:
             await services.queue.enqueue_callback(record.response_id, callback_url, attempt=1, delay_seconds=0)
 
@@ -186,13 +186,12 @@ async def deliver_callback(services: Services, message: CallbackMessage, log: Ru
     if payload is None:
         log.warning("callback for an unfinished run; dropping it")
         return
-    result = await callbacks.deliver(message.callback_url, payload, services.settings)
-    if result.delivered:
-        log.info("callback delivered", attempt=message.attempt, status=result.status)
-        return
-    delay = callbacks.retry_delay(result, message.attempt)
-    if delay is None:
-        log.warning("callback not delivered; giving up", attempt=message.attempt, reason=result.reason)
-        return
-    log.info("callback not delivered; retrying later", attempt=message.attempt, reason=result.reason, delay_s=delay)
-    await services.queue.enqueue_callback(message.response_id, message.callback_url, message.attempt + 1, delay)
+    result = await callbacks.deliver_and_schedule_retry(
+        services.queue,
+        response_id=message.response_id,
+        url=message.callback_url,
+        attempt=message.attempt,
+        payload=payload,
+        settings=services.settings,
+    )
+    log.info("callback attempt", attempt=message.attempt, delivered=result.delivered, reason=result.reason)

@@ -309,7 +309,7 @@ async def test_continuing_in_the_live_container_then_in_a_new_one(env, rig) -> N
         "/mnt/data/chart.png": carried.sha256,
         "/mnt/data/blue.png": carried.sha256,
     }
-    await conversations.save_setup(services, third.id, new)
+    await conversations.save_setup(services, third.id, new, callback_url=None)
     record = await conversations.load_setup(services, third.id)
     assert (record["inputs"], record["continued_in"], record["file_ids"]) == ([], "new_container", new.file_ids)
     assert record["carried"] == [{"name": "chart.png", "sha256": carried.sha256}]
