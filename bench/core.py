@@ -34,11 +34,11 @@ from urllib.parse import parse_qs, urlsplit
 import azure.functions as func
 
 from bench.plan import MIB, STAGES, Plan
-from code_interpreter_files import responses_api, storage
+from code_interpreter_files import blob_upload, responses_api
 from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.settings import SETTING_NAMES, load_settings
+from local_azure.emulator_files import files_state
 from tests.rig import content
-from tests.rig.emulator_files import files_state
 from tests.rig.rig import Rig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ class RigCpu:
     Azurite's share of the wall time says whether a copy ran at the transfer limit: its one
     Node.js thread busy all the time means nothing on the client side can go faster."""
 
-    NAMES = {"azurite": "azurite", "emulator": "tests.rig.emulator", "proxy": "bench.netshape"}
+    NAMES = {"azurite": "azurite", "emulator": "local_azure.emulator", "proxy": "bench.netshape"}
 
     def __init__(self) -> None:
         self.pids = {"app": os.getpid()}
@@ -374,15 +374,15 @@ def uploader(services: Services) -> Any:
     return BlobServiceClient(
         services.settings.storage_account_url or "",
         credential=services.credential,
-        max_block_size=storage.BLOCK_BYTES,
-        max_single_put_size=storage.BLOCK_BYTES,
+        max_block_size=blob_upload.BLOCK_BYTES,
+        max_single_put_size=blob_upload.BLOCK_BYTES,
     )
 
 
 async def upload_only(client: Any, container: str, blob: str, data: bytes) -> None:
     """The same bytes from memory, BLOCKS_IN_FLIGHT blocks at a time."""
     await client.get_blob_client(container, blob).upload_blob(
-        data, overwrite=True, max_concurrency=storage.BLOCKS_IN_FLIGHT
+        data, overwrite=True, max_concurrency=blob_upload.BLOCKS_IN_FLIGHT
     )
 
 
@@ -518,7 +518,7 @@ async def memory(rig: Rig, plan: Plan) -> dict[str, Any]:
         * 1024,
         "app_cpu_s_per_GiB": last["cpu_s"] / (last["bytes"] / (1024 * MIB)),
         # What upload_stream's docstring expects: twice the blocks held (TLS buffers) + ~10 MiB.
-        "expected_MiB": 2 * storage.BLOCK_BYTES * (storage.BLOCKS_IN_FLIGHT + 1) / MIB + 10,
+        "expected_MiB": 2 * blob_upload.BLOCK_BYTES * (blob_upload.BLOCKS_IN_FLIGHT + 1) / MIB + 10,
     }
 
 
@@ -874,8 +874,8 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
     return {
         "bytes": plan.uploader_bytes,
         "reps": plan.uploader_reps,
-        "block_bytes": storage.BLOCK_BYTES,
-        "blocks_in_flight": storage.BLOCKS_IN_FLIGHT,
+        "block_bytes": blob_upload.BLOCK_BYTES,
+        "blocks_in_flight": blob_upload.BLOCKS_IN_FLIGHT,
         "latency_ms": plan.latency_ms,
         "mib_per_s": plan.mib_per_s,
         **networks,
@@ -886,10 +886,10 @@ async def uploader_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
 
 
 async def _put_input(client: Any, container: str, blob: str, size: int) -> str:
-    """Write an input blob (`tests.rig.content` bytes, seeded by its name), as a caller's job
+    """Write an input blob (`local_azure.content` bytes, seeded by its name), as a caller's job
     would; its sha256."""
     await client.get_blob_client(container, blob).upload_blob(
-        content.chunks(blob, size), length=size, overwrite=True, max_concurrency=storage.BLOCKS_IN_FLIGHT
+        content.chunks(blob, size), length=size, overwrite=True, max_concurrency=blob_upload.BLOCKS_IN_FLIGHT
     )
     return content.sha256_of(blob, size)
 
@@ -977,8 +977,8 @@ def machine() -> dict[str, Any]:
 
 def tuning() -> dict[str, Any]:
     return {
-        "BLOCK_BYTES": storage.BLOCK_BYTES,
-        "BLOCKS_IN_FLIGHT": storage.BLOCKS_IN_FLIGHT,
+        "BLOCK_BYTES": blob_upload.BLOCK_BYTES,
+        "BLOCKS_IN_FLIGHT": blob_upload.BLOCKS_IN_FLIGHT,
         "DOWNLOAD_CHUNK_BYTES": responses_api.DOWNLOAD_CHUNK_BYTES,
         "COPY_CONCURRENCY": load_settings().copy_concurrency,
     }

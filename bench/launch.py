@@ -22,7 +22,7 @@ def started_rig() -> Iterator[Rig]:
     """Azurite, the identity endpoint and the Responses emulator, as the tests start them."""
     workdir = Path(tempfile.mkdtemp(prefix="ci-files-bench-"))
     try:
-        from tests.rig.certs import make_tls_files
+        from local_azure.certs import make_tls_files
 
         tls = make_tls_files(workdir / "tls")
         # aiohttp reads SSL_CERT_FILE once, at import: nothing before this line may import it.

@@ -36,7 +36,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from azure.storage.blob import ContentSettings
     from azure.storage.blob.aio import BlobServiceClient
 
-    from code_interpreter_files import storage
+    from code_interpreter_files import blob_upload
     from code_interpreter_files.services import get_services
 
     services = await get_services()
@@ -45,16 +45,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     sdk = BlobServiceClient(
         settings.storage_account_url or "",
         credential=services.credential,
-        max_block_size=storage.BLOCK_BYTES,
-        max_single_put_size=storage.BLOCK_BYTES,
+        max_block_size=blob_upload.BLOCK_BYTES,
+        max_single_put_size=blob_upload.BLOCK_BYTES,
     )
     container = settings.output_container
 
     async def upload(blob: str, size: int) -> str:
         hasher = hashlib.sha256()
         if args.way == "ours":
-            stored = await services.store.upload_stream(
-                blob,
+            stored = await blob_upload.upload_stream(
+                services.store.file_client(blob),
                 source(size, hasher),
                 max_bytes=size,
                 expected_bytes=size,
@@ -68,7 +68,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await sdk.get_blob_client(container, blob).upload_blob(
             source(size, hasher),
             overwrite=True,
-            max_concurrency=storage.BLOCKS_IN_FLIGHT,
+            max_concurrency=blob_upload.BLOCKS_IN_FLIGHT,
             content_settings=ContentSettings(content_type="application/octet-stream"),
         )
         await sdk.get_blob_client(container, blob).set_blob_metadata({"sha256": hasher.hexdigest()})

@@ -12,6 +12,7 @@ import openai
 from azure.core.exceptions import AzureError, HttpResponseError
 
 from . import responses_api
+from .blob_upload import upload_stream
 from .errors import CONTAINER_GONE, FileCopyError, run_deleted
 from .models import CopiedFile, FailedFile, FoundFile
 from .naming import blob_name, content_type_for
@@ -99,8 +100,8 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
     content_type = content_type_for(file.filename)
     try:
         async with _content(services, file) as chunks:
-            stored = await services.store.upload_stream(
-                blob,
+            stored = await upload_stream(
+                services.store.file_client(blob),
                 chunks,
                 max_bytes=limit,
                 expected_bytes=file.bytes,

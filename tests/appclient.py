@@ -19,11 +19,11 @@ import azure.functions as func
 import httpx
 
 import function_app
+from local_azure.azurite import ACCOUNT_KEY
+from local_azure.funchost import indexed_functions
+from local_azure.identity_endpoint import OBJECT_ID, TENANT_ID
 from tests import figures
 from tests.openapi_contract import assert_matches_openapi
-from tests.rig.azurite import ACCOUNT_KEY
-from tests.rig.funchost import indexed_functions
-from tests.rig.identity_endpoint import OBJECT_ID, TENANT_ID
 from tests.rig.rig import Rig
 
 # The worker indexes the app once; get_functions() refuses a second indexing (shared with the funchost).

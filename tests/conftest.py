@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from tests.rig.certs import make_tls_files
+from local_azure.certs import make_tls_files
 
 TLS = make_tls_files(Path(tempfile.mkdtemp(prefix="ci-files-tls-")))
 os.environ["SSL_CERT_FILE"] = str(TLS.ca_pem)
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from code_interpreter_files.settings import SETTING_NAMES  # noqa: E402
+from local_azure.azurite import ACCOUNT_KEY  # noqa: E402
 from tests import figures  # noqa: E402
 from tests.appclient import AppClient  # noqa: E402
-from tests.rig.azurite import ACCOUNT_KEY  # noqa: E402
 from tests.rig.rig import Rig  # noqa: E402
 
 # Every log line of the session, for the secrets check at the end: the app at DEBUG, the SDKs

@@ -13,9 +13,9 @@ import hashlib
 import pytest
 
 from code_interpreter_files.settings import SettingsError, load_settings
+from local_azure.png import png_of_size
 from tests import figures
 from tests.appclient import AppClient
-from tests.rig.png import png_of_size
 
 
 def _runs_started(rig, script_id: str) -> int:

@@ -43,9 +43,9 @@ from code_interpreter_files.callbacks import (
 from code_interpreter_files.errors import ApiError
 from code_interpreter_files.run_queue import CallbackMessage, RunQueue, parse_message
 from code_interpreter_files.settings import Settings, load_settings
+from local_azure.azurite import free_port
+from local_azure.certs import TlsFiles, make_tls_files
 from tests import figures
-from tests.rig.azurite import free_port
-from tests.rig.certs import TlsFiles, make_tls_files
 from tests.rig.rig import Rig
 
 pytestmark = pytest.mark.timeout(60)

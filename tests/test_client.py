@@ -1,4 +1,4 @@
-"""The `ci-files` command, run as a subprocess against the function app served over HTTP (tests/rig/funchost.py)
+"""The `ci-files` command, run as a subprocess against the function app served over HTTP (local_azure/funchost.py)
 with the real rig behind it: downloads, waiting, overwriting, and one readable line per error code."""
 
 from __future__ import annotations
@@ -6,13 +6,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
-import os
 import re
-import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -20,11 +16,11 @@ from aiohttp import web
 
 import function_app
 from ci_files_client.errors import HINTS, Exit
-from tests.rig.funchost import FuncHost
+from local_azure.funchost import FuncHost
+from tests.helpers import Result, ci_files, hello_script
 from tests.rig.rig import Rig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CI_FILES = Path(sys.executable).parent / "ci-files"  # the console script `-e .` installs
 RUN_ID = re.compile(r"\bresp_[A-Za-z0-9_-]+")
 
 # Error codes the contract adds to openapi.yaml's (some land in parallel); each needs a line and exit code.
@@ -41,42 +37,11 @@ CONTRACT_CODES = {
 }
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[FuncHost]:
     """The app on a loopback port, on the session's event loop (where its async clients live)."""
     async with FuncHost(function_app.app) as host:
         yield host
-
-
-async def ci_files(*args: str, url: str, cwd: Path) -> Result:
-    """Run the installed `ci-files` command as a user would (the rig's CA is in SSL_CERT_FILE)."""
-    assert CI_FILES.exists(), "ci-files is not installed: pip install -r requirements-dev.txt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CI_FILES_")}
-    env.update(CI_FILES_URL=url, COLUMNS="200", NO_COLOR="1")
-    proc = await asyncio.create_subprocess_exec(
-        str(CI_FILES),
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
-def hello_script(rig: Rig, **extra: Any) -> str:
-    info = rig.emulator.add_script({"files": [{"path": "/mnt/data/test.txt", "content": "hello world"}], **extra})
-    return f"Create test.txt containing hello world {info['marker']}"
 
 
 def assert_one_error_line(result: Result, code: str) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 
 import function_app
-from tests.rig.funchost import FuncHost, route_pattern
+from local_azure.funchost import FuncHost, route_pattern
+from tests.helpers import ci_files, hello_script
 from tests.rig.rig import Rig
-from tests.test_client import ci_files, hello_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,13 +55,13 @@ async def test_companions_run_with_the_host() -> None:
 
 
 async def test_subprocess_host_serves_a_whole_run(rig: Rig, tmp_path: Path) -> None:
-    """`python -m tests.rig.funchost --port 0` with the rig's app environment, as an operator sets it."""
+    """`python -m local_azure.funchost --port 0` with the rig's app environment, as an operator sets it."""
     env = {k: v for k, v in os.environ.items() if k not in Rig.ENV_NAMES}
     env.update(rig.app_env("identity", "identity"))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.rig.funchost",
+        "local_azure.funchost",
         "--port",
         "0",
         cwd=REPO_ROOT,

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from code_interpreter_files import http_api, naming
+from code_interpreter_files import blob_upload, http_api, naming
 from code_interpreter_files.errors import ApiError
 from code_interpreter_files.models import MAX_PROMPT_CHARS
 from tests import figures
 from tests.appclient import AppClient
-from tests.test_runs import storage_names
+from tests.helpers import storage_names
 
 # ------------------------------------------------------------------------------------------------
 # strategies
@@ -456,8 +456,8 @@ async def test_a_stream_longer_than_announced_or_the_limit_leaves_no_blob(app: A
         ("resp_limits/f3/shorter.bin", 999, 10_000, 1000, "download_interrupted"),
     ):
         with pytest.raises(FileCopyError) as raised:
-            await store.upload_stream(
-                name,
+            await blob_upload.upload_stream(
+                store.file_client(name),
                 stream(total),
                 max_bytes=limit,
                 expected_bytes=announced,

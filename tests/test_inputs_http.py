@@ -9,8 +9,8 @@ import hashlib
 
 from azure.storage.blob import BlobServiceClient
 
+from local_azure.emulator_files import files_state
 from tests.appclient import AppClient
-from tests.rig.emulator_files import files_state
 
 INPUTS = "code-interpreter-inputs"
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 from azure.storage.blob import BlobServiceClient
 
 from tests.appclient import AppClient, Reply
-from tests.test_runs import storage_names
+from tests.helpers import manifest, storage_names
 
 
 async def poll_until_done(app: AppClient, response_id: str, attempts: int = 100) -> Reply:
@@ -22,12 +22,6 @@ async def poll_until_done(app: AppClient, response_id: str, attempts: int = 100)
         assert reply.headers["Retry-After"].isdigit()
         await asyncio.sleep(0.1)
     raise AssertionError("the run never finished")
-
-
-def manifest(rig, response_id: str) -> dict:
-    service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
-    blob = service.get_blob_client(rig.OUTPUT_CONTAINER, f"{response_id}/manifest.json")
-    return json.loads(blob.download_blob().readall())
 
 
 async def test_async_post_answers_202_then_get_returns_the_files(app: AppClient, rig) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tests import figures
 from tests.appclient import AppClient
-from tests.test_runs import storage_names
+from tests.helpers import storage_names
 
 RUNS = 200
 CONCURRENCY = 20

@@ -13,8 +13,8 @@ import pytest
 from nbclient import NotebookClient
 
 import function_app
-from tests.rig.funchost import FuncHost
-from tests.rig.png import MINIMUM, png_of_size
+from local_azure.funchost import FuncHost
+from local_azure.png import MINIMUM, png_of_size
 from tests.rig.rig import Rig
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"

@@ -9,10 +9,10 @@ import uuid
 
 import openai
 
+from local_azure.queue_host import QueueHost
 from tests.appclient import FUNCTIONS, AppClient
-from tests.rig.queue_host import QueueHost
-from tests.test_queue_finish import SECRET, _signed
-from tests.test_runs import storage_names
+from tests.helpers import SECRET, storage_names
+from tests.helpers import signed_webhook as _signed
 
 
 def _foreign_response(rig, **metadata: str) -> str:

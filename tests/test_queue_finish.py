@@ -1,11 +1,10 @@
 """No file lost when nobody waits (issue 10): the queue finishes every run, copies resume, one copy per
 run across instances, DELETE wins, the caller is called back; all against the rig, with the tests playing
-the Functions host's part for the queue (tests/rig/queue_host.py) the way Azure does."""
+the Functions host's part for the queue (local_azure/queue_host.py) the way Azure does."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -18,13 +17,11 @@ import standardwebhooks
 from aiohttp import web
 
 from code_interpreter_files.services import get_services
+from local_azure.queue_host import QueueHost, QueueHostProcess
 from tests import figures
 from tests.appclient import FUNCTIONS, AppClient
-from tests.rig.queue_host import QueueHost, QueueHostProcess
-from tests.test_lifecycle import manifest
-from tests.test_runs import storage_names
-
-SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+from tests.helpers import SECRET, manifest, storage_names
+from tests.helpers import signed_webhook as _signed
 
 
 @pytest.fixture
@@ -263,18 +260,6 @@ async def test_with_webhooks_the_queue_does_not_wait_and_the_webhook_finishes_th
             await host.run_once()
             await asyncio.sleep(0.1)
     assert [f["filename"] for f in manifest(rig, response_id)["files"]] == ["pushed.txt"]
-
-
-def _signed(body: str, webhook_id: str) -> dict[str, str]:
-    from datetime import UTC, datetime
-
-    signature = standardwebhooks.Webhook(SECRET).sign(webhook_id, datetime.now(UTC), body)
-    return {
-        "content-type": "application/json",
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(int(time.time())),
-        "webhook-signature": signature,
-    }
 
 
 def _manifest_exists(rig, response_id: str) -> bool:

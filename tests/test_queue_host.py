@@ -1,4 +1,4 @@
-"""The rig's queue host (tests/rig/queue_host.py) against Azurite, with a tiny test-only FunctionApp.
+"""The rig's queue host (local_azure/queue_host.py) against Azurite, with a tiny test-only FunctionApp.
 
 The app below is only for these tests (the real queue functions live in function_app.py): it parses
 messages with run_queue.parse_message and behaves by response id, so retries, poisoning, leases and
@@ -23,7 +23,7 @@ from azure.storage.queue.aio import QueueClient
 from code_interpreter_files.identity import AppCredential
 from code_interpreter_files.run_queue import RunQueue, parse_message
 from code_interpreter_files.settings import load_settings
-from tests.rig.queue_host import (
+from local_azure.queue_host import (
     QueueHost,
     QueueHostProcess,
     QueueSettings,

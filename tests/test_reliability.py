@@ -13,12 +13,12 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
-from code_interpreter_files import responses_api, storage
+from code_interpreter_files import blob_upload, responses_api
 from code_interpreter_files.identity import _identity_error as identity_error
+from local_azure.azurite import Azurite
 from tests import figures
 from tests.appclient import AppClient, Reply
-from tests.rig.azurite import Azurite
-from tests.test_runs import storage_names
+from tests.helpers import storage_names
 
 MIB = 1024 * 1024
 
@@ -43,7 +43,7 @@ async def wait_for_stream(rig, start: int, at_least: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # downloads cut short
 
-B = storage.BLOCK_BYTES
+B = blob_upload.BLOCK_BYTES
 CUT_SIZE = 2 * B + 12345
 _RANDOM = random.Random(5)  # fixed: the same offsets on every run
 CUT_OFFSETS = sorted(
@@ -395,8 +395,8 @@ async def test_a_missing_blob_is_not_found_not_half_there(app: AppClient) -> Non
         raise ConnectionResetError("injected")
 
     with pytest.raises(ConnectionResetError):
-        await store.upload_stream(
-            "resp_partial/f/p.bin",
+        await blob_upload.upload_stream(
+            store.file_client("resp_partial/f/p.bin"),
             breaking(),
             max_bytes=10 * B,
             expected_bytes=None,

@@ -9,25 +9,11 @@ from datetime import UTC
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from azure.storage.blob import BlobServiceClient
 
 from tests.appclient import AppClient
+from tests.helpers import storage_names
 
 MODES = [("identity", "identity"), ("identity", "key"), ("connection_string", "identity"), ("connection_string", "key")]
-
-
-BOOKKEEPING = ("lock", "run.json", "deleted")  # the run's lease blob, start record and DELETE's tombstone
-
-
-def storage_names(rig, response_id: str, *, bookkeeping: bool = False) -> list[str]:
-    """What is really in the output container under the run's prefix (read with the account key):
-    the files and the manifest; with `bookkeeping`, also the lock, run record and tombstone."""
-    service = BlobServiceClient.from_connection_string(rig.azurite.connection_string)
-    container = service.get_container_client(rig.OUTPUT_CONTAINER)
-    if not container.exists():
-        return []
-    names = sorted(b.name for b in container.list_blobs(name_starts_with=response_id + "/"))
-    return names if bookkeeping else [n for n in names if n.split("/", 1)[1] not in BOOKKEEPING]
 
 
 def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None:
@@ -422,7 +408,7 @@ async def test_the_delegation_key_and_tokens_are_reused(app: AppClient, rig) -> 
 async def test_use_development_storage_works_with_plain_azurite(app: AppClient, configure) -> None:
     import socket
 
-    from tests.rig.azurite import Azurite
+    from local_azure.azurite import Azurite
 
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 10000)) == 0:

@@ -14,9 +14,9 @@ import pytest
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
 from code_interpreter_files.services import get_services
+from local_azure.azurite import ACCOUNT_KEY, ACCOUNT_NAME
 from tests import figures
 from tests.appclient import AppClient
-from tests.rig.azurite import ACCOUNT_KEY, ACCOUNT_NAME
 
 
 async def one_file_run(app: AppClient, content: str = "secret report") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig.azurite import free_port
+from local_azure.azurite import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from tests.rig.azurite import Azurite
-from tests.rig.certs import TlsFiles, make_tls_files
-from tests.rig.identity_endpoint import IdentityControl, start_identity_endpoint, stop_process
+from local_azure.azurite import Azurite
+from local_azure.certs import TlsFiles, make_tls_files
+from local_azure.identity_endpoint import IdentityControl, start_identity_endpoint, stop_process
 
 if TYPE_CHECKING:
-    from tests.rig.emulator import EmulatorControl
+    from local_azure.emulator import EmulatorControl
 
 StorageAuth = Literal["identity", "connection_string"]
 ModelAuth = Literal["identity", "key"]
@@ -71,7 +71,7 @@ class Rig:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Rig:
         """Start every piece; on failure stop whatever was started and re-raise."""
-        from tests.rig.emulator import EmulatorControl, start_emulator
+        from local_azure.emulator import EmulatorControl, start_emulator
 
         try:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="ci-files-rig-"))
@@ -94,7 +94,7 @@ class Rig:
             self._emulator.close()
             self._emulator = None
         if self._emulator_proc is not None:
-            from tests.rig.emulator import stop_emulator
+            from local_azure.emulator import stop_emulator
 
             stop_emulator(self._emulator_proc)
             self._emulator_proc = None

@@ -21,8 +21,8 @@ from azure.identity.aio import ManagedIdentityCredential
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient
 
-from tests.rig.azurite import ACCOUNT_NAME, NODE_BIN, Azurite
-from tests.rig.identity_endpoint import (
+from local_azure.azurite import ACCOUNT_NAME, NODE_BIN, Azurite
+from local_azure.identity_endpoint import (
     OBJECT_ID,
     TENANT_ID,
     IdentityControl,

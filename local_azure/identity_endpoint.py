@@ -4,7 +4,7 @@
 has ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``: ``GET {IDENTITY_ENDPOINT}?api-version=
 2019-08-01&resource=<resource>[&client_id=<id>]`` with header ``X-IDENTITY-HEADER``.
 
-Run: ``python -m tests.rig.identity_endpoint --port 0 --header <secret> [--client-id <id>]``;
+Run: ``python -m local_azure.identity_endpoint --port 0 --header <secret> [--client-id <id>]``;
 prints ``READY http://127.0.0.1:<port>/msi/token`` once listening.
 
 Control API (no header needed): ``POST /_identity/config`` ``{"mode": "ok"|"fail"|"expired"}``,
@@ -31,7 +31,7 @@ import httpx
 import jwt
 from aiohttp import web
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TOKEN_PATH = "/msi/token"
 API_VERSION = "2019-08-01"
@@ -182,7 +182,7 @@ def start_identity_endpoint(
     header: str, client_id: str | None = None, timeout: float = 30.0
 ) -> tuple[subprocess.Popen[str], str]:
     """Start the endpoint as a child process; return it and the token URL from READY."""
-    cmd = [sys.executable, "-m", "tests.rig.identity_endpoint", "--port", "0", "--header", header]
+    cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", "--header", header]
     if client_id is not None:
         cmd += ["--client-id", client_id]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

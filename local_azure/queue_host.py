@@ -20,7 +20,7 @@ A host that is cancelled mid-invocation (a crash) neither deletes nor releases i
 come back when their lease runs out, as after a worker crash in Azure.
 
 In-process: `QueueHost(functions, environ=...)` then `await host.drain()`. As a separate instance:
-`python -m tests.rig.queue_host --app function_app:app` (see `start_queue_host`), which prints
+`python -m local_azure.queue_host --app function_app:app` (see `start_queue_host`), which prints
 `READY` and then one `OUTCOME {json}` line per message handled.
 """
 
@@ -54,7 +54,7 @@ from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueMessage
 from azure.storage.queue.aio import QueueClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_JSON = REPO_ROOT / "host.json"
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
 # The host leases a message for 10 minutes and renews it while the function runs.
@@ -513,7 +513,7 @@ class QueueHostProcess:
         poll_seconds: float = 0.2,
         timeout: float = 60.0,
     ) -> None:
-        cmd = [sys.executable, "-m", "tests.rig.queue_host", "--app", app, "--host-json", str(host_json)]
+        cmd = [sys.executable, "-m", "local_azure.queue_host", "--app", app, "--host-json", str(host_json)]
         cmd += ["--lease-seconds", str(lease_seconds), "--poll-seconds", str(poll_seconds)]
         child_env = dict(env, PYTHONUNBUFFERED="1")
         child_env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), child_env.get("PYTHONPATH"))))

@@ -7,7 +7,7 @@ the indexed function's user callable under its trigger's binding name. Routes co
 bindings (`route`, `methods`, the host.json prefix `api`). Function keys are not checked.
 
 In-process: `async with FuncHost(app) as host: host.url` (on the running event loop, which the app's
-async clients are bound to). As a process: `python -m tests.rig.funchost --port 0` prints
+async clients are bound to). As a process: `python -m local_azure.funchost --port 0` prints
 `READY http://127.0.0.1:<port>` and serves until SIGTERM, with the app configured by its environment.
 Other triggers (queues) are served by *companions*: objects with async `start()`/`stop()` that run
 alongside (`FuncHost(app, companions=[...])`, or `--companion module:factory` where `factory(app)`

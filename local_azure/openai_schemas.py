@@ -3,7 +3,7 @@
 The spec is ``../shared/specs/openai-openapi.yaml`` beside the clone (found by walking up from the
 repo root, so a git worktree under ``/work/wt/<name>`` finds ``/work/shared`` too). Parsing the 3 MB
 YAML takes seconds, so the schemas the emulator needs (and everything they ``$ref``) are extracted
-once and cached as JSON keyed by the spec's sha256 in ``tests/rig/.cache/`` (a self-ignoring dir,
+once and cached as JSON keyed by the spec's sha256 in ``local_azure/.cache/`` (a self-ignoring dir,
 like ``.pytest_cache``).
 
 Validation is ``jsonschema`` (2020-12, the dialect of OpenAPI 3.1) with ``$ref``s resolved against
@@ -35,7 +35,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC_RELATIVE = Path("shared/specs/openai-openapi.yaml")
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 #: Component schemas the emulator's bodies are checked against (``AzureResponse`` is the overlay).
@@ -50,7 +50,7 @@ ROOTS = (
     "ResponseCompletedEvent",
     "ResponseFailedEvent",
     "ResponseIncompleteEvent",
-    # Files, Uploads and the container object: the routes tests/rig/emulator_files.py adds.
+    # Files, Uploads and the container object: the routes local_azure/emulator_files.py adds.
     "OpenAIFile",
     "ListFilesResponse",
     "DeleteFileResponse",
@@ -132,7 +132,7 @@ def _load_document(spec: Path, digest: str) -> dict[str, Any]:
         document = yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
     sub = extract(document)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    (CACHE_DIR / ".gitignore").write_text("# created by tests/rig/openai_schemas.py\n*\n")
+    (CACHE_DIR / ".gitignore").write_text("# created by local_azure/openai_schemas.py\n*\n")
     fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(sub, fh, default=str)  # YAML dates in examples become strings

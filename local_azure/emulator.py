@@ -1,6 +1,6 @@
 """HTTP emulator of the Azure OpenAI v1 Responses + Containers APIs (Code Interpreter subset).
 
-Run: ``python -m tests.rig.emulator --host 127.0.0.1 --port 0 --api-key KEY``; it prints
+Run: ``python -m local_azure.emulator --host 127.0.0.1 --port 0 --api-key KEY``; it prints
 ``READY http://<host>:<port>`` once listening and runs until SIGTERM.
 
 Behaviour is driven by *scripts* registered via ``POST /_emulator/scripts``; a response picks a
@@ -49,7 +49,7 @@ from . import emulator_files
 from .openai_schemas import AZURE_RESPONSE, EVENT_SCHEMAS, SchemaChecker
 from .png import png_of_size
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/openai/v1"
 # The v1 docs' scope is https://ai.azure.com/.default; cognitiveservices is the legacy one, still accepted.
 JWT_AUDIENCES = {
@@ -88,7 +88,7 @@ BODY_SCHEMAS: dict[tuple[str, str], str] = {
     ("POST", "/responses/{id}/cancel"): AZURE_RESPONSE,
     ("GET", "/containers/{cid}/files"): "ContainerFileListResource",
     ("GET", "/containers/{cid}/files/{fid}"): "ContainerFileResource",
-    # tests/rig/emulator_files.py
+    # local_azure/emulator_files.py
     ("POST", "/files"): "OpenAIFile",
     ("GET", "/files/{fid}"): "OpenAIFile",
     ("DELETE", "/files/{fid}"): "DeleteFileResponse",
@@ -350,7 +350,7 @@ def _parse_file(script_id: str, index: int, raw: Any) -> ScriptFile:
     if not isinstance(raw, dict) or not isinstance(raw.get("path"), str) or not raw["path"]:
         raise _bad_request(f"files[{index}] needs a 'path' string", "files")
     path: str = raw["path"]
-    if "copy_of_input" in raw:  # inputs hook: a copy of an input file (tests/rig/emulator_files.py)
+    if "copy_of_input" in raw:  # inputs hook: a copy of an input file (local_azure/emulator_files.py)
         return emulator_files.parse_copy_file(index, raw)
     if ("content" in raw) == ("size" in raw):
         raise _bad_request(f"files[{index}] needs exactly one of 'content' or 'size'", "files")
@@ -997,7 +997,7 @@ class Emulator:
         now = time.time()
         latency = script.latency if script.latency is not None else self.latency
         container = None
-        # inputs hooks (tests/rig/emulator_files.py): previous_response_id, file_ids, a container by id
+        # inputs hooks (local_azure/emulator_files.py): previous_response_id, file_ids, a container by id
         self.files_api.check_previous(body)
         if has_ci and not script.no_container:
             container = self.files_api.container_for(script, tools, now + latency)
@@ -1348,7 +1348,7 @@ async def _serve(host: str, port: int, emulator: Emulator) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point (``python -m tests.rig.emulator``)."""
+    """CLI entry point (``python -m local_azure.emulator``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -1417,7 +1417,7 @@ def start_emulator(api_key: str, extra_env: dict[str, str] | None = None) -> tup
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.rig.emulator", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key],
+        [sys.executable, "-m", "local_azure.emulator", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

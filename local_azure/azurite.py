@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from tests.rig.certs import TlsFiles
+from local_azure.certs import TlsFiles
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_BIN = REPO_ROOT / "node_modules" / ".bin"
 AZURITE_BLOB = NODE_BIN / "azurite-blob"
 # Blob + queue (+ table) in one process: one Node runtime instead of two, one restart for both.

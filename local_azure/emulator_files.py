@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 
 if TYPE_CHECKING:
-    from tests.rig.emulator import Container, Emulator, EmulatorControl, Script, ScriptFile
+    from local_azure.emulator import Container, Emulator, EmulatorControl, Script, ScriptFile
 
 PREFIX = "/openai/v1"
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -48,16 +48,16 @@ UPLOAD_LIFETIME_SECONDS = 3600
 READ_BYTES = 1 << 20
 
 
-# The emulator's module: `tests.rig.emulator`, or `__main__` when it runs as a process. Its classes
+# The emulator's module: `local_azure.emulator`, or `__main__` when it runs as a process. Its classes
 # (ApiError above all, which its middleware catches) must be the ones it uses itself.
 _emulator_module: ModuleType | None = None
 
 
 def _em() -> Any:
     if _emulator_module is None:
-        import tests.rig.emulator
+        import local_azure.emulator
 
-        return tests.rig.emulator
+        return local_azure.emulator
     return _emulator_module
 
 
