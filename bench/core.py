@@ -37,8 +37,8 @@ from bench.plan import MIB, STAGES, Plan
 from code_interpreter_files import blob_upload, responses_api
 from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.settings import SETTING_NAMES, load_settings
+from local_azure import content
 from local_azure.emulator_files import files_state
-from tests.rig import content
 from tests.rig.rig import Rig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from bench.memchild import PeakRss
 
 
 async def source(size: int, hasher: Any) -> AsyncIterator[bytes]:
-    from tests.rig import content
+    from local_azure import content
 
     for chunk in content.chunks(f"upload-{size}", size):
         hasher.update(chunk)

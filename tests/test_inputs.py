@@ -19,8 +19,8 @@ from code_interpreter_files.errors import ApiError
 from code_interpreter_files.models import BlobInput, InlineInput, InputSpec
 from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import Services, get_services
+from local_azure import content as gen
 from local_azure.emulator_files import files_state, queue_fault
-from tests.rig import content as gen
 
 INPUT_CONTAINER = "inputs"
 MIB = 1024 * 1024
