@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
-from .errors import ApiError
+from .errors import InvalidRequest
 from .run_queue import RunQueue
 from .settings import Settings, is_ip_literal
 
@@ -127,12 +127,12 @@ def redacted(url: URL) -> str:
     return f"{url.scheme}://{url.raw_host}:{url.port}"
 
 
-def _not_allowed(message: str) -> ApiError:
-    return ApiError(400, "callback_not_allowed", message)
+def _not_allowed(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="callback_not_allowed")
 
 
 def parse_callback_url(url: str, settings: Settings) -> URL:
-    """The yarl URL to call, after every check; raises ApiError 400 callback_not_allowed."""
+    """The yarl URL to call, after every check; raises InvalidRequest (callback_not_allowed)."""
     allowed = {h for h in (normalize_host(entry) for entry in settings.callback_allowed_hosts) if h is not None}
     if not allowed:
         raise _not_allowed("callbacks are off: the app's CALLBACK_ALLOWED_HOSTS is not set")
@@ -163,14 +163,18 @@ def parse_callback_url(url: str, settings: Settings) -> URL:
 
 
 def validate_callback_url(url: str, settings: Settings) -> str:
-    """Check a caller's callback_url at POST time; the URL to store (unchanged). ApiError 400 if not allowed."""
+    """Check a caller's callback_url at POST time; the URL to store (unchanged).
+    InvalidRequest (callback_not_allowed) if not allowed."""
     parse_callback_url(url, settings)
     return url
 
 
-def callback_id(response_id: str) -> str:
-    """The webhook-id of a run's callback: the same on every retry, so a receiver can drop duplicates."""
-    return f"msg_{uuid.uuid5(uuid.NAMESPACE_URL, 'code-interpreter-files:' + response_id).hex}"
+def callback_id(response_id: str, news: str = "") -> str:
+    """The webhook-id of a run's callback: the same on every retry, so a receiver can drop duplicates;
+    a different one for different news of the run (`news`: "" for its outcome, `finish_failed` when the
+    queue gave up for now and a later outcome may still follow)."""
+    name = "code-interpreter-files:" + response_id + (f":{news}" if news else "")
+    return f"msg_{uuid.uuid5(uuid.NAMESPACE_URL, name).hex}"
 
 
 def sign(secret: str, webhook_id: str, timestamp: datetime, body: str) -> dict[str, str]:
@@ -191,10 +195,12 @@ async def deliver(url: str, payload: dict[str, Any], settings: Settings) -> Deli
     are retryable; other 4xx are not (the receiver refused the callback).
     """
     response_id = str(payload.get("response_id", ""))
-    webhook_id = callback_id(response_id) if response_id else f"msg_{uuid.uuid4().hex}"
+    error = payload.get("error")
+    news = "finish_failed" if isinstance(error, dict) and error.get("code") == "finish_failed" else ""
+    webhook_id = callback_id(response_id, news) if response_id else f"msg_{uuid.uuid4().hex}"
     try:
         target = parse_callback_url(url, settings)
-    except ApiError:
+    except InvalidRequest:
         return DeliveryResult(
             delivered=False, status=None, retryable=False, reason="callback_not_allowed", webhook_id=webhook_id
         )
@@ -251,7 +257,7 @@ def retry_delay(result: DeliveryResult, attempt: int) -> int | None:
     """Delay before the next attempt, or None to give up (delivered, not retryable, or MAX_ATTEMPTS done).
 
     The queue function: `if (delay := retry_delay(result, attempt)) is not None:
-    await queue.enqueue_callback(response_id, url, attempt + 1, delay)`.
+    await queue.enqueue_callback(response_id, attempt=attempt + 1, delay_seconds=delay)`.
     """
     if result.delivered or not result.retryable or attempt >= MAX_ATTEMPTS:
         return None
@@ -272,7 +278,7 @@ async def deliver_and_schedule_retry(
     result = await deliver(url, payload, settings)
     delay = retry_delay(result, attempt)
     if delay is not None:
-        await queue.enqueue_callback(response_id, url, attempt + 1, delay)
+        await queue.enqueue_callback(response_id, attempt=attempt + 1, delay_seconds=delay)
         log.info("callback for %s: attempt %d failed (%s), next in %d s", response_id, attempt, result.reason, delay)
     elif not result.delivered:
         log.warning("callback for %s: given up after attempt %d (%s)", response_id, attempt, result.reason)

@@ -13,20 +13,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import openai
 from openai.types.responses import Response
 
 from . import ownership, responses_api
 from .citations import container_ids
-from .errors import ApiError
+from .errors import RunInProgress, RunNotFound
 from .inputs import MAX_FILE_IDS, InputSpec, PreparedInput, UploadedInput, code_interpreter_container, upload_inputs
 from .naming import is_plain_id, is_valid_response_id, safe_filename, valid_unicode
+from .records import CarriedRecord, ContinuedIn, InputRecord, SetupWarning
 from .runlog import RunLog
 from .services import Services
 
-ContinuedIn = Literal["same_container", "new_container"]
 GONE_STATUSES = frozenset({"expired", "deleted"})
 MAX_TURNS_CARRIED = 20  # how far back a conversation's files are looked for
 
@@ -62,34 +62,29 @@ class RunSetup:
         """The answer's `inputs`: the caller's files (carried ones are the previous run's outputs)."""
         return [i.to_answer() for i in self.inputs if not i.carried]
 
-    def record(self) -> dict[str, Any]:
-        """What the run's answer needs later, in any worker (the run record, `run.json`): inputs, continued_in,
-        warnings; and the uploaded file ids (also in the response's tools) and carried files."""
+    def record_fields(self) -> dict[str, Any]:
+        """What the run record keeps of the set-up, for whoever finishes the run in any worker."""
         return {
-            "version": 1,
-            "inputs": self.answer_inputs(),
-            "continued_in": self.continued_in,
             "previous_response_id": self.previous_response_id,
-            "warnings": self.warnings,
-            "file_ids": self.file_ids,
-            "carried": [{"name": i.name, "sha256": i.sha256} for i in self.inputs if i.carried],
+            "continued_in": self.continued_in,
+            "inputs": tuple(InputRecord.model_validate(i) for i in self.answer_inputs()),
+            "carried": tuple(CarriedRecord(name=i.name, sha256=i.sha256) for i in self.inputs if i.carried),
+            "uploaded_file_ids": tuple(self.file_ids),
+            "warnings": tuple(SetupWarning.model_validate(w) for w in self.warnings),
         }
-
-
-_not_found = ownership.not_found  # the same answer as for an id Azure OpenAI does not know
 
 
 async def resolve_previous(services: Services, response_id: str, principal: str | None = None) -> Previous:
     """The previous run, if it is a finished run of this app, and whether its container lives."""
     if not is_valid_response_id(response_id):
-        raise _not_found(valid_unicode(response_id[:130]))
+        raise RunNotFound(valid_unicode(response_id[:130]))
     try:
         response = await services.openai.responses.retrieve(response_id)
     except openai.NotFoundError:
-        raise _not_found(response_id) from None
-    ownership.check(response.metadata, response_id, services.settings, principal)
+        raise RunNotFound(response_id) from None
+    ownership.check_metadata(response.metadata, response_id, services.settings, principal)
     if response.status in responses_api.RUNNING:
-        raise ApiError(409, "run_in_progress", f"the run {response_id} has not finished: continue it once it has")
+        raise RunInProgress(f"the run {response_id} has not finished: continue it once it has")
     used = container_ids(response)
     if not used:
         return Previous(response=response, container_id=None, container_alive=False)
@@ -242,23 +237,3 @@ async def carried_sha256(services: Services, response: Response) -> dict[str, st
         known[entry.get("sandbox_path") or f"/mnt/data/{safe_filename(str(entry.get('filename') or ''))}"] = digest
         known[f"/mnt/data/{safe_filename(str(entry.get('filename') or ''))}"] = digest
     return known
-
-
-async def save_setup(services: Services, response_id: str, setup: RunSetup, *, callback_url: str | None) -> None:
-    """Keep what finishing the run needs in any worker (`<response id>/run.json`): its inputs, how it
-    continued, and where to call back. Nothing is written for a run that has none of these."""
-    if setup.inputs or setup.continued_in or setup.warnings or callback_url:
-        await services.store.write_run_info(response_id, {**setup.record(), "callback_url": callback_url})
-
-
-async def load_setup(services: Services, response_id: str) -> dict[str, Any]:
-    """The record `save_setup` kept, with the defaults of a run that has none."""
-    empty: dict[str, Any] = {
-        "inputs": [],
-        "continued_in": None,
-        "warnings": [],
-        "file_ids": [],
-        "carried": [],
-        "callback_url": None,
-    }
-    return {**empty, **await services.store.read_run_info(response_id)}

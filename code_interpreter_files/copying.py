@@ -13,7 +13,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 
 from . import responses_api
 from .blob_upload import upload_stream
-from .errors import CONTAINER_GONE, FileCopyError, run_deleted
+from .errors import CONTAINER_GONE, FileCopyError
 from .models import CopiedFile, FailedFile, FoundFile
 from .naming import blob_name, content_type_for
 from .runlog import RunLog
@@ -134,9 +134,6 @@ async def copy_file(services: Services, response_id: str, file: FoundFile, log: 
             "storage_error", f"Blob Storage refused the upload ({type(error).__name__}); ask again to retry", True
         )
     else:
-        if await services.store.is_deleted(response_id):  # DELETE came during the copy: take it back
-            await services.store.delete_blob(blob)
-            raise run_deleted()
         return CopiedFile(
             filename=file.filename,
             file_id=file.file_id,

@@ -21,7 +21,6 @@ from openai.types.responses import Response
 from . import responses_api
 from .citations import container_ids, file_citations, image_outputs, is_id_like
 from .copying import download_failure
-from .errors import CONTAINER_GONE, ApiError
 from .models import Citation, Collect, ContainerFile, FailedFile, FoundFile, Origin, RunWarning
 from .naming import is_plain_id, safe_filename, valid_unicode
 from .services import Services
@@ -36,6 +35,7 @@ class Findings:
     found: list[FoundFile] = field(default_factory=list)
     failed: list[FailedFile] = field(default_factory=list)
     warnings: list[RunWarning] = field(default_factory=list)
+    gone: bool = False  # the run's containers expired before anything could be found
 
 
 async def _list_containers(
@@ -77,9 +77,8 @@ async def find_files(services: Services, response: Response, collect: Collect) -
     images = image_outputs(response)
     if unlisted and not citations and not images and not listed:
         if all(responses_api.is_container_gone(e) for e in unlisted.values()):
-            raise ApiError(
-                410, "container_expired", f"{CONTAINER_GONE} before its files could be listed: run the prompt again"
-            )
+            findings.gone = True
+            return findings
 
     lookups = 0
     for citation in citations:

@@ -12,16 +12,57 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import ownership, pipeline, queue_finish, responses_api, webhooks
-from .errors import ApiError
+from . import catalog, errors, ownership, pipeline, responses_api, webhooks
+from .errors import (
+    InternalError,
+    InvalidRequest,
+    RateLimited,
+    ServiceError,
+    TimedOut,
+    TooLarge,
+    Unavailable,
+    UpstreamFailed,
+)
 from .identity import IdentityError
-from .models import RunRequest, UnsupportedManifest
+from .invocation import invoke
+from .models import RunRequest
 from .naming import is_valid_response_id, valid_unicode
+from .records import UnsupportedManifest
 from .runlog import RunLog, logger
 from .services import get_services
 from .settings import SettingsError, load_settings
 
 MAX_BODY_BYTES = 1024 * 1024
+
+# Each outcome's HTTP status, in one place (the most specific class wins).
+STATUS: dict[type[ServiceError], int] = {
+    errors.InvalidRequest: 400,
+    errors.InvalidSignature: 401,
+    errors.NotConfiguredHere: 404,
+    errors.RunNotFound: 404,
+    errors.RunDeleted: 409,
+    errors.RunCancelled: 409,
+    errors.RunInProgress: 409,
+    errors.InputChanged: 409,
+    errors.ContainerGone: 410,
+    errors.TooLarge: 413,
+    errors.RateLimited: 429,
+    errors.InternalError: 500,
+    errors.RunFailed: 502,
+    errors.FinishFailed: 502,
+    errors.UpstreamFailed: 502,
+    errors.Unavailable: 503,
+    errors.TimedOut: 504,
+}
+
+
+def status_of(error: ServiceError) -> int:
+    return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
+
+
+def error_codes() -> dict[str, int]:
+    """Every error code the API answers with, and its status (for the contract tests and the client)."""
+    return {code: status for kind, status in STATUS.items() for code in kind.codes}
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -38,18 +79,18 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 def parse_run_request(body: bytes) -> RunRequest:
     """The POST body, strictly: a JSON object with known fields of the right types."""
     if len(body) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+        raise TooLarge(f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", 'the body must be a JSON object, e.g. {"prompt": "..."}') from None
+        raise InvalidRequest('the body must be a JSON object, e.g. {"prompt": "..."}', code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request", 'the body must be a JSON object, e.g. {"prompt": "..."}')
+        raise InvalidRequest('the body must be a JSON object, e.g. {"prompt": "..."}')
     try:
         return RunRequest.model_validate(data)
     except ValidationError as error:
         problems = [f"{_field(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
-        raise ApiError(400, "invalid_request", "; ".join(problems[:10])) from None
+        raise InvalidRequest("; ".join(problems[:10])) from None
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -63,15 +104,15 @@ def parse_ttl_query(value: str | None) -> int | None:
     if value is None or value == "":
         return None
     if not value.isascii() or not value.isdigit() or len(value) > 6:
-        raise ApiError(400, "invalid_request", "sas_ttl_minutes must be a whole number of minutes")
+        raise InvalidRequest("sas_ttl_minutes must be a whole number of minutes")
     return int(value)
 
 
 def response_id_from(req: func.HttpRequest) -> str:
     response_id = req.route_params.get("response_id", "")
     if not is_valid_response_id(response_id):
-        raise ApiError(
-            400, "invalid_run_id", "a run id is the response id: resp_ followed by letters, digits, '_' or '-'"
+        raise InvalidRequest(
+            "a run id is the response id: resp_ followed by letters, digits, '_' or '-'", code="invalid_run_id"
         )
     return response_id
 
@@ -86,30 +127,28 @@ def _outcome(result: dict[str, Any] | pipeline.Accepted) -> func.HttpResponse:
     return json_response(200, result)
 
 
-def _error_for(error: Exception) -> ApiError:
-    """Map what went wrong to what the caller can do about it. Messages never carry secrets."""
-    if isinstance(error, ApiError):
+def _error_for(error: Exception) -> ServiceError:
+    """What went wrong, as an outcome the caller can act on. Messages never carry secrets."""
+    if isinstance(error, ServiceError):
         return error
     if isinstance(error, SettingsError):
-        return ApiError(503, "not_configured", f"{error}; see the README's settings table")
+        return Unavailable(f"{error}; see the README's settings table")
     if isinstance(error, IdentityError):
-        return ApiError(503, "identity_error", str(error))
+        return Unavailable(str(error), code="identity_error")
     if isinstance(error, UnsupportedManifest):
-        return ApiError(500, "unsupported_manifest", str(error))
+        return InternalError(str(error), code="unsupported_manifest")
     if isinstance(error, openai.RateLimitError):
         asked = responses_api.retry_after_seconds(error.response.headers, str(error.message))
         seconds = max(1, math.ceil(asked if asked is not None else responses_api.DEFAULT_RETRY_AFTER_SECONDS))
-        return ApiError(
-            429,
-            "rate_limited",
+        return RateLimited(
             f"Azure OpenAI is rate limiting this deployment; retry after {seconds} seconds",
             headers={"Retry-After": str(seconds)},
             upstream_status=429,
         )
     if isinstance(error, openai.APITimeoutError):
-        return ApiError(504, "timeout", "Azure OpenAI did not answer in time")
+        return TimedOut("Azure OpenAI did not answer in time")
     if isinstance(error, openai.APIConnectionError):
-        return ApiError(502, "upstream_error", "could not reach Azure OpenAI: check AZURE_OPENAI_ENDPOINT")
+        return UpstreamFailed("could not reach Azure OpenAI: check AZURE_OPENAI_ENDPOINT")
     if isinstance(error, openai.APIStatusError):
         hint = {
             401: "the credentials were refused: check the API key, or the identity's token and its audience "
@@ -117,26 +156,21 @@ def _error_for(error: Exception) -> ApiError:
             403: "the identity lacks the Cognitive Services OpenAI User role on the Azure OpenAI resource",
             404: "check AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT",
         }.get(error.status_code, "try again later")
-        return ApiError(
-            502,
-            "upstream_error",
-            f"Azure OpenAI answered {error.status_code}: {hint}",
-            upstream_status=error.status_code,
-        )
+        return UpstreamFailed(f"Azure OpenAI answered {error.status_code}: {hint}", upstream_status=error.status_code)
     if isinstance(error, ClientAuthenticationError) or (
         isinstance(error, HttpResponseError) and error.status_code in (401, 403)
     ):
-        return ApiError(
-            502,
-            "storage_auth_error",
-            "Blob Storage refused the app's credentials: the identity needs Storage Blob Data Contributor "
-            "on the account (or check OUTPUT_STORAGE_CONNECTION_STRING)",
+        return UpstreamFailed(
+            "Storage refused the app's credentials: the identity needs Storage Blob Data Contributor on the "
+            "containers and Storage Table Data Contributor on the runs table (or check "
+            "OUTPUT_STORAGE_CONNECTION_STRING)",
+            code="storage_auth_error",
         )
     if isinstance(error, (HttpResponseError, ServiceRequestError)):
-        return ApiError(502, "storage_error", f"Blob Storage failed ({type(error).__name__}); try again")
+        return UpstreamFailed(f"Storage failed ({type(error).__name__}); try again", code="storage_error")
     if isinstance(error, TimeoutError):
-        return ApiError(504, "timeout", "the run took longer than its time budget")
-    return ApiError(500, "internal_error", "unexpected error; the logs have the details under this invocation id")
+        return TimedOut("the run took longer than its time budget")
+    return InternalError("unexpected error; the logs have the details under this invocation id")
 
 
 async def handle(
@@ -146,16 +180,16 @@ async def handle(
     work: Callable[[func.HttpRequest, RunLog], Awaitable[func.HttpResponse]],
 ) -> func.HttpResponse:
     """Run one request; whatever happens, answer `{"error": {"code", "message"}}`, never a trace."""
-    log = RunLog(context.invocation_id, operation)
-    with log.invocation(getattr(context, "trace_context", None)):  # the invocation's root span
-        try:
-            return await work(req, log)
-        except Exception as raw:  # the last line of defence: every failure becomes a JSON answer
-            error = _error_for(raw)
-            if error.code == "internal_error":
-                logger.exception("%s failed | invocation_id=%s", operation, context.invocation_id)
-            log.warning("answered with an error", status=error.status, code=error.code, detail=error.message)
-            return json_response(error.status, error.body(invocation_id=context.invocation_id), error.headers)
+
+    def answer_error(raw: Exception, log: RunLog) -> func.HttpResponse:  # every failure becomes a JSON answer
+        error = _error_for(raw)
+        status = status_of(error)
+        if isinstance(error, InternalError) and error.code == "internal_error":
+            logger.error("%s failed | invocation_id=%s", operation, context.invocation_id, exc_info=raw)
+        log.warning("answered with an error", status=status, code=error.code, detail=error.message)
+        return json_response(status, error.body(invocation_id=context.invocation_id), error.headers)
+
+    return await invoke(context, operation, lambda log: work(req, log), answer_error)
 
 
 async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
@@ -163,6 +197,19 @@ async def create_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
     services = await get_services()
     principal = ownership.caller_principal(req.headers, services.settings)
     return _outcome(await pipeline.create_run(services, request, log, principal))
+
+
+async def list_runs(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
+    services = await get_services()
+    principal = ownership.caller_principal(req.headers, services.settings)
+    page = await catalog.list_runs(
+        services,
+        principal,
+        limit=catalog.parse_limit(req.params.get("limit")),
+        cursor=req.params.get("cursor"),
+        status=catalog.parse_status(req.params.get("status")),
+    )
+    return json_response(200, page)
 
 
 async def get_run(req: func.HttpRequest, log: RunLog) -> func.HttpResponse:
@@ -184,12 +231,12 @@ async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpRespons
     """Verify an Azure OpenAI webhook and queue the finish of its run (once per webhook id)."""
     services = await get_services()
     if services.settings.webhook_secret is None:
-        raise ApiError(404, "webhook_not_configured", "AZURE_OPENAI_WEBHOOK_SECRET is not set")
+        raise errors.NotConfiguredHere("AZURE_OPENAI_WEBHOOK_SECRET is not set")
 
     async def act(event: webhooks.WebhookEvent) -> None:
         assert event.response_id is not None
         log.response_id = event.response_id
-        await services.queue.enqueue_finish(event.response_id, "cited", None)  # collect: from the run's metadata
+        await services.queue.enqueue_finish(event.response_id)
 
     outcome = await webhooks.handle_webhook(
         req.get_body(),
@@ -200,25 +247,6 @@ async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpRespons
         act=act,
     )
     return json_response(200, {"status": outcome.action})
-
-
-async def on_queue_message(msg: func.QueueMessage, context: func.Context, operation: str) -> None:
-    """A RUNS_QUEUE (or poison) message. Errors are logged and re-raised: the host retries them."""
-    log = RunLog(context.invocation_id, operation)
-    with log.invocation(getattr(context, "trace_context", None)):
-        log.info("queue message", dequeue_count=msg.dequeue_count, message_id=msg.id)
-        try:
-            services = await get_services()
-            body = msg.get_body().decode("utf-8")
-            if operation == "record_poison":
-                await queue_finish.record_poison(services, body, log)
-            else:
-                await queue_finish.handle_message(services, body, log)
-        except Exception as error:
-            log.warning(
-                "queue message failed; the host retries it", error=type(error).__name__, detail=str(error)[:200]
-            )
-            raise
 
 
 def health() -> func.HttpResponse:

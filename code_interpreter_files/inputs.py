@@ -22,7 +22,7 @@ from typing import Any, Final
 import openai
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-from .errors import ApiError
+from .errors import InputChanged, InvalidRequest, TooLarge, UpstreamFailed
 from .models import BlobInput, InputSpec
 from .naming import MAX_FILENAME_CHARS, content_type_for, safe_filename, valid_unicode
 from .runlog import RunLog
@@ -97,13 +97,12 @@ async def prepare_inputs(
     """
     settings = services.settings
     if len(specs) > settings.max_input_files:
-        raise ApiError(
-            400,
-            "too_many_inputs",
+        raise InvalidRequest(
             f"{len(specs)} input files; the limit is MAX_INPUT_FILES ({settings.max_input_files})",
+            code="too_many_inputs",
         )
     if len(specs) + len(carried) > MAX_FILE_IDS:
-        raise ApiError(400, "too_many_inputs", f"a run takes at most {MAX_FILE_IDS} files in its container")
+        raise InvalidRequest(f"a run takes at most {MAX_FILE_IDS} files in its container", code="too_many_inputs")
     taken: set[str] = set()
     prepared: list[PreparedInput] = []
     total = 0
@@ -111,11 +110,10 @@ async def prepare_inputs(
         if isinstance(spec, BlobInput):
             version = await services.store.blob_version(settings.input_container, spec.blob)
             if version is None:
-                raise ApiError(
-                    400,
-                    "input_not_found",
+                raise InvalidRequest(
                     f"no blob '{_shown(spec.blob)}' in the input container '{settings.input_container}'",
                     blob=_shown(spec.blob),
+                    code="input_not_found",
                 )
             size, etag = version
             name = unique_name(safe_filename(spec.name or posixpath.basename(spec.blob)), taken)
@@ -128,10 +126,9 @@ async def prepare_inputs(
             prepared.append(PreparedInput(name=name, size=len(data), data=data))
         total += prepared[-1].size
         if total > settings.max_input_bytes:
-            raise ApiError(
-                413,
-                "input_too_large",
+            raise TooLarge(
                 f"the input files add up to more than MAX_INPUT_BYTES ({settings.max_input_bytes} bytes)",
+                code="input_too_large",
             )
     for item in carried:
         if item.name in taken:  # the caller's file of that name is its newer version
@@ -154,7 +151,7 @@ async def upload_inputs(
     services: Services, specs: Sequence[InputSpec], log: RunLog, *, carried: Sequence[PreparedInput] = ()
 ) -> list[UploadedInput]:
     """Check, then upload every input (and carried file) to Azure OpenAI; all or nothing: when one
-    fails, those already uploaded are deleted and the error (an ApiError) goes on."""
+    fails, those already uploaded are deleted and the error (a ServiceError) goes on."""
     return await upload_prepared(services, await prepare_inputs(services, specs, carried=carried), log)
 
 
@@ -199,22 +196,20 @@ async def delete_uploaded(services: Services, file_ids: Sequence[str], log: RunL
     return [f for f in results if f is not None]
 
 
-def _refused(item: PreparedInput, error: openai.APIError) -> ApiError:
+def _refused(item: PreparedInput, error: openai.APIError) -> UpstreamFailed:
     if isinstance(error, openai.APIStatusError):
         detail = f"Azure OpenAI answered {error.status_code}"
-        return ApiError(
-            502,
-            "input_upload_failed",
+        return UpstreamFailed(
             f"the input file '{item.name}' could not be uploaded: {detail}",
             file=item.name,
             upstream_status=error.status_code,
+            code="input_upload_failed",
         )
-    return ApiError(
-        502,
-        "input_upload_failed",
+    return UpstreamFailed(
         f"the input file '{item.name}' could not be uploaded: Azure OpenAI could not be reached "
         f"({type(error).__name__})",
         file=item.name,
+        code="input_upload_failed",
     )
 
 
@@ -228,13 +223,12 @@ async def _upload_one(services: Services, item: PreparedInput) -> UploadedInput:
     except openai.APIError as error:
         raise _refused(item, error) from None
     except ResourceNotFoundError:
-        raise ApiError(
-            400, "input_not_found", f"the blob of input file '{item.name}' was deleted while it was read"
+        raise InvalidRequest(
+            f"the blob of input file '{item.name}' was deleted while it was read",
+            code="input_not_found",
         ) from None
     except ResourceModifiedError:
-        raise ApiError(
-            409, "input_changed", f"the blob of input file '{item.name}' changed while it was read; try again"
-        ) from None
+        raise InputChanged(f"the blob of input file '{item.name}' changed while it was read; try again") from None
 
 
 def _read(services: Services, item: PreparedInput) -> AsyncIterator[bytes]:
@@ -244,7 +238,7 @@ def _read(services: Services, item: PreparedInput) -> AsyncIterator[bytes]:
 
 def _check_size(item: PreparedInput, got: int) -> None:
     if got != item.size:
-        raise ApiError(409, "input_changed", f"input file '{item.name}': read {got} of {item.size} bytes; try again")
+        raise InputChanged(f"input file '{item.name}': read {got} of {item.size} bytes; try again")
 
 
 async def _upload_whole(services: Services, item: PreparedInput, data: bytes) -> UploadedInput:
@@ -309,8 +303,9 @@ async def _upload_in_parts(services: Services, item: PreparedInput) -> UploadedI
             await client.uploads.cancel(upload.id)
         raise
     if completed.file is None:
-        raise ApiError(
-            502, "input_upload_failed", f"the input file '{item.name}' could not be uploaded: no file after completion"
+        raise UpstreamFailed(
+            f"the input file '{item.name}' could not be uploaded: no file after completion",
+            code="input_upload_failed",
         )
     return UploadedInput(
         name=item.name, file_id=completed.file.id, bytes=total, sha256=sha256.hexdigest(), carried=item.carried

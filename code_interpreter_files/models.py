@@ -55,7 +55,6 @@ def _kind(value: Any) -> str:
 # The `input_files` items of a run request: `list[InputSpec]`.
 InputSpec = Annotated[Annotated[BlobInput, Tag("blob")] | Annotated[InlineInput, Tag("inline")], Discriminator(_kind)]
 
-MANIFEST_VERSION = 2  # 1: before warnings, origin and incomplete runs; read as such
 Collect = Literal["cited", "all"]
 Origin = Literal["cited", "listed", "image_output"]
 
@@ -174,72 +173,3 @@ class FailedFile:
 
     def to_answer(self) -> dict[str, str]:
         return {"filename": self.filename, "file_id": self.file_id, "code": self.code, "message": self.message}
-
-
-class UnsupportedManifest(Exception):
-    """A manifest written by a newer version of the app: never guess at its meaning."""
-
-
-@dataclass(kw_only=True)
-class RunRecord:
-    """What a finished run produced; `manifest.json` holds it, so links can be signed again later."""
-
-    response_id: str
-    status: str
-    text: str
-    incomplete_reason: str | None = None
-    files: list[CopiedFile] = field(default_factory=list)
-    failed_files: list[FailedFile] = field(default_factory=list)
-    warnings: list[RunWarning] = field(default_factory=list)
-    inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, bytes, sha256} of the caller's files
-    continued_in: str | None = None  # same_container | new_container, for a continued conversation
-    error: dict[str, Any] | None = None  # {status, code, message}: how the run ended without its files
-    owner: str | None = None  # OWNER_TAG of the deployment that started it (None: written before tags)
-    principal: str | None = None  # the Easy Auth caller who started it, if any
-
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "version": MANIFEST_VERSION,
-            "response_id": self.response_id,
-            "status": self.status,
-            "incomplete_reason": self.incomplete_reason,
-            "text": self.text,
-            "files": [asdict(f) for f in self.files],
-            "failed_files": [f.to_answer() for f in self.failed_files],
-            "warnings": [w.to_answer() for w in self.warnings],
-            "inputs": self.inputs,
-            "continued_in": self.continued_in,
-            "error": self.error,
-            "owner": self.owner,
-            "principal": self.principal,
-        }
-
-    @classmethod
-    def from_manifest(cls, data: dict[str, Any]) -> RunRecord:
-        """Read this version or an older one; a newer one is an UnsupportedManifest."""
-        version = data.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise UnsupportedManifest(f"manifest version {version!r} is not a version this app wrote")
-        if version > MANIFEST_VERSION:
-            raise UnsupportedManifest(
-                f"manifest version {version} is newer than this app reads ({MANIFEST_VERSION}): deploy the newer app"
-            )
-        return cls(
-            response_id=data["response_id"],
-            status=data["status"],
-            text=data["text"],
-            incomplete_reason=data.get("incomplete_reason"),
-            files=[CopiedFile.from_manifest(f) for f in data["files"]],
-            failed_files=[FailedFile(**f) for f in data["failed_files"]],
-            warnings=[RunWarning(**w) for w in data.get("warnings", [])],
-            inputs=data.get("inputs", []),
-            continued_in=data.get("continued_in"),
-            error=data.get("error"),
-            owner=data.get("owner"),
-            principal=data.get("principal"),
-        )
-
-    @property
-    def complete(self) -> bool:
-        """True when a later attempt could not copy more: no failure is worth retrying."""
-        return not any(f.retryable for f in self.failed_files)

@@ -9,9 +9,8 @@ import unicodedata
 from urllib.parse import quote
 
 MANIFEST_NAME = "manifest.json"
-RUN_INFO_NAME = "run.json"  # what the run was started with (callback, collect): read by whoever finishes it
-LOCK_NAME = "lock"  # leased by the one copy of the run in progress, on any instance
-TOMBSTONE_NAME = "deleted"  # written by DELETE before anything else; never deleted by it
+# What earlier versions kept under a run's prefix (now in the runs table): read and deleted, never written.
+LEGACY_BOOKKEEPING = {"run_info": "run.json", "lock": "lock", "tombstone": "deleted"}
 MAX_FILENAME_CHARS = 120
 _MAX_EXTENSION_CHARS = 16
 RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9_-]{1,120}")
@@ -44,18 +43,6 @@ def run_prefix(response_id: str) -> str:
 
 def manifest_blob(response_id: str) -> str:
     return f"{run_prefix(response_id)}/{MANIFEST_NAME}"
-
-
-def run_info_blob(response_id: str) -> str:
-    return f"{run_prefix(response_id)}/{RUN_INFO_NAME}"
-
-
-def lock_blob(response_id: str) -> str:
-    return f"{run_prefix(response_id)}/{LOCK_NAME}"
-
-
-def tombstone_blob(response_id: str) -> str:
-    return f"{run_prefix(response_id)}/{TOMBSTONE_NAME}"
 
 
 def _id_segment(file_id: str) -> str:

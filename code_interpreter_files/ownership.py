@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ApiError
+from .errors import InvalidRequest, RunNotFound
 from .settings import Settings
 
 # Set by App Service authentication (Easy Auth) after it authenticated the caller; the platform strips
@@ -30,7 +30,7 @@ def caller_principal(headers: Mapping[str, str], settings: Settings) -> str | No
     if value is None:
         return None
     if not _PRINCIPAL.fullmatch(value.strip()):
-        raise ApiError(400, "invalid_request", f"the {PRINCIPAL_HEADER} header is not a principal id")
+        raise InvalidRequest(f"the {PRINCIPAL_HEADER} header is not a principal id")
     return value.strip()
 
 
@@ -42,16 +42,19 @@ def run_metadata(settings: Settings, *, collect: str, principal: str | None) -> 
     return metadata
 
 
-def not_found(response_id: str) -> ApiError:
-    """One answer for an unknown run, another application's run and another caller's run."""
-    return ApiError(404, "run_not_found", f"Azure OpenAI knows no response {response_id}")
+def check(owner: str | None, run_principal: str | None, response_id: str, settings: Settings,
+          caller: str | None) -> None:  # fmt: skip
+    """RunNotFound unless the run is this deployment's and, when it was started by an authenticated
+    caller, this caller's. A run started without a principal is every caller's of this deployment."""
+    if owner != settings.owner_tag:
+        raise RunNotFound(response_id)
+    if run_principal is not None and run_principal != caller:
+        raise RunNotFound(response_id)
 
 
-def check(metadata: Mapping[str, Any] | None, response_id: str, settings: Settings, principal: str | None) -> None:
-    """Raise not_found unless the run (its response metadata or manifest) is this deployment's and,
-    when it was started by an authenticated caller, this caller's."""
+def check_metadata(
+    metadata: Mapping[str, Any] | None, response_id: str, settings: Settings, caller: str | None
+) -> None:
+    """`check` on a response's metadata (what the run was created with)."""
     metadata = metadata or {}
-    if metadata.get("owner") != settings.owner_tag:
-        raise not_found(response_id)
-    if metadata.get("principal") is not None and metadata.get("principal") != principal:
-        raise not_found(response_id)
+    check(metadata.get("owner"), metadata.get("principal"), response_id, settings, caller)

@@ -1,45 +1,52 @@
-"""A run, top to bottom: start the response -> wait -> find its files -> copy them -> sign links -> answer."""
+"""The HTTP operations on runs, top to bottom: start one, get one, delete one, answer with fresh links.
+
+Finishing a run (copying its files and committing how it ended) is finishing.py's, whoever asks.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
 from azure.core.exceptions import AzureError
-from openai.types.responses import Response
 
-from . import callbacks, conversations, inputs, ownership, responses_api
-from .citations import answer_text, link_files
-from .copying import copy_files
-from .errors import CONTAINER_GONE, ApiError, run_deleted
-from .finding import find_files
-from .models import (
-    Collect,
-    CopiedFile,
-    RunRecord,
-    RunRequest,
-    RunWarning,
+from . import callbacks, conversations, deleting, finishing, inputs, ownership, responses_api, runs
+from .citations import link_files
+from .claims import Claim, ClaimHeld, ClaimLost, new_claim_id
+from .errors import (
+    ContainerGone,
+    InvalidRequest,
+    RunCancelled,
+    RunDeleted,
+    RunFailed,
+    RunNotFound,
+    ServiceError,
+    TimedOut,
+    UpstreamFailed,
 )
-from .naming import (
-    is_valid_response_id,
-    manifest_blob,
-)
+from .models import RunRequest
+from .records import Outcome, RunRecord, preview
+from .run_table import Row
 from .runlog import RunLog
 from .services import Services
-from .storage import LeaseHeld
+from .singleflight import WorkCancelled
 
 RETRY_AFTER_SECONDS = 5
 # A synchronous POST also queues its run's finish, visible this long after its answer was due: if the
 # worker dies mid-copy, the queue still finishes the run (and calls back) even though nobody polls.
 SAFETY_FINISH_MARGIN_SECONDS = 10
-FAILED_STATUSES = {
-    "failed": (502, "run_failed"),
-    "cancelled": (409, "run_cancelled"),
+# The claim a synchronous POST creates its row with ends this long after its answer is due: before the
+# safety-net message becomes visible, so that message can take it at once.
+_ANSWER_CLAIM_MARGIN_SECONDS = 5
+# The errors an outcome can keep, as the exception GET answers with.
+_OUTCOME_ERRORS: dict[str, type[ServiceError]] = {
+    "run_failed": RunFailed,
+    "run_cancelled": RunCancelled,
+    "container_expired": ContainerGone,
 }
-_DELETE_RESPONSE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Accepted:
 def sas_ttl(services: Services, minutes: int | None) -> timedelta:
     limit = services.settings.sas_ttl_max_minutes
     if minutes is not None and not 1 <= minutes <= limit:
-        raise ApiError(400, "invalid_request", f"sas_ttl_minutes must be between 1 and {limit} (SAS_TTL_MAX_MINUTES)")
+        raise InvalidRequest(f"sas_ttl_minutes must be between 1 and {limit} (SAS_TTL_MAX_MINUTES)")
     return timedelta(minutes=minutes or services.settings.sas_ttl_minutes)
 
 
@@ -65,7 +72,7 @@ def _deadline(services: Services) -> float:
 async def create_run(
     services: Services, request: RunRequest, log: RunLog, principal: str | None = None
 ) -> dict[str, Any] | Accepted:
-    """POST /api/runs: upload its inputs, start the run and queue its finish; with `wait`, see it
+    """POST /api/runs: upload its inputs, start the run, record it, queue its finish; with `wait`, see it
     through within the time budget (the queue finishes it otherwise, even if nobody polls)."""
     ttl = sas_ttl(services, request.sas_ttl_minutes)
     callback_url = (
@@ -95,34 +102,56 @@ async def create_run(
                     except BaseException:
                         await inputs.delete_uploaded(services, setup.file_ids, log)
                         raise
-                    if not is_valid_response_id(started.response.id):
-                        await started.stop_listening()
-                        raise ApiError(502, "upstream_error", "Azure OpenAI answered with an unexpected response id")
                     log.response_id = started.response.id
-                    await _record_start(services, started.response.id, request, setup, callback_url, log)
+                    record = RunRecord(
+                        response_id=started.response.id,
+                        owner=services.settings.owner_tag,
+                        principal=principal,
+                        created_at=datetime.fromtimestamp(started.response.created_at, UTC),
+                        collect=request.collect,
+                        prompt=preview(request.prompt),
+                        callback_url=callback_url,
+                        **setup.record_fields(),
+                        **_claimed_until_answered(services, request.wait),
+                    )
+                    row = await _record_start(services, record, started, log)
         except TimeoutError:
-            raise ApiError(504, "timeout", "Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
+            raise TimedOut("Azure OpenAI did not accept the run within RUN_WAIT_SECONDS") from None
         if not request.wait:
             return Accepted(started.response.id, started.response.status or "queued")
-        return await _see_through(services, started, request.collect, ttl, deadline, log)
+        claim = Claim(services.table, row)  # the row was created claimed by this request
+        return await _see_through(services, row, started, ttl, deadline, log, claim=claim)
 
 
-async def _record_start(
-    services: Services,
-    response_id: str,
-    request: RunRequest,
-    setup: conversations.RunSetup,
-    callback_url: str | None,
-    log: RunLog,
-) -> None:
-    """Queue the run's finish (at once for `wait: false`, as a safety net past the answer otherwise),
-    then keep what finishing it needs in any worker: inputs, continuation, callback."""
-    delay = 0 if not request.wait else services.settings.run_wait_seconds + SAFETY_FINISH_MARGIN_SECONDS
+def _claimed_until_answered(services: Services, wait: bool) -> dict[str, Any]:
+    """A synchronous POST finishes its run itself: its row is created claimed until the answer is due."""
+    if not wait:
+        return {}
+    until = datetime.now(UTC) + timedelta(seconds=services.settings.run_wait_seconds + _ANSWER_CLAIM_MARGIN_SECONDS)
+    return {"finisher": new_claim_id(), "finishing_until": until}
+
+
+async def _record_start(services: Services, record: RunRecord, started: responses_api.StartedRun, log: RunLog) -> Row:
+    """The run's record first (its row and id row), then its finish on the queue: at once for `wait: false`,
+    as a safety net past the answer otherwise. A run that cannot be recorded is cancelled: nobody could
+    find it again, so it must not go on costing money."""
     try:
-        await services.queue.enqueue_finish(response_id, request.collect, callback_url, delay_seconds=int(delay))
-    except AzureError as error:  # the run has started: answer anyway; a GET can still finish it
+        row = await services.table.start(record)
+    except BaseException:
+        await started.stop_listening()
+        log.warning("the run could not be recorded; cancelling it")
+        try:
+            await services.openai.responses.cancel(record.response_id)
+        except openai.APIError as error:
+            log.warning("the unrecorded run could not be cancelled", error=type(error).__name__)
+        await inputs.delete_uploaded(services, record.uploaded_file_ids, log)
+        raise
+    delay = 0 if record.finisher is None else services.settings.run_wait_seconds + SAFETY_FINISH_MARGIN_SECONDS
+    try:
+        await services.queue.enqueue_finish(record.response_id, delay_seconds=delay)
+    except AzureError as error:  # recorded: a GET, or the retention sweep's look at unfinished runs, finishes it
         log.warning("could not queue the run's finish", error=type(error).__name__)
-    await conversations.save_setup(services, response_id, setup, callback_url=callback_url)
+    return row
 
 
 async def get_run(
@@ -134,108 +163,57 @@ async def get_run(
     log.response_id = response_id
     manifest = await services.store.read_manifest(response_id)
     if manifest is not None:
-        record = RunRecord.from_manifest(manifest)
-        _check_record(services, record, principal)
-        return await answer(services, record, ttl, log)
-    if await services.store.is_deleted(response_id):
-        raise ownership.not_found(response_id)  # the same answer as for any run this caller cannot see
+        outcome = Outcome.from_manifest(manifest)
+        ownership.check(outcome.owner or services.settings.owner_tag, outcome.principal, response_id,
+                        services.settings, principal)  # fmt: skip
+        return await answer(services, outcome, ttl, log)
     deadline = _deadline(services)
     with responses_api.deadline_of_answer(deadline):
         try:
             async with asyncio.timeout_at(deadline):
+                row = await runs.find_run(services, response_id, principal)
                 with log.step(1, "retrieve response"):
-                    response = await retrieve(services, response_id)
-                    ownership.check(response.metadata, response_id, services.settings, principal)
+                    response = await runs.retrieve(services, response_id)
         except TimeoutError:
-            raise ApiError(504, "timeout", "Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
+            raise TimedOut("Azure OpenAI did not answer within RUN_WAIT_SECONDS") from None
         if response.status in responses_api.RUNNING:
             return Accepted(response.id, response.status or "queued")
-        collect: Collect = "all" if (response.metadata or {}).get("collect") == "all" else "cited"
-        return await _see_through(services, responses_api.StartedRun(response=response), collect, ttl, deadline, log)
+        return await _see_through(services, row, responses_api.StartedRun(response=response), ttl, deadline, log)
 
 
 async def delete_run(services: Services, response_id: str, log: RunLog, principal: str | None = None) -> None:
-    """DELETE /api/runs/{id}: cancel it if it still runs, delete its blobs and the stored response.
-
-    Once the blobs are gone the answer is 204 whatever the response delete says: Azure may refuse to
-    delete a response that still runs (cancel is best effort), which is logged and retried briefly.
-    """
+    """DELETE /api/runs/{id}: the caller's run (404 otherwise), cancelled if it still runs, then removed
+    everywhere (deleting.py). Azure may refuse to delete a response that still runs (cancel is best
+    effort): that is retried briefly and logged, never the caller's error once the files are gone."""
     log.response_id = response_id
-    if await services.store.is_deleted(response_id):
-        raise ownership.not_found(response_id)
+    row = await runs.find_run(services, response_id, principal)
     try:
-        response: Response | None = await retrieve(services, response_id)
-    except ApiError as error:
-        if error.status != 404:
-            raise
+        response = await runs.retrieve(services, response_id)
+    except RunNotFound:  # the stored response is gone (deleted, or older than its 30 days)
         response = None
-    if response is not None:
-        ownership.check(response.metadata, response_id, services.settings, principal)
-    else:  # the stored response is gone (deleted, or older than its 30 days): the manifest says whose it is
-        manifest = await services.store.read_manifest(response_id)
-        if manifest is None:
-            raise ownership.not_found(response_id)
-        _check_record(services, RunRecord.from_manifest(manifest), principal)
     if response is not None and response.status in responses_api.RUNNING:
         log.info("cancelling the running response")
         try:
             await services.openai.responses.cancel(response_id)
         except (openai.BadRequestError, openai.NotFoundError, openai.ConflictError):
             log.info("the response could not be cancelled (it finished, or the service refused)")
-    await services.finishing.cancel(response_id)  # a copy of this run in this worker stops first
-    if response is not None:
-        uploaded = conversations.uploaded_file_ids(response)
-    else:
-        uploaded = (await conversations.load_setup(services, response_id))["file_ids"]
-    await inputs.delete_uploaded(services, uploaded, log)
-    deleted = await services.store.delete_run(response_id)
-    if response is not None:
-        await _delete_response(services, response_id, log)
-    log.info("run deleted", blobs_deleted=deleted)
-
-
-def _check_record(services: Services, record: RunRecord, principal: str | None) -> None:
-    """A manifest's run: this deployment's (manifests written before owner tags are), and the caller's."""
-    owner = {"owner": record.owner or services.settings.owner_tag, "principal": record.principal}
-    ownership.check(owner, record.response_id, services.settings, principal)
-
-
-async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:
-    """Delete the stored response; a refusal after the files are gone is logged, never the caller's error."""
-    for attempt in range(_DELETE_RESPONSE_ATTEMPTS):
-        try:
-            await services.openai.responses.delete(response_id)
-            return
-        except openai.NotFoundError:  # a concurrent DELETE got there first
-            return
-        except (openai.BadRequestError, openai.ConflictError) as error:  # still running: refused for now
-            if attempt + 1 == _DELETE_RESPONSE_ATTEMPTS:
-                log.warning("Azure OpenAI refused to delete the response", upstream=responses_api.describe(error))
-                return
-            await asyncio.sleep(0.5 * 2**attempt)
-        except (openai.APIStatusError, openai.APIConnectionError) as error:
-            log.warning("could not delete the stored response", error=type(error).__name__)
-            return
-
-
-async def retrieve(services: Services, response_id: str) -> Response:
-    try:
-        return await responses_api.retrieve(services.openai, response_id)
-    except openai.NotFoundError:
-        raise ownership.not_found(response_id) from None
+    await deleting.delete_run(services, row, log, response_exists=response is not None)
 
 
 async def _see_through(
     services: Services,
+    row: Row,
     started: responses_api.StartedRun,
-    collect: Collect,
     ttl: timedelta,
     deadline: float,
     log: RunLog,
+    *,
+    claim: Claim | None = None,
 ) -> dict[str, Any] | Accepted:
-    """Wait for the model, copy the files; past the deadline, answer 202 and lose nothing."""
+    """Wait for the model, finish the run; past the deadline, answer 202 and lose nothing."""
     response = started.response
     stage: str = response.status or "queued"
+    rid = response.id
     try:
         async with asyncio.timeout_at(deadline):
             if response.status in responses_api.RUNNING or started.events is not None:
@@ -243,147 +221,52 @@ async def _see_through(
                     response = await responses_api.wait_for_response(
                         services.openai, started, services.settings.run_events_idle_seconds
                     )
-            await inputs.delete_uploaded(services, conversations.uploaded_file_ids(response), log)
-            raise_for_status(response)
             stage = "copying"
             done = response
-            try:
-                record = await services.finishing.run(response.id, lambda: finish(services, done, collect, log))
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this request's own deadline or shutdown
-                raise run_deleted() from None  # the shared copy was stopped by a DELETE
-    except LeaseHeld:
-        log.info("another request or instance is copying this run", stage=stage)
-        return Accepted(response.id, "copying")
+            outcome = await services.finishing.run(rid, lambda: finishing.finish(services, row, done, log, claim=claim))
+    except (ClaimHeld, ClaimLost):
+        log.info("another request or instance is finishing this run", stage=stage)
+        return Accepted(rid, "copying")
+    except WorkCancelled:  # the shared finish was stopped in this worker: by a DELETE?
+        ref = await services.table.locate(rid)
+        if ref is None or ref.deleted:
+            raise RunDeleted() from None
+        return Accepted(rid, "copying")
     except TimeoutError:
         log.warning("time budget spent, answering 202", stage=stage, budget_s=services.settings.run_wait_seconds)
-        return Accepted(response.id, stage)
-    return await answer(services, record, ttl, log)
+        return Accepted(rid, stage)
+    return await answer(services, outcome, ttl, log)
 
 
-def raise_for_status(response: Response) -> None:
-    """A failed or cancelled run has nothing to copy; an incomplete one often wrote files first."""
-    if response.status in FAILED_STATUSES:
-        status, code = FAILED_STATUSES[response.status]
-        reason = f"{response.error.code}: {response.error.message}" if response.error is not None else "no reason given"
-        raise ApiError(status, code, f"the run ended with status {response.status} ({reason})")
+def raise_outcome_error(outcome: Outcome) -> None:
+    """A run that ended without its files answers the error its outcome keeps."""
+    if outcome.error is not None:
+        kind = _OUTCOME_ERRORS.get(outcome.error["code"], UpstreamFailed)
+        raise kind(outcome.error["message"])
 
 
-def _incomplete_reason(response: Response) -> str | None:
-    if response.status != "incomplete":
-        return None
-    details = response.incomplete_details
-    return str(details.reason) if details is not None and details.reason else "unknown"
-
-
-async def finish(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
-    """Find, copy and record the files once, across instances: under the run's lease, skipping what an
-    earlier attempt committed; a manifest that exists already wins; a DELETE stops it (tombstone)."""
-    store = services.store
-    manifest = await store.read_manifest(response.id)
-    if manifest is not None:
-        return RunRecord.from_manifest(manifest)
-    if await store.is_deleted(response.id):
-        raise run_deleted()
-    async with await store.lease_run(response.id):
-        manifest = await store.read_manifest(response.id)  # the previous holder may have just finished
-        if manifest is not None:
-            return RunRecord.from_manifest(manifest)
-        return await _copy_and_record(services, response, collect, log)
-
-
-async def _copy_and_record(services: Services, response: Response, collect: Collect, log: RunLog) -> RunRecord:
-    store = services.store
-    with log.step(3, "find files", collect=collect):
-        findings = await find_files(services, response, collect)
-    log.table(
-        "files found",
-        ("filename", "file_id", "bytes", "origin"),
-        [(f.filename, f.file_id, f.bytes if f.bytes is not None else "?", f.origin) for f in findings.found],
-    )
-    for warning in findings.warnings:
-        log.warning("warning for the caller", code=warning.code, detail=warning.message)
-    if not findings.found and not findings.failed:
-        log.warning("no files: the answer cites none and the container holds none the model wrote")
-    existing = await store.copied_files(response.id)
-    with log.step(4, "copy files", count=len(findings.found), concurrency=services.settings.copy_concurrency):
-        copied, copy_failures = await copy_files(services, response.id, findings.found, log, existing)
-    info = await conversations.load_setup(services, response.id)
-    copied = await _without_inputs(services, response, info, copied)
-    findings.warnings += [RunWarning(**w) for w in info["warnings"]]
-    record = RunRecord(
-        response_id=response.id,
-        status=response.status or "completed",
-        text=answer_text(response),
-        incomplete_reason=_incomplete_reason(response),
-        files=copied,
-        failed_files=findings.failed + copy_failures,
-        warnings=findings.warnings,
-        inputs=info["inputs"],
-        continued_in=info["continued_in"],
-        owner=(response.metadata or {}).get("owner"),
-        principal=(response.metadata or {}).get("principal"),
-    )
-    if not copied and record.failed_files and all(f.code == "container_expired" for f in record.failed_files):
-        raise ApiError(
-            410, "container_expired", f"{CONTAINER_GONE} before its files could be copied: run the prompt again"
-        )
-    if not record.complete:
-        return record  # a failure worth retrying: no manifest, so the next attempt copies what is missing
-    written = await store.write_manifest(response.id, record.to_manifest())
-    if await store.is_deleted(response.id):  # DELETE came while we wrote: take it back
-        await store.delete_blob(manifest_blob(response.id))
-        raise run_deleted()
-    if not written:
-        log.info("another request finished this run first; using its manifest")
-        return RunRecord.from_manifest(await store.read_manifest(response.id) or record.to_manifest())
-    if info["callback_url"]:  # the one who wrote the manifest calls back, through the queue
-        await services.queue.enqueue_callback(response.id, info["callback_url"], attempt=1, delay_seconds=0)
-    return record
-
-
-async def _without_inputs(
-    services: Services, response: Response, info: dict[str, Any], copied: list[CopiedFile]
-) -> list[CopiedFile]:
-    """Drop what is only a copy of an input or of a carried file (same name or id, same bytes): those
-    are the caller's files, not the run's outputs. Their blobs are deleted again."""
-    known = await conversations.carried_sha256(services, response)
-    known.update({f"/mnt/data/{i['name']}": i["sha256"] for i in info["inputs"]})
-    kept = []
-    for file in copied:
-        path = file.sandbox_path or f"/mnt/data/{file.filename}"
-        if file.sha256 in (known.get(file.file_id), known.get(path)):
-            await services.store.delete_blob(file.blob)
-        else:
-            kept.append(file)
-    return kept
-
-
-async def answer(services: Services, record: RunRecord, ttl: timedelta, log: RunLog) -> dict[str, Any]:
-    """Sign a fresh read-only link per file and put the links into the model's text. A run that could
-    not be finished (poison queue) with nothing copied answers its error."""
-    warnings = [w.to_answer() for w in record.warnings]
-    if record.error is not None:
-        if not record.files:
-            raise ApiError(int(record.error["status"]), str(record.error["code"]), str(record.error["message"]))
-        warnings.append({"code": str(record.error["code"]), "message": str(record.error["message"])})
-    with log.step(5, "sign links", files=len(record.files), ttl_minutes=int(ttl.total_seconds() // 60)):
+async def answer(services: Services, outcome: Outcome, ttl: timedelta, log: RunLog) -> dict[str, Any]:
+    """Sign a fresh read-only link per file and put the links into the model's text."""
+    warnings = [w.to_answer() for w in outcome.warnings]
+    if outcome.error is not None:
+        if not outcome.files:
+            raise_outcome_error(outcome)
+        warnings.append(dict(outcome.error))
+    with log.step(5, "sign links", files=len(outcome.files), ttl_minutes=int(ttl.total_seconds() // 60)):
         files, urls = [], {}
-        for file in record.files:
-            url, expiry = await services.store.sign_read_url(file.blob, file.filename, ttl)
+        for file in outcome.files:
+            url, expiry = await services.store.links.sign(file.blob, file.filename, ttl)
             files.append(file.to_answer(url, expiry.isoformat().replace("+00:00", "Z")))
             if file.sandbox_path:
                 urls[file.sandbox_path] = url
     return {
-        "response_id": record.response_id,
-        "status": record.status,
-        "incomplete_reason": record.incomplete_reason,
-        "text": link_files(record.text, urls),
+        "response_id": outcome.response_id,
+        "status": outcome.status,
+        "incomplete_reason": outcome.incomplete_reason,
+        "text": link_files(outcome.text, urls),
         "files": files,
-        "failed_files": [f.to_answer() for f in record.failed_files],
+        "failed_files": [f.to_answer() for f in outcome.failed_files],
         "warnings": warnings,
-        "inputs": record.inputs,
-        "continued_in": record.continued_in,
+        "inputs": outcome.inputs,
+        "continued_in": outcome.continued_in,
     }

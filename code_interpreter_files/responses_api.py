@@ -25,7 +25,7 @@ from azure.identity.aio import get_bearer_token_provider
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.responses import Response, ResponseIncludable, ResponseStreamEvent
 
-from .errors import ApiError
+from .errors import TimedOut, UpstreamFailed
 from .models import ContainerFile
 from .settings import Settings
 
@@ -156,9 +156,7 @@ async def _create(client: AsyncOpenAI, params: dict[str, Any]) -> Any:
                 raise
             await asyncio.sleep(delay)
         except openai.APITimeoutError:
-            raise ApiError(
-                504,
-                "timeout",
+            raise TimedOut(
                 "Azure OpenAI did not confirm the run in time; it may have started it anyway, so it was not "
                 "retried (a retry would be a second, billed run)",
             ) from None
@@ -209,9 +207,7 @@ async def start_response(
         await created.close()
         raise
     await created.close()
-    raise ApiError(
-        502,
-        "upstream_error",
+    raise UpstreamFailed(
         "the Responses API event stream ended before the run was created, so its id is unknown; it was not "
         "retried (a retry could start a second, billed run). Set RUN_EVENTS=poll if this persists",
     )

@@ -2,7 +2,9 @@
 
 Messages are JSON, base64-encoded on the wire: the Functions host decodes queue messages as base64 by
 default (host.json `extensions.queues.messageEncoding`), and a message it cannot decode goes to the
-poison queue without the function ever running. Nothing secret is ever put in a message.
+poison queue without the function ever running. A message carries the run's id and an attempt
+number, nothing else: whatever finishing or calling back needs (the callback URL with its token
+among it) is read from the run's record, which only the app reads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .settings import Settings
 MAX_DELAY_SECONDS = 7 * 24 * 60 * 60
 
 ResponseId = Annotated[str, StringConstraints(pattern=f"^{RESPONSE_ID.pattern}$")]
-CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+Attempt = Annotated[int, Field(ge=0, le=10_000)]
 
 
 class _Message(BaseModel):
@@ -34,20 +36,18 @@ class _Message(BaseModel):
 
 
 class FinishMessage(_Message):
-    """Follow run `response_id` to its end, copy its files, then call `callback_url` back (if any)."""
+    """Follow run `response_id` to its end and finish it; `attempt` counts the tries after a transient fault."""
 
     kind: Literal["finish"] = "finish"
     response_id: ResponseId
-    collect: Literal["cited", "all"]
-    callback_url: CallbackUrl | None = None
+    attempt: Attempt = 0
 
 
 class CallbackMessage(_Message):
-    """Deliver (again) the finished run's answer to `callback_url`; `attempt` counts from 1."""
+    """Deliver (again) the finished run's answer to its callback URL; `attempt` counts from 1."""
 
     kind: Literal["callback"] = "callback"
     response_id: ResponseId
-    callback_url: CallbackUrl
     attempt: Annotated[int, Field(ge=1, le=1000)]
 
 
@@ -132,17 +132,13 @@ class RunQueue:
         self._ready = False
         self._lock = asyncio.Lock()
 
-    async def enqueue_finish(
-        self, response_id: str, collect: Literal["cited", "all"], callback_url: str | None, delay_seconds: int = 0
-    ) -> str:
-        """Queue the finish of a run; the message id. Raises ValueError for a bad id/collect/delay."""
-        message = FinishMessage(response_id=response_id, collect=collect, callback_url=callback_url)
-        return await self._send(message, delay_seconds)
+    async def enqueue_finish(self, response_id: str, *, attempt: int = 0, delay_seconds: int = 0) -> str:
+        """Queue the finish of a run, visible after `delay_seconds`; the message id. ValueError for a bad id/delay."""
+        return await self._send(FinishMessage(response_id=response_id, attempt=attempt), delay_seconds)
 
-    async def enqueue_callback(self, response_id: str, callback_url: str, attempt: int, delay_seconds: int) -> str:
+    async def enqueue_callback(self, response_id: str, *, attempt: int, delay_seconds: int) -> str:
         """Queue delivery `attempt` (1 = first) of a finished run's callback, visible after `delay_seconds`."""
-        message = CallbackMessage(response_id=response_id, callback_url=callback_url, attempt=attempt)
-        return await self._send(message, delay_seconds)
+        return await self._send(CallbackMessage(response_id=response_id, attempt=attempt), delay_seconds)
 
     async def close(self) -> None:
         if self._client is not None:

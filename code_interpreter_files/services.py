@@ -10,6 +10,7 @@ from . import responses_api
 from .identity import AppCredential, needs_credential
 from .memory_budget import MemoryBudget
 from .run_queue import RunQueue
+from .run_table import RunTable
 from .settings import MIB, Settings, load_settings, settings_fingerprint
 from .singleflight import SingleFlight
 from .storage import OutputStore
@@ -21,6 +22,7 @@ class Services:
     credential: AppCredential | None
     openai: AsyncOpenAI
     store: OutputStore
+    table: RunTable
     queue: RunQueue
     memory_budget: MemoryBudget  # COPY_MEMORY_MB, shared by every copy in the worker
     finishing: SingleFlight = field(default_factory=SingleFlight)
@@ -28,6 +30,7 @@ class Services:
     async def aclose(self) -> None:
         await self.openai.close()
         await self.store.close()
+        await self.table.close()
         await self.queue.close()
         if self.credential is not None:
             await self.credential.close()
@@ -53,6 +56,7 @@ async def get_services() -> Services:
         credential=credential,
         openai=responses_api.build_client(settings, credential),
         store=OutputStore(settings, credential if settings.uses_identity_for_storage else None),
+        table=RunTable(settings, credential if settings.uses_identity_for_storage else None),
         queue=RunQueue(settings, credential if settings.queue_service_url else None),
         memory_budget=MemoryBudget(settings.copy_memory_mb * MIB),
     )

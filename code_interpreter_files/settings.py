@@ -147,6 +147,32 @@ def _queue_name(value: str) -> str:
     return value
 
 
+def _table_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", value):
+        raise _invalid("3-63 letters and digits, starting with a letter")
+    return value
+
+
+def _table_service_url(value: str | None) -> str | None:
+    """Identity-based: bearer tokens go only over TLS, so https only. None: derived (or not needed)."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+        raise _invalid("expected https://<account>.table.core.windows.net")
+    return value.rstrip("/")
+
+
+def table_url_for(account_url: str) -> str | None:
+    """`https://<account>.table.<suffix>` for a standard `https://<account>.blob.<suffix>` account URL."""
+    parts = urlsplit(account_url)
+    host = parts.hostname or ""
+    name, dot, rest = host.partition(".")
+    if parts.scheme != "https" or not dot or not rest.startswith("blob.") or parts.path.strip("/"):
+        return None
+    return f"https://{name}.table.{rest.removeprefix('blob.')}"
+
+
 def _api_version(value: str) -> str:
     if value not in V1_API_VERSIONS:
         raise _invalid(
@@ -265,6 +291,18 @@ class Settings(BaseSettings):
     """`poll` switches to `responses.retrieve` (Azure lists background + streaming as a known issue)."""
     run_events_idle_seconds: Annotated[int, _in(1, 600)] = Field(30, validation_alias="RUN_EVENTS_IDLE_SECONDS")
     """A silent event stream is trusted this long, then polled."""
+    runs_table: Annotated[str, BeforeValidator(_table_name)] = Field(
+        "codeinterpreterruns", validation_alias="RUNS_TABLE"
+    )
+    """The runs table (run records, the catalog, tombstones) in the output storage account."""
+    table_service_url: Annotated[str | None, BeforeValidator(_table_service_url)] = Field(
+        None, validation_alias="RUNS_TABLE_SERVICE_URL", validate_default=True
+    )
+    """With OUTPUT_STORAGE_ACCOUNT_URL: the account's table endpoint (derived for standard account URLs)."""
+    run_retention_days: Annotated[int, _in(0, 3650)] = Field(30, validation_alias="RUN_RETENTION_DAYS")
+    """Runs older than this are deleted by the retention timer; 0 keeps them for ever."""
+    container_lifetime_minutes: Annotated[int, _in(1, 1440)] = Field(60, validation_alias="CONTAINER_LIFETIME_MINUTES")
+    """How long a run's Code Interpreter container can hold its files: transient faults are retried this long."""
     runs_queue: Annotated[str, BeforeValidator(_queue_name)] = Field(
         "code-interpreter-runs", validation_alias="RUNS_QUEUE"
     )
@@ -314,6 +352,15 @@ class Settings(BaseSettings):
     def _ttl_within_max(cls, value: int, info: ValidationInfo) -> int:
         if value > info.data.get("sas_ttl_max_minutes", MAX_SAS_TTL_MINUTES):
             raise _invalid("must not exceed SAS_TTL_MAX_MINUTES")
+        return value
+
+    @field_validator("table_service_url", mode="before")
+    @classmethod
+    def _derive_table_url(cls, value: Any, info: ValidationInfo) -> Any:
+        """Unset with OUTPUT_STORAGE_ACCOUNT_URL: derived from it (presence rules check it can be)."""
+        account = info.data.get("storage_account_url")
+        if value is None and account is not None:
+            return table_url_for(account)
         return value
 
     @field_validator("owner_tag", mode="before")
@@ -398,6 +445,13 @@ def _presence_problems(env: Mapping[str, str]) -> tuple[list[str], dict[str, str
             invalid[connection] = f"set only one of it and {url}"
         elif url not in given and connection not in given:
             missing.append(f"{url} or {connection}" if url.startswith("OUTPUT") else f"{connection} or {url}")
+    account = env.get("OUTPUT_STORAGE_ACCOUNT_URL", "").strip()
+    if "RUNS_TABLE_SERVICE_URL" in given and "OUTPUT_STORAGE_ACCOUNT_URL" not in given:
+        invalid["RUNS_TABLE_SERVICE_URL"] = (
+            "set it only with OUTPUT_STORAGE_ACCOUNT_URL (a connection string names its own)"
+        )
+    elif account and "RUNS_TABLE_SERVICE_URL" not in given and table_url_for(account) is None:
+        missing.append("RUNS_TABLE_SERVICE_URL (OUTPUT_STORAGE_ACCOUNT_URL is not a *.blob.<suffix> URL)")
     hosts = env.get("CALLBACK_ALLOWED_HOSTS", "")
     if any(h.strip() for h in hosts.split(",")) and "CALLBACK_SIGNING_SECRET" not in given:
         missing.append("CALLBACK_SIGNING_SECRET")

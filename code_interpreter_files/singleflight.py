@@ -7,6 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
+class WorkCancelled(Exception):
+    """The shared work was stopped from outside (`SingleFlight.cancel`: its run is being deleted)."""
+
+
 class SingleFlight:
     """Concurrent requests for the same run copy its files once.
 
@@ -29,6 +33,11 @@ class SingleFlight:
         waiters[0] += 1
         try:
             return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                raise WorkCancelled() from None  # stopped by `cancel`, not this caller's own cancellation
+            raise
         finally:
             waiters[0] -= 1
             if waiters[0] == 0 and not task.done():

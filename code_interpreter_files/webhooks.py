@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 from openai import AsyncOpenAI, InvalidWebhookSignatureError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ApiError
+from .errors import InvalidRequest, InvalidSignature, NotConfiguredHere, TooLarge
 from .naming import is_valid_response_id
 from .settings import Settings
 
@@ -80,28 +80,28 @@ def marker_name(webhook_id: str) -> str:
 
 
 def verify_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, openai: AsyncOpenAI) -> WebhookEvent:
-    """The verified event in `body`; ApiError 404 webhook_not_configured, 401 invalid_webhook_signature
+    """The verified event in `body`; NotConfiguredHere (webhook_not_configured), InvalidSignature
     (unsigned, forged or stale), 413 webhook_too_large, 400 invalid_webhook_payload."""
     if settings.webhook_secret is None:
-        raise ApiError(404, "webhook_not_configured", "this app has no AZURE_OPENAI_WEBHOOK_SECRET: webhooks are off")
+        raise NotConfiguredHere("this app has no AZURE_OPENAI_WEBHOOK_SECRET: webhooks are off")
     if len(body) > MAX_WEBHOOK_BYTES:
-        raise ApiError(413, "webhook_too_large", f"a webhook body is at most {MAX_WEBHOOK_BYTES} bytes")
+        raise TooLarge(f"a webhook body is at most {MAX_WEBHOOK_BYTES} bytes", code="webhook_too_large")
     try:
         openai.webhooks.verify_signature(
             body, dict(headers), secret=settings.webhook_secret.get_secret_value(), tolerance=TOLERANCE_SECONDS
         )
     except (InvalidWebhookSignatureError, ValueError) as error:  # ValueError: a header is missing
         log.warning("webhook refused: %s", type(error).__name__)
-        raise ApiError(401, "invalid_webhook_signature", "the webhook signature is missing, wrong or too old") from None
+        raise InvalidSignature("the webhook signature is missing, wrong or too old") from None
     webhook_id = next(v for k, v in headers.items() if k.lower() == "webhook-id")
     try:
         event = _Event.model_validate(json.loads(body))
     except (ValueError, ValidationError):
-        raise ApiError(400, "invalid_webhook_payload", "the signed webhook body is not an event") from None
+        raise InvalidRequest("the signed webhook body is not an event", code="invalid_webhook_payload") from None
     response_id = None
     if event.type in RESPONSE_EVENTS:
         if event.data is None or not is_valid_response_id(event.data.id):
-            raise ApiError(400, "invalid_webhook_payload", f"a {event.type} event without a valid response id")
+            raise InvalidRequest(f"a {event.type} event without a valid response id", code="invalid_webhook_payload")
         response_id = event.data.id
     return WebhookEvent(webhook_id=webhook_id, type=event.type, response_id=response_id)
 

@@ -51,12 +51,13 @@ class Azurite:
         port: int | None = None,
         queue: bool = False,
         queue_port: int | None = None,
+        table_port: int | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
         self.tls = tls
         self.queue = queue
         self._queue_port = queue_port
-        self._table_port: int | None = None
+        self._table_port: int | None = table_port
         self.location = Path(location) if location is not None else None
         self._port = port
         self.startup_timeout = startup_timeout
@@ -95,6 +96,20 @@ class Azurite:
         )
 
     @property
+    def table_port(self) -> int:
+        """The table port (``queue=True`` only: the queue and table services come together)."""
+        if not self.queue:
+            raise RuntimeError("this Azurite serves no table service (queue=False)")
+        if self._table_port is None:
+            raise RuntimeError("Azurite has not been started")
+        return self._table_port
+
+    @property
+    def table_url(self) -> str:
+        """``https://127.0.0.1:<table port>/devstoreaccount1``: the table service URL (``RUNS_TABLE_SERVICE_URL``)."""
+        return f"{self.scheme}://127.0.0.1:{self.table_port}/{ACCOUNT_NAME}"
+
+    @property
     def account_url(self) -> str:
         """``https://127.0.0.1:<port>/devstoreaccount1`` (path-style account URL)."""
         return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
@@ -105,11 +120,12 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        """Account-key connection string (HTTPS) for ``BlobServiceClient.from_connection_string``."""
+        """Account-key connection string with ``BlobEndpoint`` (and ``TableEndpoint`` when tables are served)."""
+        tables = f"TableEndpoint={self.table_url};" if self.queue else ""
         return (
             f"DefaultEndpointsProtocol={self.scheme};"
             f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={self.account_url};"
+            f"BlobEndpoint={self.account_url};{tables}"
         )
 
     @property

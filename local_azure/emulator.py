@@ -198,6 +198,7 @@ class ScriptFile:
     cut_after: int | None = None
     cut_times: int | None = None  # None: every download is cut
     missing: bool = False
+    download_seconds: float | None = None  # each download is spread over at least this long
 
     @property
     def basename(self) -> str:
@@ -221,6 +222,8 @@ class FailSpec:
     message: str | None
     code: str | None
     on: str = "create"
+    for_seconds: float | None = None  # an outage: every request fails this long after the first one did
+    started: float | None = None
 
 
 @dataclass
@@ -254,6 +257,7 @@ class Script:
     create_500_after_start: bool | int = False  # True: every create; n: the first n
     delete_refused_while_running: int | None = None  # the status of the refusal
     cancel_ignored: bool = False
+    cancel_lands_after: float | None = None
     images: list[ScriptImage] = field(default_factory=list)
     logs: str | None = None
     extra_annotations: list[dict[str, Any]] = field(default_factory=list)
@@ -316,16 +320,23 @@ class Run:
     ci_id: str = field(default_factory=lambda: "ci_" + secrets.token_hex(24))
     msg_id: str = field(default_factory=lambda: "msg_" + secrets.token_hex(24))
     cancel_requested: bool = False
+    cancel_at: float | None = None  # a cancel that lands late (the script's cancel_lands_after)
     deleted: bool = False
 
     def running(self, now: float) -> bool:
         """Whether the run still works (a cancel the script ignores does not stop it)."""
+        self._land_cancel(now)
         if self.cancel_requested and not self.script.cancel_ignored:
             return False
         return now - self.created < self.latency
 
+    def _land_cancel(self, now: float) -> None:
+        if self.cancel_at is not None and now >= self.cancel_at and now - self.created < self.latency:
+            self.cancel_requested, self.cancel_at = True, None
+
     def status(self, now: float) -> str:
         """What the API shows: an ignored cancel shows ``cancelled`` until the run ends anyway."""
+        self._land_cancel(now)
         if self.cancel_requested and not self.script.cancel_ignored:
             return "cancelled"
         if now - self.created >= self.latency:
@@ -389,6 +400,7 @@ def _parse_file(script_id: str, index: int, raw: Any) -> ScriptFile:
         cut_after=_opt_int(raw, "cut_after"),
         cut_times=_opt_int(raw, "cut_times"),
         missing=bool(raw.get("missing", False)),
+        download_seconds=_opt_number(raw, "download_seconds"),
     )
 
 
@@ -410,10 +422,11 @@ def _parse_fail(raw: Any, field_name: str, on: str | None = None) -> FailSpec:
     where = raw.get("on", "create") if on is None else on
     if where not in FAULT_ENDPOINTS:
         raise _bad_request(f"{field_name}.on must be one of {', '.join(FAULT_ENDPOINTS)}", field_name)
+    for_seconds = _opt_number(raw, "for_seconds")
     if "times" in raw:
         times = _opt_int(raw, "times", 1)
     else:
-        times = 1 if on is None else None
+        times = 1 if on is None and for_seconds is None else None
     for key in ("message", "code"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise _bad_request(f"{field_name}.{key} must be a string", field_name)
@@ -425,6 +438,7 @@ def _parse_fail(raw: Any, field_name: str, on: str | None = None) -> FailSpec:
         message=raw.get("message"),
         code=raw.get("code"),
         on=where,
+        for_seconds=for_seconds,
     )
 
 
@@ -487,7 +501,8 @@ def _parse_script(script_id: str, body: Any) -> Script:
     - ``fail_first``: ``[{status, times?, on?, retry_after?, retry_after_ms?, message?, code?}]``:
       the endpoint ``on`` (``create`` by default; ``get_response``, ``cancel``, ``delete``, ``list``,
       ``retrieve`` (file metadata), ``content``) answers ``status`` ``times`` times (default 1; null:
-      every time) before working. A failed create starts no run. ``retry_after`` (seconds) sends
+      every time) before working; ``for_seconds``: an outage, every request fails for that long after
+      the first one did (then it works). A failed create starts no run. ``retry_after`` (seconds) sends
       ``retry-after``, ``retry_after_ms`` sends ``retry-after-ms``; both, either or neither.
       Bodies: 429 is Azure's ``{"error": {"code": "429", "message": "... Please retry after N
       seconds. ..."}}`` (no number when neither header is sent) plus ``type: "requests"``,
@@ -522,6 +537,8 @@ def _parse_script(script_id: str, body: Any) -> Script:
     - ``delete_refused_while_running``: true (400) or 400/409: ``DELETE /responses/{id}`` of a run
       still working answers that status, "Cannot delete a response that is in progress."; per
       script because Azure's behaviour is unconfirmed (the app must survive both).
+    - ``cancel_lands_after``: seconds: cancel is accepted (the response still ``in_progress``) and the
+      run stops, ``cancelled``, only that long after (Azure's cancel is best effort and late).
     - ``cancel_ignored``: cancel answers the response as ``cancelled`` (and retrieve shows
       ``cancelled``) but the run goes on and ends as scripted (Azure's cancel is best effort).
     """
@@ -594,6 +611,7 @@ def _parse_script(script_id: str, body: Any) -> Script:
         create_500_after_start=after_start,
         delete_refused_while_running=(400 if refused is True else refused) or None,
         cancel_ignored=bool(body.get("cancel_ignored", False)),
+        cancel_lands_after=_opt_number(body, "cancel_lands_after"),
         images=_parse_images(script_id, body.get("images") or []),
         logs=body.get("logs"),
     )
@@ -968,10 +986,22 @@ class Emulator:
         return self.scripts["default"]
 
     def _fault(self, script: Script, on: str) -> None:
-        """Raise the next scripted fault of endpoint ``on``, if any is left."""
-        spec = next((f for f in script.faults if f.on == on and (f.times is None or f.times > 0)), None)
+        """Raise the next scripted fault of endpoint ``on``, if any is left (an outage: while it lasts)."""
+        now = time.monotonic()
+        spec = next(
+            (
+                f
+                for f in script.faults
+                if f.on == on
+                and (f.times is None or f.times > 0)
+                and (f.for_seconds is None or f.started is None or now - f.started < f.for_seconds)
+            ),
+            None,
+        )
         if spec is None:
             return
+        if spec.for_seconds is not None and spec.started is None:
+            spec.started = now
         if spec.times is not None:
             spec.times -= 1
         self.faults_served[f"{on} {spec.status}"] += 1
@@ -1126,6 +1156,10 @@ class Emulator:
             return web.json_response(self._response_obj(run))
         if status != "in_progress":
             raise _bad_request(f"Cannot cancel a response with status '{status}'.")
+        if run.script.cancel_lands_after is not None:
+            if run.cancel_at is None:
+                run.cancel_at = time.time() + run.script.cancel_lands_after
+            return web.json_response(self._response_obj(run))
         run.cancel_requested = True  # with cancel_ignored it only shows as cancelled
         return web.json_response(self._response_obj(run))
 
@@ -1218,7 +1252,10 @@ class Emulator:
         resp.content_length = spec.size
         await resp.prepare(request)
         sent = 0
+        pace = (spec.download_seconds or 0.0) / max(1, math.ceil(spec.size / self.chunk_size))
         for chunk in spec.chunks(self.chunk_size):
+            if pace:
+                await asyncio.sleep(pace)
             if cut is not None and sent + len(chunk) >= cut:
                 chunk = chunk[: cut - sent]
                 if chunk:

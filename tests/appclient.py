@@ -276,7 +276,7 @@ class AppClient:
         from code_interpreter_files import services
 
         current = services._current
-        key = current[1].store._delegation_key if current is not None else None
+        key = current[1].store.links.cached_key if current is not None else None
         if key is not None:
             figures.SECRETS.add(key.value)
 

@@ -17,14 +17,18 @@ os.environ["SSL_CERT_FILE"] = str(TLS.ca_pem)
 os.environ["REQUESTS_CA_BUNDLE"] = str(TLS.ca_pem)
 
 import logging  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
+from aiohttp import web  # noqa: E402
 
 from code_interpreter_files.settings import SETTING_NAMES  # noqa: E402
 from local_azure.azurite import ACCOUNT_KEY  # noqa: E402
+from local_azure.queue_host import QueueHost  # noqa: E402
 from tests import figures  # noqa: E402
-from tests.appclient import AppClient  # noqa: E402
+from tests.appclient import FUNCTIONS, AppClient  # noqa: E402
+from tests.helpers import SECRET, Receiver  # noqa: E402
 from tests.rig.rig import Rig  # noqa: E402
 
 # Every log line of the session, for the secrets check at the end: the app at DEBUG, the SDKs
@@ -107,3 +111,34 @@ def app(rig: Rig, configure: Callable[..., dict[str, str]], caplog: pytest.LogCa
     client.check_remaining_links()
     client.remember_secrets()
     client.close()
+
+
+@pytest.fixture
+def queue_env(configure: Callable[..., dict[str, str]]) -> dict[str, str]:
+    """A queue of this test's own (other tests' runs queue their finishes too), callbacks to loopback."""
+    return configure(
+        RUNS_QUEUE=f"q{uuid.uuid4().hex[:12]}", CALLBACK_ALLOWED_HOSTS="127.0.0.1", CALLBACK_SIGNING_SECRET=SECRET
+    )
+
+
+@pytest.fixture
+async def host(queue_env: dict[str, str]) -> AsyncIterator[QueueHost]:
+    """The Functions host's part for the queue triggers, in this process (see local_azure/queue_host.py)."""
+    async with QueueHost(FUNCTIONS.values(), environ=os.environ, lease_seconds=3, poll_seconds=0.05) as queue_host:
+        yield queue_host
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A callback receiver on loopback; its URL carries a token in the query, as real receivers' do."""
+    got = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/run-done", got.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    got.url = f"http://127.0.0.1:{port}/hooks/run-done?token=abc"
+    yield got
+    await runner.cleanup()

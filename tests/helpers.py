@@ -9,13 +9,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import standardwebhooks
+from aiohttp import web
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue.aio import QueueClient
 
 from tests.rig.rig import Rig
 
@@ -88,3 +91,45 @@ def hello_script(rig: Rig, **extra: Any) -> str:
     """A prompt the emulator answers by writing test.txt containing `hello world`."""
     info = rig.emulator.add_script({"files": [{"path": "/mnt/data/test.txt", "content": "hello world"}], **extra})
     return f"Create test.txt containing hello world {info['marker']}"
+
+
+class Receiver:
+    """A caller's callback endpoint on loopback: keeps every delivery, verified or not."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.deliveries.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        return web.Response(status=204)
+
+    def verified(self) -> list[dict[str, Any]]:
+        webhook = standardwebhooks.Webhook(SECRET)
+        return [webhook.verify(body, headers) for headers, body in self.deliveries]
+
+
+async def until(condition: Callable[[], object], within: float = 60.0, step: float = 0.05) -> None:
+    """Wait until `condition()` is true; fail the test if it is not within `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(step)
+
+
+def manifest_exists(rig: Rig, response_id: str) -> bool:
+    return f"{response_id}/manifest.json" in storage_names(rig, response_id)
+
+
+def app_settings(env: dict[str, str]) -> dict[str, str]:
+    """The settings configure() set, without the rig's own (configure sets those again)."""
+    return {k: v for k, v in env.items() if k not in Rig.ENV_NAMES or k == "RUNS_QUEUE"}
+
+
+async def peek_queue(rig: Rig, queue: str) -> list[dict[str, Any]]:
+    """The messages visible on `queue` now, decoded (peeked with the account key: they stay)."""
+    async with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue) as client:
+        peeked = await client.peek_messages(max_messages=32)
+    return [json.loads(base64.b64decode(m.content)) for m in peeked]

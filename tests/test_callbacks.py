@@ -40,7 +40,8 @@ from code_interpreter_files.callbacks import (
     retry_delay,
     validate_callback_url,
 )
-from code_interpreter_files.errors import ApiError
+from code_interpreter_files.errors import ServiceError
+from code_interpreter_files.http_api import status_of
 from code_interpreter_files.run_queue import CallbackMessage, RunQueue, parse_message
 from code_interpreter_files.settings import Settings, load_settings
 from local_azure.azurite import free_port
@@ -120,9 +121,9 @@ REFUSED = [
 
 @pytest.mark.parametrize("url", REFUSED)
 def test_ssrf_battery_refused(url: str) -> None:
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(ServiceError) as raised:
         validate_callback_url(url, make_settings())
-    assert (raised.value.status, raised.value.code) == (400, "callback_not_allowed")
+    assert (status_of(raised.value), raised.value.code) == (400, "callback_not_allowed")
     assert "evil" not in raised.value.message  # the caller's URL is never echoed
 
 
@@ -149,7 +150,7 @@ def test_allowed_urls(url: str) -> None:
 
 
 def test_callbacks_off_without_allowed_hosts_or_secret() -> None:
-    with pytest.raises(ApiError, match="CALLBACK_ALLOWED_HOSTS") as raised:
+    with pytest.raises(ServiceError, match="CALLBACK_ALLOWED_HOSTS") as raised:
         validate_callback_url("https://allowed.com/hook", make_settings(hosts="", secret=None))
     assert raised.value.code == "callback_not_allowed"
 
@@ -391,7 +392,7 @@ async def test_failed_delivery_queues_the_next_attempt_with_backoff(
 @pytest.mark.parametrize("address", ["169.254.169.254", "0.0.0.0", "224.0.0.1", "fe80::1", "::", "240.0.0.1"])
 def test_listed_but_unreachable_addresses_are_refused(address: str) -> None:
     """Even an operator's list cannot open the instance metadata service or other special addresses."""
-    with pytest.raises(ApiError, match="link-local") as raised:
+    with pytest.raises(ServiceError, match="link-local") as raised:
         validate_callback_url(
             f"https://[{address}]/hook" if ":" in address else f"https://{address}/hook", make_settings(hosts=address)
         )

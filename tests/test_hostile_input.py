@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from code_interpreter_files import blob_upload, http_api, naming
-from code_interpreter_files.errors import ApiError
+from code_interpreter_files.errors import ServiceError
+from code_interpreter_files.http_api import status_of
 from code_interpreter_files.models import MAX_PROMPT_CHARS
 from tests import figures
 from tests.appclient import AppClient
@@ -132,10 +133,10 @@ def test_any_body_parses_to_a_valid_run_or_a_json_error(body: bytes) -> None:
     figures.count("inputs_hypothesis")
     try:
         request = http_api.parse_run_request(body)
-    except ApiError as error:
-        rendered = http_api.json_response(error.status, error.body(invocation_id="x"))
-        check_error_body(rendered.get_body(), error.status)
-        assert error.status == 413 or len(body) <= LIMIT
+    except ServiceError as error:
+        rendered = http_api.json_response(status_of(error), error.body(invocation_id="x"))
+        check_error_body(rendered.get_body(), status_of(error))
+        assert status_of(error) == 413 or len(body) <= LIMIT
         return
     assert len(body) <= LIMIT
     data = json.loads(body)

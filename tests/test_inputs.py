@@ -14,9 +14,11 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from pydantic import TypeAdapter, ValidationError
 
-from code_interpreter_files import conversations, finding, inputs, pipeline
-from code_interpreter_files.errors import ApiError
+from code_interpreter_files import conversations, finding, inputs, pipeline, runs
+from code_interpreter_files.errors import ServiceError
+from code_interpreter_files.http_api import status_of
 from code_interpreter_files.models import BlobInput, InlineInput, InputSpec
+from code_interpreter_files.records import CarriedRecord
 from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import Services, get_services
 from local_azure import content as gen
@@ -186,19 +188,19 @@ async def test_limits_and_missing_blobs_fail_before_anything_is_uploaded(env, co
     services = await get_services()
     inline = InlineInput(name="n.txt", content_base64=base64.b64encode(b"abcd").decode())
 
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_inputs(services, [inline, inline, inline], log())
-    assert (error.value.status, error.value.code) == (400, "too_many_inputs")
+    assert (status_of(error.value), error.value.code) == (400, "too_many_inputs")
     assert "MAX_INPUT_FILES (2)" in error.value.message
 
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_inputs(services, [BlobInput(blob="ok.csv"), inline], log())
-    assert (error.value.status, error.value.code) == (413, "input_too_large")
+    assert (status_of(error.value), error.value.code) == (413, "input_too_large")
     assert f"MAX_INPUT_BYTES ({len(CSV) + 3} bytes)" in error.value.message
 
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_inputs(services, [inline, BlobInput(blob="nowhere/missing.csv")], log())
-    assert (error.value.status, error.value.code) == (400, "input_not_found")
+    assert (status_of(error.value), error.value.code) == (400, "input_not_found")
     assert "'nowhere/missing.csv'" in error.value.message and f"'{INPUT_CONTAINER}'" in error.value.message
 
     assert files_state(rig.emulator)["files_uploaded"] == 0
@@ -210,11 +212,11 @@ async def test_a_refused_upload_names_the_file_and_deletes_the_others(env, rig) 
     services = await get_services()
     first = InlineInput(name="first.txt", content_base64=base64.b64encode(b"1").decode())
     queue_fault(rig.emulator, "files", 400, after=1)
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_inputs(
             services, [first, InlineInput(name="second.txt", content_base64="Mg=="), BlobInput(blob="big.bin")], log()
         )
-    assert (error.value.status, error.value.code) == (502, "input_upload_failed")
+    assert (status_of(error.value), error.value.code) == (502, "input_upload_failed")
     assert "'second.txt'" in error.value.message and "400" in error.value.message
     state = files_state(rig.emulator)
     assert (state["files_uploaded"], state["files_deleted"], state["files_live"]) == (1, 1, 0)
@@ -222,7 +224,7 @@ async def test_a_refused_upload_names_the_file_and_deletes_the_others(env, rig) 
     # A part refused midway: the upload is cancelled and the file before it deleted.
     rig.emulator.reset()
     queue_fault(rig.emulator, "parts", 400, after=1)
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_inputs(services, [first, BlobInput(blob="big.bin", name="renamed.bin")], log())
     assert error.value.code == "input_upload_failed" and "'renamed.bin'" in error.value.message
     state = files_state(rig.emulator)
@@ -235,9 +237,9 @@ async def test_a_blob_replaced_after_the_checks_is_refused_and_nothing_stays_upl
     first = InlineInput(name="first.txt", content_base64="MQ==")
     prepared = await inputs.prepare_inputs(services, [first, BlobInput(blob="moving.csv")])
     put_blob(rig, "moving.csv", CSV + b"Rome,17\n")  # a new version between the checks and the upload
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await inputs.upload_prepared(services, prepared, log())
-    assert (error.value.status, error.value.code) == (409, "input_changed")
+    assert (status_of(error.value), error.value.code) == (409, "input_changed")
     assert "'moving.csv'" in error.value.message
     state = files_state(rig.emulator)
     assert (state["files_uploaded"], state["files_live"]) == (1, 0)
@@ -309,11 +311,14 @@ async def test_continuing_in_the_live_container_then_in_a_new_one(env, rig) -> N
         "/mnt/data/chart.png": carried.sha256,
         "/mnt/data/blue.png": carried.sha256,
     }
-    await conversations.save_setup(services, third.id, new, callback_url=None)
-    record = await conversations.load_setup(services, third.id)
-    assert (record["inputs"], record["continued_in"], record["file_ids"]) == ([], "new_container", new.file_ids)
-    assert record["carried"] == [{"name": "chart.png", "sha256": carried.sha256}]
-    assert (await conversations.load_setup(services, first.id))["continued_in"] is None
+    record = new.record_fields()  # what the run record keeps of the set-up
+    assert (record["inputs"], record["continued_in"], record["uploaded_file_ids"]) == (
+        (),
+        "new_container",
+        tuple(new.file_ids),
+    )
+    assert record["carried"] == (CarriedRecord(name="chart.png", sha256=carried.sha256),)
+    assert (await runs.find_run(services, first.id, None)).record.continued_in is None
     known = await conversations.carried_sha256(services, third)
     assert known["/mnt/data/chart.png"] == carried.sha256
     assert await inputs.delete_uploaded(services, conversations.uploaded_file_ids(third)) == []
@@ -350,9 +355,9 @@ async def test_a_foreign_or_unknown_previous_response_is_not_found(env, rig) -> 
     foreign = await finished_run(services, rig, owner=False)
     answers = []
     for response_id in (foreign.id, "resp_" + "0" * 48):
-        with pytest.raises(ApiError) as error:
+        with pytest.raises(ServiceError) as error:
             await conversations.prepare_run(services, [], response_id, log())
-        answers.append((error.value.status, error.value.code, error.value.message.replace(response_id, "<id>")))
+        answers.append((status_of(error.value), error.value.code, error.value.message.replace(response_id, "<id>")))
     assert answers[0] == answers[1] == (404, "run_not_found", "Azure OpenAI knows no response <id>")
     assert files_state(rig.emulator)["files_uploaded"] == 0
 

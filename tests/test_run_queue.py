@@ -38,12 +38,20 @@ async def _raw_receive(rig: Rig, name: str) -> list[str]:
 
 
 def test_parse_finish_and_callback() -> None:
-    finish = parse_message('{"kind": "finish", "response_id": "resp_abc", "collect": "all", "callback_url": null}')
-    assert finish == FinishMessage(response_id="resp_abc", collect="all", callback_url=None)
-    callback = parse_message(
-        b'{"kind": "callback", "response_id": "resp_abc", "callback_url": "https://a.example/x", "attempt": 2}'
+    finish = parse_message('{"kind": "finish", "response_id": "resp_abc", "attempt": 3}')
+    assert finish == FinishMessage(response_id="resp_abc", attempt=3)
+    assert parse_message('{"kind": "finish", "response_id": "resp_abc"}') == FinishMessage(response_id="resp_abc")
+    callback = parse_message(b'{"kind": "callback", "response_id": "resp_abc", "attempt": 2}')
+    assert callback == CallbackMessage(response_id="resp_abc", attempt=2)
+
+
+def test_messages_of_the_previous_version_are_read_without_their_callback_url() -> None:
+    """During a rolling deployment a message of the version that carried collect and callback_url is
+    still read; the URL in it is ignored (the run record has it)."""
+    old = parse_message(
+        '{"kind": "finish", "response_id": "resp_a", "collect": "all", "callback_url": "https://a/x?t=1"}'
     )
-    assert callback == CallbackMessage(response_id="resp_abc", callback_url="https://a.example/x", attempt=2)
+    assert old == FinishMessage(response_id="resp_a") and "callback_url" not in old.model_dump()
 
 
 @pytest.mark.parametrize(
@@ -53,12 +61,12 @@ def test_parse_finish_and_callback() -> None:
         (b"\xff\xfe", "not JSON"),
         ("[]", "finish or callback"),
         ('{"kind": "other", "response_id": "resp_a"}', "kind"),
-        ('{"kind": "finish", "response_id": "resp_a"}', "collect"),
-        ('{"kind": "finish", "response_id": "../etc", "collect": "all"}', "response_id"),
-        ('{"kind": "finish", "response_id": "resp_a", "collect": "some"}', "collect"),
-        ('{"kind": "callback", "response_id": "resp_a", "callback_url": "https://a", "attempt": "1"}', "attempt"),
-        ('{"kind": "callback", "response_id": "resp_a", "callback_url": "https://a", "attempt": 0}', "attempt"),
-        ('{"kind": "callback", "response_id": "resp_a", "attempt": 1}', "callback_url"),
+        ('{"kind": "finish", "response_id": "../etc"}', "response_id"),
+        ('{"kind": "finish", "response_id": "resp_a", "attempt": -1}', "attempt"),
+        ('{"kind": "finish", "response_id": "resp_a", "attempt": "2"}', "attempt"),
+        ('{"kind": "callback", "response_id": "resp_a", "attempt": "1"}', "attempt"),
+        ('{"kind": "callback", "response_id": "resp_a", "attempt": 0}', "attempt"),
+        ('{"kind": "callback", "response_id": "resp_a"}', "attempt"),
     ],
 )
 def test_parse_garbage_is_a_clear_error(text: str | bytes, needle: str) -> None:
@@ -68,7 +76,7 @@ def test_parse_garbage_is_a_clear_error(text: str | bytes, needle: str) -> None:
 
 
 def test_unknown_fields_from_a_newer_version_are_ignored() -> None:
-    message = parse_message('{"kind": "finish", "response_id": "resp_a", "collect": "cited", "priority": 3}')
+    message = parse_message('{"kind": "finish", "response_id": "resp_a", "priority": 3}')
     assert isinstance(message, FinishMessage)
 
 
@@ -86,9 +94,9 @@ async def test_enqueue_base64_json_on_the_wire(
     credential = AppCredential() if storage == "identity" else None
     queue = RunQueue(settings, credential)
     try:
-        await queue.enqueue_finish("resp_one", "cited", "https://cb.example/hook")  # creates the queue
-        await queue.enqueue_callback("resp_one", "https://cb.example/hook", attempt=2, delay_seconds=0)
-        await queue.enqueue_finish("resp_later", "all", None, delay_seconds=3600)  # invisible for an hour
+        await queue.enqueue_finish("resp_one")  # creates the queue
+        await queue.enqueue_callback("resp_one", attempt=2, delay_seconds=0)
+        await queue.enqueue_finish("resp_later", attempt=4, delay_seconds=3600)  # invisible for an hour
     finally:
         await queue.close()
         if credential is not None:
@@ -97,8 +105,8 @@ async def test_enqueue_base64_json_on_the_wire(
     assert len(wire) == 2
     texts = [base64.b64decode(w, validate=True).decode() for w in wire]
     assert [json.loads(t) for t in texts] == [
-        {"kind": "finish", "response_id": "resp_one", "collect": "cited", "callback_url": "https://cb.example/hook"},
-        {"kind": "callback", "response_id": "resp_one", "callback_url": "https://cb.example/hook", "attempt": 2},
+        {"kind": "finish", "response_id": "resp_one", "attempt": 0},
+        {"kind": "callback", "response_id": "resp_one", "attempt": 2},
     ]
     assert [type(parse_message(t)) for t in texts] == [FinishMessage, CallbackMessage]
     by_resource = rig.identity.stats()["by_resource"]
@@ -113,10 +121,10 @@ async def test_deleted_queue_is_created_again(rig: Rig, configure: Callable[...,
     configure(storage="connection_string", RUNS_QUEUE=name)
     queue = RunQueue(load_settings(), None)
     try:
-        await queue.enqueue_finish("resp_a", "all", None)
+        await queue.enqueue_finish("resp_a")
         async with QueueClient.from_connection_string(rig.azurite.queue_connection_string, name) as raw:
             await raw.delete_queue()
-        await queue.enqueue_finish("resp_b", "all", None)
+        await queue.enqueue_finish("resp_b")
     finally:
         await queue.close()
     wire = await _raw_receive(rig, name)
@@ -128,9 +136,9 @@ async def test_bad_arguments_and_missing_configuration(configure: Callable[..., 
     queue = RunQueue(load_settings(), None)
     try:
         with pytest.raises(ValueError):
-            await queue.enqueue_finish("not-a-response-id", "all", None)
+            await queue.enqueue_finish("not-a-response-id")
         with pytest.raises(ValueError, match="delay_seconds"):
-            await queue.enqueue_callback("resp_a", "https://cb.example", attempt=1, delay_seconds=-1)
+            await queue.enqueue_callback("resp_a", attempt=1, delay_seconds=-1)
     finally:
         await queue.close()
     env = configure(storage="connection_string")

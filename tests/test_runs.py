@@ -23,6 +23,7 @@ def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None
         name: (b["route"], [str(m.value) for m in b["methods"]], str(b["authLevel"].value)) for name, b in http.items()
     } == {
         "create_run": ("runs", ["POST"], "function"),
+        "list_runs": ("runs", ["GET"], "function"),
         "get_run": ("runs/{response_id}", ["GET"], "function"),
         "delete_run": ("runs/{response_id}", ["DELETE"], "function"),
         "openai_webhook": ("openai-webhook", ["POST"], "anonymous"),  # verified by its signature instead
@@ -33,6 +34,8 @@ def test_function_metadata_shows_routes_methods_and_auth(app: AppClient) -> None
         "finish_run": ("%RUNS_QUEUE%", "RUNS_QUEUE_STORAGE"),
         "record_poison": ("%RUNS_QUEUE%-poison", "RUNS_QUEUE_STORAGE"),
     }
+    timers = {name: b["schedule"] for name, b in bindings.items() if b["type"] == "timerTrigger"}
+    assert timers == {"sweep_runs": "0 */10 * * * *"}
 
 
 @pytest.mark.parametrize(("storage", "model_auth"), MODES)
@@ -79,7 +82,7 @@ async def test_links_honour_ttl_and_expire(app: AppClient, rig) -> None:
     from code_interpreter_files.services import get_services
 
     store = (await get_services()).store
-    url, _ = await store.sign_read_url(file["blob"], file["filename"], timedelta(seconds=3))
+    url, _ = await store.links.sign(file["blob"], file["filename"], timedelta(seconds=3))
     assert app.http.get(url).status_code == 200
     import asyncio
 
@@ -398,10 +401,10 @@ async def test_the_delegation_key_and_tokens_are_reused(app: AppClient, rig) -> 
     from code_interpreter_files.services import get_services
 
     store = (await get_services()).store
-    key = store._delegation_key
+    key = store.links.cached_key
     for _ in range(3):
         assert (await app.post_run(prompt="again")).status == 200
-    assert store._delegation_key is key
+    assert store.links.cached_key is key
     assert rig.identity.stats()["requests"] == 0
 
 
@@ -413,7 +416,7 @@ async def test_use_development_storage_works_with_plain_azurite(app: AppClient, 
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 10000)) == 0:
             pytest.skip("port 10000 (UseDevelopmentStorage=true) is taken on this machine")
-    with Azurite(None, port=10000):
+    with Azurite(None, port=10000, queue=True, queue_port=10001, table_port=10002):
         configure(
             storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"
         )

@@ -91,7 +91,7 @@ async def test_expired_links_are_refused_in_both_modes(app: AppClient, configure
     answer = await one_file_run(app)
     file = answer["files"][0]
     store = (await get_services()).store
-    url, expiry = await store.sign_read_url(file["blob"], file["filename"], timedelta(seconds=3))
+    url, expiry = await store.links.sign(file["blob"], file["filename"], timedelta(seconds=3))
     assert app.http.get(url).status_code == 200
     await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 1.2)
     response = app.http.get(url)

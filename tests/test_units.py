@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from code_interpreter_files.http_api import _error_for
+from code_interpreter_files.http_api import _error_for, status_of
 from code_interpreter_files.singleflight import SingleFlight
 
 
@@ -56,14 +56,14 @@ def test_storage_refusing_the_identity_is_an_auth_error_not_try_again() -> None:
     )
     refused.status_code = 403
     error = _error_for(refused)
-    assert (error.status, error.code) == (502, "storage_auth_error")
+    assert (status_of(error), error.code) == (502, "storage_auth_error")
     assert "Storage Blob Data Contributor" in error.message
 
 
 def test_manifests_of_older_versions_are_read_and_newer_ones_refused() -> None:
     import pytest
 
-    from code_interpreter_files.models import MANIFEST_VERSION, RunRecord, UnsupportedManifest
+    from code_interpreter_files.records import MANIFEST_VERSION, Outcome, UnsupportedManifest
 
     version_1 = {
         "version": 1,
@@ -85,10 +85,20 @@ def test_manifests_of_older_versions_are_read_and_newer_ones_refused() -> None:
         ],
         "failed_files": [{"filename": "b", "file_id": "cfile_2", "code": "file_not_found", "message": "gone"}],
     }
-    record = RunRecord.from_manifest(version_1)
+    record = Outcome.from_manifest(version_1)
     assert record.files[0].origin == "cited" and record.warnings == [] and record.incomplete_reason is None
     assert record.owner is None and record.inputs == []
-    again = RunRecord.from_manifest(record.to_manifest())
+    version_2_failure = {
+        **version_1,
+        "version": 2,
+        "files": [],
+        "error": {"status": 502, "code": "run_failed", "message": "x"},
+    }
+    assert Outcome.from_manifest(version_2_failure).error == {
+        "code": "run_failed",
+        "message": "x",
+    }  # status: http_api's
+    again = Outcome.from_manifest(record.to_manifest())
     assert again == record and record.to_manifest()["version"] == MANIFEST_VERSION
     for bad in (
         {**version_1, "version": MANIFEST_VERSION + 1},
@@ -96,4 +106,4 @@ def test_manifests_of_older_versions_are_read_and_newer_ones_refused() -> None:
         {**version_1, "version": 0},
     ):
         with pytest.raises(UnsupportedManifest):
-            RunRecord.from_manifest(bad)
+            Outcome.from_manifest(bad)

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from code_interpreter_files.callbacks import sign
-from code_interpreter_files.errors import ApiError
+from code_interpreter_files.errors import ServiceError
+from code_interpreter_files.http_api import status_of
 from code_interpreter_files.services import Services, get_services
 from code_interpreter_files.webhooks import (
     MAX_WEBHOOK_BYTES,
@@ -111,8 +112,8 @@ async def test_other_events_are_ignored(services: Services) -> None:
     assert outcome.action == "ignored" and act.events == []
 
 
-def _refused(services: Services, body: bytes, headers: dict[str, str]) -> ApiError:
-    with pytest.raises(ApiError) as raised:
+def _refused(services: Services, body: bytes, headers: dict[str, str]) -> ServiceError:
+    with pytest.raises(ServiceError) as raised:
         verify_webhook(body, headers, services.settings, services.openai)
     return raised.value
 
@@ -142,10 +143,10 @@ async def test_refused_requests(services: Services, case: str) -> None:
     elif case == "wrong_version":
         headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
     error = _refused(services, body, headers)
-    assert (error.status, error.code) == (401, "invalid_webhook_signature")
+    assert (status_of(error), error.code) == (401, "invalid_webhook_signature")
     assert SECRET not in error.message
     act = Recorder()
-    with pytest.raises(ApiError):
+    with pytest.raises(ServiceError):
         await _handle(services, body, headers, act)
     assert act.events == []
 
@@ -163,12 +164,12 @@ async def test_not_configured_is_404(configure: Callable[..., dict[str, str]]) -
     services = await get_services()
     body = event_body()
     error = _refused(services, body, signed(body))
-    assert (error.status, error.code) == (404, "webhook_not_configured")
+    assert (status_of(error), error.code) == (404, "webhook_not_configured")
 
 
 async def test_oversized_and_unparsable_bodies(services: Services) -> None:
     big = b"{" + b" " * MAX_WEBHOOK_BYTES + b"}"
-    assert _refused(services, big, signed(big)).status == 413
+    assert status_of(_refused(services, big, signed(big))) == 413
     not_json = b"not json"
     assert _refused(services, not_json, signed(not_json)).code == "invalid_webhook_payload"  # signed, but garbage
     bad_id = event_body(response_id="../../etc")

@@ -44,6 +44,7 @@ class Rig:
         "OUTPUT_CONTAINER",
         "OUTPUT_STORAGE_ACCOUNT_URL",
         "OUTPUT_STORAGE_CONNECTION_STRING",
+        "RUNS_TABLE_SERVICE_URL",
         "IDENTITY_ENDPOINT",
         "IDENTITY_HEADER",
         "AZURE_CLIENT_ID",
@@ -179,6 +180,7 @@ class Rig:
         env["RUNS_QUEUE"] = self.RUNS_QUEUE
         if storage == "identity":
             env["OUTPUT_STORAGE_ACCOUNT_URL"] = self.azurite.account_url
+            env["RUNS_TABLE_SERVICE_URL"] = self.azurite.table_url
             env["RUNS_QUEUE_STORAGE__queueServiceUri"] = self.azurite.queue_url
         else:
             env["OUTPUT_STORAGE_CONNECTION_STRING"] = self.azurite.connection_string

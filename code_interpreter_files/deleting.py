@@ -1,0 +1,52 @@
+"""Removing a run everywhere: the one way DELETE and the retention sweep both take.
+
+The tombstone first (the id row marked deleted, kept for good): from then on no finish on any
+instance can commit anything for the run, since its commit is an If-Match write of the run row, which
+goes next; a finish in this worker is stopped at once. Then the uploaded inputs in Azure OpenAI, every
+blob under the run's prefix, and the stored response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+
+from . import inputs, responses_api
+from .run_table import Row
+from .runlog import RunLog
+from .services import Services
+
+_DELETE_RESPONSE_ATTEMPTS = 3
+
+
+async def delete_run(services: Services, row: Row, log: RunLog, *, response_exists: bool) -> int:
+    """Delete the run of `row`; the number of blobs deleted."""
+    rid = row.record.response_id
+    await services.table.tombstone(row)
+    await services.finishing.cancel(rid)  # a finish of this run in this worker stops first
+    await inputs.delete_uploaded(services, row.record.uploaded_file_ids, log)
+    await services.table.delete_row(row.partition, row.row_key)
+    deleted = await services.store.delete_run_blobs(rid)
+    if response_exists:
+        await _delete_response(services, rid, log)
+    log.info("run deleted", blobs_deleted=deleted)
+    return deleted
+
+
+async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:
+    """Delete the stored response; a refusal after the files are gone is logged, never the caller's error."""
+    for attempt in range(_DELETE_RESPONSE_ATTEMPTS):
+        try:
+            await services.openai.responses.delete(response_id)
+            return
+        except openai.NotFoundError:  # a concurrent DELETE got there first
+            return
+        except (openai.BadRequestError, openai.ConflictError) as error:  # still running: refused for now
+            if attempt + 1 == _DELETE_RESPONSE_ATTEMPTS:
+                log.warning("Azure OpenAI refused to delete the response", upstream=responses_api.describe(error))
+                return
+            await asyncio.sleep(0.5 * 2**attempt)
+        except (openai.APIStatusError, openai.APIConnectionError) as error:
+            log.warning("could not delete the stored response", error=type(error).__name__)
+            return
