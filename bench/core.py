@@ -423,7 +423,7 @@ async def _large_file(rig: Rig, size: int, reps: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         max_in_flight = max(max_in_flight, counter.max_in_flight)
         check_files(answer, specs)
-        await services.store.delete_run(answer["response_id"])
+        await services.store.delete_run_blobs(answer["response_id"])
         return elapsed
 
     async def old_way() -> float:
@@ -500,7 +500,7 @@ async def copy_in_fresh_process(
     if done.returncode != 0:
         raise BenchError(f"bench.memchild failed ({done.returncode}):\n{done.stderr[-3000:]}")
     child = json.loads(done.stdout.strip().splitlines()[-1])
-    await services.store.delete_run(child.pop("response_id"))
+    await services.store.delete_run_blobs(child.pop("response_id"))
     return child
 
 
@@ -568,7 +568,7 @@ async def _many_files(rig: Rig, plan: Plan, count: int, file_bytes: int, reps: i
             finally:
                 counter.remove()
             check_files(answer, specs)
-            await services.store.delete_run(answer["response_id"])
+            await services.store.delete_run_blobs(answer["response_id"])
             return elapsed
 
     async def upload() -> float:

@@ -68,7 +68,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     figures["bytes_verified"] = await _verify(services, answers)
     for answer in answers:
-        await services.store.delete_run(answer["response_id"])
+        await services.store.delete_run_blobs(answer["response_id"])
     await services.aclose()
     return figures
 

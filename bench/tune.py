@@ -74,7 +74,7 @@ async def sweep(rig: Any, reps: int, size: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 answer = await post_run(prompt)
                 times[n].append(time.perf_counter() - started)
-                await services.store.delete_run(answer["response_id"])
+                await services.store.delete_run_blobs(answer["response_id"])
                 print(f"[tune] {rep + 1}/{reps} COPY_CONCURRENCY={n}: {times[n][-1]:.2f} s", flush=True)
     base = statistics.median(times[1])
     results["copy_concurrency"] = {

@@ -60,6 +60,7 @@ class Claim:
         self._table = table
         self.row = row
         self._lost: BaseException | None = None
+        self.released = False
 
     @classmethod
     async def take(cls, table: RunTable, row: Row) -> Claim:
@@ -123,5 +124,6 @@ class Claim:
     async def release(self, **changes: object) -> Row:
         """The last write of the claim: `changes` (the run's outcome) and the claim cleared, If-Match.
         RowGone: DELETE removed the run; RowChanged: someone took the claim after it ran out."""
+        self.released = True  # tried once: whatever the answer, this claim is not ours to write again
         self.row = await self._table.update(self.row, finisher=None, finishing_until=None, **changes)
         return self.row

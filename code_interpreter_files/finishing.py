@@ -57,8 +57,12 @@ async def finish(services: Services, row: Row, response: Response, log: RunLog, 
     except RowGone:  # DELETE removed the row while the files were copied: take back what was written
         await services.store.delete_run_blobs(rid)
         raise RunDeleted() from None
+    except BaseException:  # a failure, a lost claim or a cancellation: whoever comes next may finish it
+        await let_go(claim, log)
+        raise
     if not outcome.complete and not final:
-        await _let_go(claim, log)
+        log.info("files failed in a way worth retrying; nothing committed yet")
+        await let_go(claim, log)
         return outcome
     return await commit(services, claim, outcome, log)
 
@@ -77,13 +81,14 @@ async def _committed(services: Services, row: Row) -> Outcome | None:
     return outcome
 
 
-async def _let_go(claim: Claim, log: RunLog) -> None:
+async def let_go(claim: Claim, log: RunLog) -> None:
     """Give the claim back without an outcome: a retry (any instance) may take it at once."""
+    if claim.released:
+        return
     try:
         await claim.release()
     except (RowChanged, RowGone):
-        pass  # lost or deleted meanwhile: nothing of ours to give back
-    log.info("files failed in a way worth retrying; nothing committed yet")
+        log.info("the claim was lost or the run deleted meanwhile: nothing of ours to give back")
 
 
 def _ending(outcome: Outcome) -> dict[str, object]:

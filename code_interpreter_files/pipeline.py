@@ -234,6 +234,8 @@ async def _see_through(
         return Accepted(rid, "copying")
     except TimeoutError:
         log.warning("time budget spent, answering 202", stage=stage, budget_s=services.settings.run_wait_seconds)
+        if claim is not None:  # nobody finishes it here any more: the next GET or the queue may at once
+            await finishing.let_go(claim, log)
         return Accepted(rid, stage)
     return await answer(services, outcome, ttl, log)
 

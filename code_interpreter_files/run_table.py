@@ -35,6 +35,10 @@ from azure.data.tables.aio import TableClient
 from .records import CarriedRecord, InputRecord, RunRecord, SetupWarning
 from .settings import Settings
 
+# Retries of each table request: 3, after about 0.5, 1 and 2 s. azure-core's default (10 retries, up to
+# 120 s apart) would hold a claim renewal or a commit for minutes against a dead account; the callers
+# retry what is transient at their own level (claims.py, the queue's delayed messages).
+_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
 # Row keys sort newest first: 10 digits of (this constant - the run's epoch seconds), then the id.
 _LATEST_EPOCH = 9_999_999_999
 _JSON_FIELDS = {"inputs": InputRecord, "carried": CarriedRecord, "warnings": SetupWarning}
@@ -134,11 +138,11 @@ class RunTable:
     def __init__(self, settings: Settings, credential: AsyncTokenCredential | None) -> None:
         if settings.table_service_url is not None:
             assert credential is not None
-            self._table = TableClient(settings.table_service_url, settings.runs_table, credential=credential)
+            self._table = TableClient(settings.table_service_url, settings.runs_table, credential=credential, **_RETRY)
         else:
             assert settings.storage_connection_string is not None
             self._table = TableClient.from_connection_string(
-                settings.storage_connection_string.get_secret_value(), settings.runs_table
+                settings.storage_connection_string.get_secret_value(), settings.runs_table, **_RETRY
             )
         self._ready = False
         self._lock = asyncio.Lock()

@@ -163,6 +163,11 @@ def _table_service_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _is_account_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("https", "http") and bool(parts.netloc)
+
+
 def table_url_for(account_url: str) -> str | None:
     """`https://<account>.table.<suffix>` for a standard `https://<account>.blob.<suffix>` account URL."""
     parts = urlsplit(account_url)
@@ -450,7 +455,7 @@ def _presence_problems(env: Mapping[str, str]) -> tuple[list[str], dict[str, str
         invalid["RUNS_TABLE_SERVICE_URL"] = (
             "set it only with OUTPUT_STORAGE_ACCOUNT_URL (a connection string names its own)"
         )
-    elif account and "RUNS_TABLE_SERVICE_URL" not in given and table_url_for(account) is None:
+    elif _is_account_url(account) and "RUNS_TABLE_SERVICE_URL" not in given and table_url_for(account) is None:
         missing.append("RUNS_TABLE_SERVICE_URL (OUTPUT_STORAGE_ACCOUNT_URL is not a *.blob.<suffix> URL)")
     hosts = env.get("CALLBACK_ALLOWED_HOSTS", "")
     if any(h.strip() for h in hosts.split(",")) and "CALLBACK_SIGNING_SECRET" not in given:

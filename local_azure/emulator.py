@@ -1303,6 +1303,8 @@ class Emulator:
             {
                 "response_id": run.id,
                 "script_id": run.script.id,
+                "status": run.status(time.time()),
+                "deleted": run.deleted,
                 "container_id": c.id if c else None,
                 "code_interpreter_call_id": run.ci_id if c else None,
                 "images": [{"bytes": len(i.data), "sha256": i.sha256} for i in run.script.images],

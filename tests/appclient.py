@@ -123,25 +123,31 @@ class AppClient:
                 self.links.setdefault(file["url"], Link(file, identity))
             figures.SECRETS.add_signature(parse_qs(urlsplit(file["url"]).query)["sig"][0])
 
-    async def post_run(self, raw: bytes | None = None, **payload: Any) -> Reply:
+    async def post_run(self, raw: bytes | None = None, *, caller: str | None = None, **payload: Any) -> Reply:
+        """POST /api/runs; `caller`: the principal id Easy Auth would put in front of the request."""
         body = raw if raw is not None else json.dumps(payload).encode()
-        return await self.call("create_run", "POST", "/api/runs", body)
+        return await self.call("create_run", "POST", "/api/runs", body, headers=_headers(caller))
 
-    async def get_run(self, response_id: str, **params: str) -> Reply:
+    async def list_runs(self, *, caller: str | None = None, **params: str) -> Reply:
+        return await self.call("list_runs", "GET", "/api/runs", params=params, headers=_headers(caller))
+
+    async def get_run(self, response_id: str, *, caller: str | None = None, **params: str) -> Reply:
         return await self.call(
             "get_run",
             "GET",
             f"/api/runs/{quote(response_id, safe='')}",
             params=params,
             route_params={"response_id": response_id},
+            headers=_headers(caller),
         )
 
-    async def delete_run(self, response_id: str) -> Reply:
+    async def delete_run(self, response_id: str, *, caller: str | None = None) -> Reply:
         return await self.call(
             "delete_run",
             "DELETE",
             f"/api/runs/{quote(response_id, safe='')}",
             route_params={"response_id": response_id},
+            headers=_headers(caller),
         )
 
     def script(self, **script: Any) -> dict[str, Any]:
@@ -308,3 +314,11 @@ def assert_disposition_names(header: str, filename: str) -> None:
         assert unquote(star.group(1)) == filename, header
     else:
         assert f'filename="{filename}"' in header, header
+
+
+def _headers(caller: str | None) -> dict[str, str]:
+    """A JSON request's headers; with `caller`, the principal header Easy Auth sets after signing in."""
+    headers = {"content-type": "application/json"}
+    if caller is not None:
+        headers["x-ms-client-principal-id"] = caller
+    return headers

@@ -17,6 +17,7 @@ from typing import Any
 
 import standardwebhooks
 from aiohttp import web
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue.aio import QueueClient
 
@@ -131,5 +132,8 @@ def app_settings(env: dict[str, str]) -> dict[str, str]:
 async def peek_queue(rig: Rig, queue: str) -> list[dict[str, Any]]:
     """The messages visible on `queue` now, decoded (peeked with the account key: they stay)."""
     async with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue) as client:
-        peeked = await client.peek_messages(max_messages=32)
+        try:
+            peeked = await client.peek_messages(max_messages=32)
+        except ResourceNotFoundError:  # nothing was ever sent to it
+            return []
     return [json.loads(base64.b64decode(m.content)) for m in peeked]

@@ -3,7 +3,6 @@ with the real rig behind it: downloads, waiting, overwriting, and one readable l
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import hashlib
 import re
@@ -16,6 +15,7 @@ from aiohttp import web
 
 import function_app
 from ci_files_client.errors import HINTS, Exit
+from code_interpreter_files.http_api import error_codes
 from local_azure.funchost import FuncHost
 from tests.helpers import Result, ci_files, hello_script
 from tests.rig.rig import Rig
@@ -182,15 +182,8 @@ def every_error_code() -> dict[str, int]:
 
 
 def raised_by_the_app() -> dict[str, int]:
-    """Every `ApiError(status, "code", ...)` in the app's source, documented yet or not."""
-    codes = {}
-    for source in (REPO_ROOT / "code_interpreter_files").glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ApiError" and len(node.args) >= 2:
-                status, code = node.args[:2]
-                if isinstance(status, ast.Constant) and isinstance(code, ast.Constant):
-                    codes[str(code.value)] = int(status.value)
-    return codes
+    """Every error code the app can answer, and its status (http_api's one mapping)."""
+    return error_codes()
 
 
 async def test_every_error_code_is_one_line_and_an_exit_code(tmp_path: Path) -> None:

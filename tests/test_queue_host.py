@@ -89,7 +89,7 @@ async def _enqueue(*response_ids: str) -> None:
     queue = RunQueue(settings, credential)
     try:
         for rid in response_ids:
-            await queue.enqueue_finish(rid, "all", None)
+            await queue.enqueue_finish(rid)
     finally:
         await queue.close()
         if credential is not None:

@@ -123,11 +123,11 @@ async def test_identity_mode_uses_no_account_key_anywhere(app: AppClient, config
     renewed = await app.get_run(answer["response_id"], sas_ttl_minutes="5")
     assert renewed.status == 200
     store = (await get_services()).store
-    assert store._account_key is None and store._delegation_key is not None
-    assert keys and set(keys) == {store._delegation_key.value}, "something was signed with another key"
+    assert store.links._account_key is None and store.links.cached_key is not None
+    assert keys and set(keys) == {store.links.cached_key.value}, "something was signed with another key"
     assert ACCOUNT_KEY not in keys
     for file in answer["files"] + renewed.json["files"]:
         app.check_link(file, identity=True)  # skoid/sktid of the app's identity, spr=https ...
     app.verify_answer(answer)
     assert (await app.delete_run(answer["response_id"])).status == 204
-    assert set(keys) == {store._delegation_key.value}
+    assert set(keys) == {store.links.cached_key.value}

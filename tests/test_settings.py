@@ -83,6 +83,10 @@ def test_every_name_the_app_reads_is_listed() -> None:
         "RUN_EVENTS",
         "RUN_EVENTS_IDLE_SECONDS",
         "RUNS_QUEUE",
+        "RUNS_TABLE",
+        "RUNS_TABLE_SERVICE_URL",
+        "RUN_RETENTION_DAYS",
+        "CONTAINER_LIFETIME_MINUTES",
         "RUNS_QUEUE_STORAGE__queueServiceUri",
         "RUNS_QUEUE_STORAGE",
         "MAX_INPUT_FILES",
@@ -230,6 +234,30 @@ def test_output_storage_is_one_of_two() -> None:
     }
     # An invalid URL still counts as given: no "missing" besides the "invalid".
     assert problems({**BASE, "OUTPUT_STORAGE_ACCOUNT_URL": "ftp://x"}).missing == []
+
+
+def test_the_runs_table_endpoint_is_derived_from_a_standard_account_url_or_given() -> None:
+    derived = load_settings({**BASE, "OUTPUT_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"})
+    assert derived.table_service_url == "https://acct.table.core.windows.net"
+    sovereign = load_settings({**BASE, "OUTPUT_STORAGE_ACCOUNT_URL": "https://acct.blob.core.chinacloudapi.cn/"})
+    assert sovereign.table_service_url == "https://acct.table.core.chinacloudapi.cn"
+    path_style = {**BASE, "OUTPUT_STORAGE_ACCOUNT_URL": "https://127.0.0.1:10000/devstoreaccount1"}
+    assert problems(path_style).missing == [
+        "RUNS_TABLE_SERVICE_URL (OUTPUT_STORAGE_ACCOUNT_URL is not a *.blob.<suffix> URL)"
+    ]
+    given = load_settings({**path_style, "RUNS_TABLE_SERVICE_URL": "https://127.0.0.1:10002/devstoreaccount1/"})
+    assert given.table_service_url == "https://127.0.0.1:10002/devstoreaccount1"
+    assert problems({**path_style, "RUNS_TABLE_SERVICE_URL": "http://127.0.0.1:10002/x"}).invalid == {
+        "RUNS_TABLE_SERVICE_URL": "expected https://<account>.table.core.windows.net"
+    }
+    keyed = {**without("OUTPUT_STORAGE_ACCOUNT_URL"), "OUTPUT_STORAGE_CONNECTION_STRING": KEYED}
+    assert load_settings(keyed).table_service_url is None  # the connection string names its table endpoint
+    assert problems({**keyed, "RUNS_TABLE_SERVICE_URL": "https://a.table.core.windows.net"}).invalid == {
+        "RUNS_TABLE_SERVICE_URL": "set it only with OUTPUT_STORAGE_ACCOUNT_URL (a connection string names its own)"
+    }
+    assert problems({**BASE, "RUNS_TABLE": "runs-table"}).invalid == {
+        "RUNS_TABLE": "3-63 letters and digits, starting with a letter"
+    }
 
 
 def test_a_connection_string_must_be_able_to_sign() -> None:

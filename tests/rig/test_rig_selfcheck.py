@@ -283,6 +283,7 @@ def test_app_env_combinations(rig: Rig) -> None:
     identity = {"IDENTITY_ENDPOINT": rig.identity_url, "IDENTITY_HEADER": rig.identity_header}
     account = {
         "OUTPUT_STORAGE_ACCOUNT_URL": rig.azurite.account_url,
+        "RUNS_TABLE_SERVICE_URL": rig.azurite.table_url,
         "RUNS_QUEUE_STORAGE__queueServiceUri": rig.azurite.queue_url,
     }
     conn = {
