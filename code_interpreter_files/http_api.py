@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from . import ownership, pipeline, queue_finish, responses_api, webhooks
 from .errors import ApiError
 from .identity import IdentityError
-from .models import RunRequest, UnsupportedManifest
+from .models import INVALID_INPUT_NAME, RunRequest, UnsupportedManifest
 from .naming import is_valid_response_id, valid_unicode
 from .runlog import RunLog, logger
 from .services import get_services
@@ -48,8 +48,23 @@ def parse_run_request(body: bytes) -> RunRequest:
     try:
         return RunRequest.model_validate(data)
     except ValidationError as error:
-        problems = [f"{_field(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
+        errors = error.errors(include_url=False)
+        for e in errors:  # a name that could leave INPUT_CONTAINER is named as such, before anything else
+            if e["type"] == INVALID_INPUT_NAME:
+                raise ApiError(400, INVALID_INPUT_NAME, _input_name_message(e["loc"], e["msg"])) from None
+        problems = [f"{_field(e['loc'])}: {e['msg']}" for e in errors]
         raise ApiError(400, "invalid_request", "; ".join(problems[:10])) from None
+
+
+def _input_name_message(loc: tuple[int | str, ...], problem: str) -> str:
+    """`input_files[2].blob has a '..' segment: ...`; loc is (input_files, index, tag, field)."""
+    item = f"input_files[{loc[1]}].{loc[-1]}" if len(loc) >= 3 else _field(loc)
+    rule = (
+        "a blob is named by a plain relative path inside INPUT_CONTAINER (e.g. team/2026/q3.csv)"
+        if loc[-1] == "blob"
+        else "a file name is a plain relative path (e.g. q3.csv), its last segment the name"
+    )
+    return f"{item} {problem}: {rule}, taken literally"
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
