@@ -68,6 +68,9 @@ HINTS: dict[str, Hint] = {
     "rate_limited": Hint(Exit.TRY_AGAIN, "too many runs at once: wait and try again"),
     "run_deleted": Hint(Exit.RUN_GONE, "the run was deleted with its files: run the prompt again"),
     "input_not_found": Hint(Exit.BAD_REQUEST, "upload the --input-blob file to the service's input container first"),
+    "invalid_input_name": Hint(
+        Exit.BAD_REQUEST, "name --input-blob by its plain path in the input container (e.g. team/2026/q3.csv)"
+    ),
     "input_too_large": Hint(Exit.BAD_REQUEST, "use smaller --input files (the service's MAX_INPUT_BYTES)"),
     "too_many_inputs": Hint(Exit.BAD_REQUEST, "pass fewer --input files (the service's MAX_INPUT_FILES)"),
     "input_upload_failed": Hint(Exit.TRY_AGAIN, "the inputs could not be handed to Azure OpenAI: try again"),

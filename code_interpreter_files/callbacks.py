@@ -11,18 +11,17 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
 from .errors import InvalidRequest
+from .public_addresses import address_refused, guarded_connector
 from .run_queue import RunQueue
 from .settings import Settings, is_ip_literal
 
@@ -86,42 +85,6 @@ def normalize_host(host: str) -> str | None:
     return ascii_host
 
 
-def address_refused(address: str, *, loopback_allowed: bool) -> bool:
-    """Addresses a callback never goes to: link-local (the instance metadata service, 169.254.169.254),
-    unspecified, multicast, reserved; loopback unless the URL named a loopback host."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return not loopback_allowed
-    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, keeping only addresses a callback may reach.
-
-    The allow list holds names; what a name resolves to can change after the check (DNS rebinding):
-    this filter runs at connect time, on the addresses actually used. Private ranges stay allowed
-    (a receiver in the same virtual network is a legitimate target the operator listed).
-    """
-
-    def __init__(self, *, loopback_allowed: bool) -> None:
-        self._inner = aiohttp.DefaultResolver()
-        self._loopback_allowed = loopback_allowed
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        kept = [r for r in results if not address_refused(r["host"], loopback_allowed=self._loopback_allowed)]
-        if not kept:
-            raise OSError("the callback host resolves only to addresses callbacks may not reach")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def redacted(url: URL) -> str:
     """scheme://host:port only: paths and queries of callback URLs often carry the receiver's tokens."""
     return f"{url.scheme}://{url.raw_host}:{url.port}"
@@ -155,8 +118,8 @@ def parse_callback_url(url: str, settings: Settings) -> URL:
     host = normalize_host(parsed.raw_host)
     if host is None or host not in allowed:
         raise _not_allowed("callback_url's host is not in the app's CALLBACK_ALLOWED_HOSTS")
-    if is_ip_literal(host) and address_refused(host, loopback_allowed=True):  # aiohttp does not resolve IP literals
-        raise _not_allowed("callback_url's address is link-local, unspecified, multicast or reserved")
+    if is_ip_literal(host) and address_refused(host, loopback_allowed=host in LOOPBACK_HOSTS):
+        raise _not_allowed("callback_url's address is not a public internet address (public_addresses.py)")
     if parsed.scheme != "https" and host not in LOOPBACK_HOSTS:
         raise _not_allowed("callback_url must use https (http only for 127.0.0.1, ::1 or localhost)")
     return parsed
@@ -217,7 +180,7 @@ async def deliver(url: str, payload: dict[str, Any], settings: Settings) -> Deli
         # One session per delivery: callbacks are one per run, and a fresh session shares no cookies or
         # connections between receivers. trust_env=False: no proxy from the environment in between.
         loopback = normalize_host(target.raw_host or "") in LOOPBACK_HOSTS
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(loopback_allowed=loopback), use_dns_cache=False)
+        connector = guarded_connector(loopback_allowed=loopback)
         async with (
             aiohttp.ClientSession(
                 connector=connector, timeout=timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()

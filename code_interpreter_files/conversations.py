@@ -21,6 +21,7 @@ from openai.types.responses import Response
 from . import ownership, responses_api
 from .citations import container_ids
 from .errors import RunInProgress, RunNotFound
+from .input_blobs import InvalidBlobName
 from .inputs import MAX_FILE_IDS, InputSpec, PreparedInput, UploadedInput, code_interpreter_container, upload_inputs
 from .naming import is_plain_id, is_valid_response_id, safe_filename, valid_unicode
 from .records import CarriedRecord, ContinuedIn, InputRecord, SetupWarning
@@ -119,12 +120,21 @@ async def container_alive(services: Services, container_id: str) -> tuple[bool, 
     }
 
 
+async def _carried_version(services: Services, blob: object) -> tuple[int, str] | None:
+    """Size and ETag of a manifest's file blob in OUTPUT_CONTAINER; None if gone or not a plain name."""
+    if not isinstance(blob, str):
+        return None
+    try:
+        return await services.store.output_blobs.version(blob)
+    except InvalidBlobName:  # the app writes plain names only (naming.blob_name): never followed otherwise
+        return None
+
+
 async def carried_outputs(
     services: Services, previous: Response, room: int
 ) -> tuple[list[PreparedInput], list[dict[str, str]]]:
     """The conversation's copied outputs (manifests), newest turn first, one file per name, at most
     `room`: a file made two turns ago and not touched since is still carried."""
-    container = services.settings.output_container
     carried: list[PreparedInput] = []
     names: set[str] = set()
     skipped: list[str] = []
@@ -150,13 +160,13 @@ async def carried_outputs(
             if len(carried) >= room:
                 skipped.append(name)
                 continue
-            version = await services.store.blob_version(container, blob) if isinstance(blob, str) else None
+            version = await _carried_version(services, blob)
             if version is None:
                 warnings.append({"code": "carried_file_missing", "message": f"'{name}' is no longer in Blob Storage"})
                 continue
             names.add(name)
             size, etag = version
-            carried.append(PreparedInput(name=name, size=size, container=container, blob=blob, etag=etag, carried=True))
+            carried.append(PreparedInput(name=name, size=size, blob=blob, etag=etag, carried=True))
         earlier = response.previous_response_id
         response = None
         if earlier and is_valid_response_id(earlier) and turn + 1 < MAX_TURNS_CARRIED:

@@ -25,7 +25,7 @@ from .errors import (
 )
 from .identity import IdentityError
 from .invocation import invoke
-from .models import RunRequest
+from .models import INVALID_INPUT_NAME, RunRequest
 from .naming import is_valid_response_id, valid_unicode
 from .records import UnsupportedManifest
 from .runlog import RunLog, logger
@@ -89,8 +89,23 @@ def parse_run_request(body: bytes) -> RunRequest:
     try:
         return RunRequest.model_validate(data)
     except ValidationError as error:
-        problems = [f"{_field(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
+        details = error.errors(include_url=False)
+        for e in details:  # a name that could leave INPUT_CONTAINER is named as such, before anything else
+            if e["type"] == INVALID_INPUT_NAME:
+                raise InvalidRequest(_input_name_message(e["loc"], e["msg"]), code="invalid_input_name") from None
+        problems = [f"{_field(e['loc'])}: {e['msg']}" for e in details]
         raise InvalidRequest("; ".join(problems[:10])) from None
+
+
+def _input_name_message(loc: tuple[int | str, ...], problem: str) -> str:
+    """`input_files[2].blob has a '..' segment: ...`; loc is (input_files, index, tag, field)."""
+    item = f"input_files[{loc[1]}].{loc[-1]}" if len(loc) >= 3 else _field(loc)
+    rule = (
+        "a blob is named by a plain relative path inside INPUT_CONTAINER (e.g. team/2026/q3.csv)"
+        if loc[-1] == "blob"
+        else "a file name is a plain relative path (e.g. q3.csv), its last segment the name"
+    )
+    return f"{item} {problem}: {rule}, taken literally"
 
 
 def _field(loc: tuple[int | str, ...]) -> str:

@@ -23,6 +23,7 @@ import openai
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from .errors import InputChanged, InvalidRequest, TooLarge, UpstreamFailed
+from .input_blobs import InvalidBlobName
 from .models import BlobInput, InputSpec
 from .naming import MAX_FILENAME_CHARS, content_type_for, safe_filename, valid_unicode
 from .runlog import RunLog
@@ -46,8 +47,7 @@ class PreparedInput:
 
     name: str
     size: int
-    container: str | None = None  # Blob Storage container (inputs, or outputs for carried files)
-    blob: str | None = None
+    blob: str | None = None  # in INPUT_CONTAINER, or in OUTPUT_CONTAINER for a carried file
     etag: str | None = None
     data: bytes | None = None  # inline content
     carried: bool = False  # a previous run's output, carried into a new container
@@ -106,9 +106,12 @@ async def prepare_inputs(
     taken: set[str] = set()
     prepared: list[PreparedInput] = []
     total = 0
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if isinstance(spec, BlobInput):
-            version = await services.store.blob_version(settings.input_container, spec.blob)
+            try:
+                version = await services.store.input_blobs.version(spec.blob)
+            except InvalidBlobName as error:  # models.py refused it already; this is the reader's own check
+                raise InvalidRequest(f"input_files[{index}].blob {error}", code="invalid_input_name") from None
             if version is None:
                 raise InvalidRequest(
                     f"no blob '{_shown(spec.blob)}' in the input container '{settings.input_container}'",
@@ -117,9 +120,7 @@ async def prepare_inputs(
                 )
             size, etag = version
             name = unique_name(safe_filename(spec.name or posixpath.basename(spec.blob)), taken)
-            prepared.append(
-                PreparedInput(name=name, size=size, container=settings.input_container, blob=spec.blob, etag=etag)
-            )
+            prepared.append(PreparedInput(name=name, size=size, blob=spec.blob, etag=etag))
         else:
             data = spec.data()
             name = unique_name(safe_filename(spec.name), taken)
@@ -137,7 +138,6 @@ async def prepare_inputs(
             PreparedInput(
                 name=unique_name(item.name, taken),
                 size=item.size,
-                container=item.container,
                 blob=item.blob,
                 etag=item.etag,
                 data=item.data,
@@ -232,8 +232,10 @@ async def _upload_one(services: Services, item: PreparedInput) -> UploadedInput:
 
 
 def _read(services: Services, item: PreparedInput) -> AsyncIterator[bytes]:
-    assert item.container is not None and item.blob is not None and item.etag is not None
-    return services.store.read_blob(item.container, item.blob, size=item.size, etag=item.etag, chunk_bytes=PART_BYTES)
+    """A caller's blob from INPUT_CONTAINER; a carried file (named by the app's manifest) from OUTPUT_CONTAINER."""
+    assert item.blob is not None and item.etag is not None
+    reader = services.store.output_blobs if item.carried else services.store.input_blobs
+    return reader.read(item.blob, size=item.size, etag=item.etag, chunk_bytes=PART_BYTES)
 
 
 def _check_size(item: PreparedInput, got: int) -> None:

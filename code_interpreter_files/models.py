@@ -9,10 +9,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic_core import PydanticCustomError
+
+from .naming import blob_path_problem
 
 MAX_PROMPT_CHARS = 32_000
-MAX_BLOB_NAME_CHARS = 1024  # Blob Storage's limit
 MAX_INLINE_BASE64_CHARS = 1_400_000  # more than a 1 MiB body can hold
+INVALID_INPUT_NAME = "invalid_input_name"  # the pydantic error type http_api answers as its own code
+
+
+def _plain_path(value: str) -> str:
+    """An input's `blob` and `name`: a plain relative path (naming.blob_path_problem), taken literally.
+
+    No length bounds on the fields themselves: an empty or too long name is this error too, not a
+    generic `invalid_request`."""
+    problem = blob_path_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(INVALID_INPUT_NAME, "{problem}", {"problem": problem})
+    return value
 
 
 class BlobInput(BaseModel):
@@ -20,8 +34,13 @@ class BlobInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    blob: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
-    name: str | None = Field(default=None, min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    blob: str
+    name: str | None = None
+
+    @field_validator("blob", "name")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        return None if value is None else _plain_path(value)
 
 
 class InlineInput(BaseModel):
@@ -29,8 +48,13 @@ class InlineInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    name: str = Field(min_length=1, max_length=MAX_BLOB_NAME_CHARS)
+    name: str
     content_base64: str = Field(max_length=MAX_INLINE_BASE64_CHARS)
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return _plain_path(value)
 
     @field_validator("content_base64")
     @classmethod

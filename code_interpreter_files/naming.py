@@ -6,7 +6,7 @@ import hashlib
 import mimetypes
 import re
 import unicodedata
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 MANIFEST_NAME = "manifest.json"
 # What earlier versions kept under a run's prefix (now in the runs table): read and deleted, never written.
@@ -17,6 +17,9 @@ RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9_-]{1,120}")
 PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ALLOWED_PUNCTUATION = frozenset(" ._-()+,@=[]&'!~")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Blob Storage's naming rules: 1 to 1,024 characters, at most 254 path segments (flat namespace).
+MAX_BLOB_NAME_CHARS = 1024
+MAX_BLOB_SEGMENTS = 254
 
 
 def is_valid_response_id(value: str) -> bool:
@@ -27,6 +30,58 @@ def is_plain_id(value: object) -> bool:
     """A container or file id as Azure OpenAI makes them (`cntr_...`, `cfile_...`). Anything else in a
     citation is refused before it can become part of a URL path (`..`, `/content`, `%2F` ...)."""
     return isinstance(value, str) and PLAIN_ID.fullmatch(value) is not None
+
+
+def _fully_decoded(text: str) -> str:
+    """`text` percent-decoded until nothing changes (`%252e` -> `%2e` -> `.`). Each round that changes
+    something shortens the text, so a name of 1,024 characters takes at most a few hundred rounds."""
+    while (decoded := unquote(text)) != text:
+        text = decoded
+    return text
+
+
+def _segment_problem(segment: str, *, decoded: bool) -> str | None:
+    encoded = " (percent-encoded)" if decoded else ""
+    if segment == "":
+        return "has an empty path segment (a leading, doubled or trailing '/')"
+    if "/" in segment:  # only a decoded segment can hold one: %2F
+        return "has a percent-encoded '/' (%2F)"
+    if "\\" in segment:
+        return f"contains a backslash{encoded}"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in segment):
+        return f"contains a control character or a lone surrogate{encoded}"
+    if segment in (".", ".."):
+        return f"has a '{segment}' segment{encoded}"
+    if segment.endswith("."):
+        return f"has a path segment ending with '.'{encoded} (Blob Storage's naming rules advise against it)"
+    return None
+
+
+def blob_path_problem(name: str) -> str | None:
+    """Why `name` is not a plain relative blob path, or None when it is one.
+
+    A plain path is 1 to 1,024 characters in at most 254 segments separated by single '/', none of
+    them empty, '.', '..' or ending with '.', with no backslash, control character or lone surrogate.
+    Names are taken literally (the SDK sends a '%' as %25), and a name is refused all the same when
+    its percent-decoded form breaks a rule (`%2e%2e`, `%2f`, `%5c`, `%00`, `%252e%252e`): no layer
+    that decodes once more (a proxy, a log reader, a future SDK) can see a different path.
+    """
+    if not name:
+        return "is empty"
+    if len(name) > MAX_BLOB_NAME_CHARS:
+        return f"is longer than {MAX_BLOB_NAME_CHARS} characters (Blob Storage's limit)"
+    if name.startswith("/"):
+        return "starts with '/'"
+    segments = name.split("/")
+    if len(segments) > MAX_BLOB_SEGMENTS:
+        return f"has more than {MAX_BLOB_SEGMENTS} path segments (Blob Storage's limit)"
+    for segment in segments:
+        problem = _segment_problem(segment, decoded=False)
+        if problem is None and "%" in segment:
+            problem = _segment_problem(_fully_decoded(segment), decoded=True)
+        if problem is not None:
+            return problem
+    return None
 
 
 def valid_unicode(text: str) -> str:

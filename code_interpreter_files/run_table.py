@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
@@ -89,8 +90,9 @@ class RunRef:
 
 
 def partition_of(owner: str, principal: str | None) -> str:
-    """Owner tags and principal ids contain none of / \\ # ? or control characters (checked on entry)."""
-    return f"runs|{owner}|{principal or ''}"
+    """The caller's partition. Principal ids are any visible ASCII (ownership.py), and keys may not hold
+    / \\ # ?: the principal is percent-encoded (an owner tag is letters, digits, `_.-` only)."""
+    return f"runs|{owner}|{quote(principal or '', safe='')}"
 
 
 def row_key_of(created_at: datetime, response_id: str) -> str:

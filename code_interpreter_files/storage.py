@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
-from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClient, ExponentialRetry
 
+from .input_blobs import BlobReader
 from .links import LinkSigner
 from .naming import LEGACY_BOOKKEEPING, manifest_blob, run_prefix, valid_unicode
 from .settings import Settings
@@ -63,6 +62,9 @@ class OutputStore:
         self.links = LinkSigner(
             self._service, self._container, account_key, timedelta(minutes=settings.sas_ttl_max_minutes)
         )
+        # Reading blobs back (input_blobs.py): one reader per container, bound here, never chosen per request.
+        self.input_blobs = BlobReader(self._service.get_container_client(settings.input_container))
+        self.output_blobs = BlobReader(self._container)
         self._container_ready = False
         self._container_lock = asyncio.Lock()
 
@@ -206,37 +208,3 @@ class OutputStore:
         except ResourceNotFoundError:
             pass
         return old
-
-    # ---- reading blobs back (input files; a previous run's outputs). Owner: inputs helper.
-
-    async def blob_version(self, container: str, blob: str) -> tuple[int, str] | None:
-        """Size and ETag of a blob of this account (`container` is INPUT_CONTAINER or OUTPUT_CONTAINER);
-        None when the blob or its container does not exist."""
-        try:
-            properties = await self._service.get_blob_client(container, blob).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return int(properties.size), str(properties.etag)
-
-    async def read_blob(
-        self, container: str, blob: str, *, size: int, etag: str, chunk_bytes: int
-    ) -> AsyncIterator[bytes]:
-        """The blob's bytes in ranged reads of at most `chunk_bytes`, each pinned to `etag`.
-
-        Ranged GETs rather than one download: the SDK's downloader fetches its first 32 MiB
-        (max_single_get_size) in one piece, so memory would follow the file size up to that; here it
-        is one range at a time whatever the size. A blob replaced midway fails (412) instead of
-        mixing two versions.
-        """
-        client = self._service.get_blob_client(container, blob)
-        offset = 0
-        while offset < size:
-            length = min(chunk_bytes, size - offset)
-            downloader = await client.download_blob(
-                offset=offset, length=length, etag=etag, match_condition=MatchConditions.IfNotModified
-            )
-            data = await downloader.readall()
-            if not data:
-                break
-            offset += len(data)
-            yield data

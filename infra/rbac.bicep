@@ -4,9 +4,23 @@
 // Every section is skipped when its resource name is empty.
 //
 // Least privilege: the app's data (output and input containers) lives in an account of its
-// own, where the identity holds Storage Blob Data Contributor on those two containers only
-// plus Storage Blob Delegator (nothing else) at account scope. Data Owner is held only on the
-// host account, which keeps the host's keys, the deployment package and the runs queue.
+// own, where the identity holds Storage Blob Data Contributor on the output container, Storage
+// Blob Data Reader on the input container, and Storage Blob Delegator (nothing else) at account
+// scope. Data Owner is held only on the host account, which keeps the host's keys, the
+// deployment package and the runs queue.
+//
+// Why the input and output containers share one account, and why the identity's access to the
+// output container cannot be used to read it through an input name: RBAC cannot close that
+// path, because the identity must read the output container anyway (its manifests, and a
+// conversation's earlier outputs carried into a new container), wherever the inputs live. The
+// code closes it: input names reach storage only through input_blobs.BlobReader bound to
+// INPUT_CONTAINER when the app starts (no request chooses a container), a name must be a plain
+// relative path (naming.blob_path_problem: no '.'/'..' or empty segment, leading '/', backslash,
+// control character, or any of them percent-encoded; POST answers 400 invalid_input_name), and
+// the reader checks that the path the HTTP stack sends, after yarl resolves dot segments, is
+// exactly INPUT_CONTAINER/<name> (tests/test_inputs_http.py reads it from Azurite's own log). The
+// output container is read only under names the app wrote into its manifests. One account keeps
+// one storage setting (OUTPUT_STORAGE_ACCOUNT_URL, or one connection string locally) for both.
 
 @description('Principal (object) id of the user-assigned managed identity.')
 param principalId string
@@ -31,6 +45,7 @@ param openAiAccountName string = ''
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageBlobDelegator = 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var cognitiveServicesOpenAiUser = '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
@@ -105,13 +120,13 @@ resource outputContainerContributor 'Microsoft.Authorization/roleAssignments@202
   }
 }
 
-// Storage Blob Data Contributor on the INPUT CONTAINER only: the app reads the callers' input
-// blobs (input_files) and may remove them; nothing else in the account.
-resource inputContainerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
-  name: guid(inputContainer.id, principalId, storageBlobDataContributor)
+// Storage Blob Data Reader on the INPUT CONTAINER only: the app reads the callers' input blobs
+// (input_files: properties, then ranged reads) and never writes or deletes them.
+resource inputContainerReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
+  name: guid(inputContainer.id, principalId, storageBlobDataReader)
   scope: inputContainer
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
@@ -121,7 +136,7 @@ resource inputContainerContributor 'Microsoft.Authorization/roleAssignments@2022
 // the read-only SAS links) is an account-level action
 // (Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action), and this
 // role grants that action alone. A SAS signed with the key still grants no more than the
-// signer's own data rights, i.e. the two containers above.
+// signer's own data rights, i.e. the two containers above (the app signs output blobs only).
 resource outputStorageDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
   name: guid(outputStorage.id, principalId, storageBlobDelegator)
   scope: outputStorage

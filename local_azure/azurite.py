@@ -41,6 +41,8 @@ class Azurite:
     ``restart()`` (same port) finds the previous blobs again.
     ``queue=True`` also serves the queue service (same certificate, same ``--oauth basic``) on
     ``queue_port``, for the Functions queue trigger and the app's sender.
+    ``debug_log`` is Azurite's ``--debug`` file: every request as the service received it (method,
+    URL, headers, including bearer tokens) and the account, container and blob it understood.
     """
 
     def __init__(
@@ -53,8 +55,10 @@ class Azurite:
         queue_port: int | None = None,
         table_port: int | None = None,
         startup_timeout: float = 60.0,
+        debug_log: Path | None = None,
     ) -> None:
         self.tls = tls
+        self.debug_log = debug_log
         self.queue = queue
         self._queue_port = queue_port
         self._table_port: int | None = table_port
@@ -150,6 +154,8 @@ class Azurite:
             cmd += ["--tableHost", "127.0.0.1", "--tablePort", str(self._table_port)]
         if self.tls is not None:
             cmd += ["--oauth", "basic", "--cert", str(self.tls.cert_pem), "--key", str(self.tls.key_pem)]
+        if self.debug_log is not None:
+            cmd += ["--debug", str(self.debug_log)]
         if self.location is None:
             cmd.append("--inMemoryPersistence")
         else:

@@ -304,9 +304,9 @@ assign_role "Storage Blob Data Owner" "$STORAGE_ID"
 # HOST account: the runs queue (the queue trigger reads and deletes, the app sends, the host
 # creates <queue>-poison), so account scope.
 assign_role "Storage Queue Data Contributor" "$STORAGE_ID"
-# OUTPUT account: write/read/delete blobs in the output and input containers only ...
+# OUTPUT account: write/read/delete blobs in the output container, read the input container ...
 assign_role "Storage Blob Data Contributor" "$OUTPUT_STORAGE_ID/blobServices/default/containers/$OUTPUT_CONTAINER"
-assign_role "Storage Blob Data Contributor" "$OUTPUT_STORAGE_ID/blobServices/default/containers/$INPUT_CONTAINER"
+assign_role "Storage Blob Data Reader" "$OUTPUT_STORAGE_ID/blobServices/default/containers/$INPUT_CONTAINER"
 # ... and the user delegation key for the read-only SAS links (an account-level action).
 assign_role "Storage Blob Delegator" "$OUTPUT_STORAGE_ID"
 # Responses API + Code Interpreter container files with Entra ID tokens, no API key.

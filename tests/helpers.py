@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import standardwebhooks
 from aiohttp import web
@@ -137,3 +141,64 @@ async def peek_queue(rig: Rig, queue: str) -> list[dict[str, Any]]:
         except ResourceNotFoundError:  # nothing was ever sent to it
             return []
     return [json.loads(base64.b64decode(m.content)) for m in peeked]
+
+
+@dataclass(frozen=True)
+class StorageRequest:
+    """One request as Azurite received it: the path on the wire and the container and blob it understood."""
+
+    method: str
+    path: str  # percent-encoded, as sent
+    container: str
+    blob: str
+
+
+_AZURITE_LINE = r" ([0-9a-f-]{36}) info: BlobStorageContextMiddleware: "
+_REQUEST_URL = re.compile(_AZURITE_LINE + r"RequestMethod=(\S+) RequestURL=(\S+) ")
+_REQUEST_PARTS = re.compile(_AZURITE_LINE + r"Account=\S* Container=(\S*) Blob=(.*)$")
+
+
+class AzuriteRecorder:
+    """Reads an Azurite `--debug` log (local_azure.azurite.Azurite(debug_log=...)) from a mark on.
+
+    Azurite logs a request when it starts handling it; `requests_until_marker` sends one request of its
+    own and reads until that request shows up, so every request sent before it is in what it returns.
+    """
+
+    def __init__(self, log: Path, connection_string: str) -> None:
+        self.log = log
+        self.connection_string = connection_string
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
+
+    def requests_until_marker(self, timeout: float = 30.0) -> list[StorageRequest]:
+        marker = f"marker-{uuid.uuid4().hex}"
+        service = BlobServiceClient.from_connection_string(self.connection_string)
+        with contextlib.suppress(ResourceNotFoundError):
+            service.get_blob_client(marker, "probe").get_blob_properties()
+        service.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.log.open("rb") as file:
+                file.seek(self._offset)
+                text = file.read().decode("utf-8", "replace")
+            found = _parse_azurite_log(text)
+            if any(r.container == marker for r in found):
+                return [r for r in found if r.container != marker]
+            assert time.monotonic() < deadline, "Azurite never logged the marker request"
+            time.sleep(0.05)
+
+
+def _parse_azurite_log(text: str) -> list[StorageRequest]:
+    urls: dict[str, tuple[str, str]] = {}
+    found: list[StorageRequest] = []
+    for line in text.splitlines():
+        if match := _REQUEST_URL.search(line):
+            urls[match[1]] = (match[2], urlsplit(match[3]).path)
+        elif (match := _REQUEST_PARTS.search(line)) and match[1] in urls:
+            method, path = urls.pop(match[1])
+            container = "" if match[2] == "undefined" else match[2]
+            found.append(StorageRequest(method=method, path=path, container=container, blob=match[3]))
+    return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import aiohttp.connector
 import pytest
 from aiohttp import web
@@ -28,7 +30,7 @@ from azure.storage.queue.aio import QueueClient
 from openai import OpenAI
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from code_interpreter_files import callbacks
+from code_interpreter_files import callbacks, public_addresses
 from code_interpreter_files.callbacks import (
     MAX_ATTEMPTS,
     DeliveryResult,
@@ -42,6 +44,7 @@ from code_interpreter_files.callbacks import (
 )
 from code_interpreter_files.errors import ServiceError
 from code_interpreter_files.http_api import status_of
+from code_interpreter_files.public_addresses import GuardedResolver, address_refused, guarded_connector
 from code_interpreter_files.run_queue import CallbackMessage, RunQueue, parse_message
 from code_interpreter_files.settings import Settings, load_settings
 from local_azure.azurite import free_port
@@ -53,7 +56,37 @@ pytestmark = pytest.mark.timeout(60)
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 figures.SECRETS.add(SECRET.removeprefix("whsec_"))  # the session-wide log scan looks for it
-ALLOWED = "allowed.com,127.0.0.1,localhost,bücher.example,::1,Upper.Example."
+#: Addresses that lead back into the platform or a private network (issue 18). The battery lists them
+#: in CALLBACK_ALLOWED_HOSTS, as a careless operator could: they are refused all the same.
+PLATFORM_ADDRESSES = [
+    "168.63.129.16",  # Azure's host address (WireServer)
+    "100.100.100.200",  # carrier-grade NAT 100.64.0.0/10: a cloud metadata service
+    "100.64.0.1",
+    "10.0.0.4",  # private
+    "172.16.0.1",
+    "192.168.1.1",
+    "192.0.0.192",  # IETF protocol assignments (a cloud metadata service)
+    "198.18.0.1",  # benchmarking
+    "255.255.255.255",
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "2002:a83f:8110::1",  # 6to4 of 168.63.129.16
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "2001::a9fe:a9fe",  # Teredo, server 0.0.0.0
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "64:ff9b::a83f:8110",  # NAT64 of 168.63.129.16
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    "64:ff9b:1::a9fe:a9fe",  # local-use NAT64
+    "::ffff:a83f:8110",  # IPv4-mapped 168.63.129.16
+    "::ffff:a9fe:a9fe",  # IPv4-mapped 169.254.169.254
+    "::ffff:a00:4",  # IPv4-mapped 10.0.0.4
+    "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+    "::808:808",  # IPv4-compatible 8.8.8.8 (deprecated, refused whatever it carries)
+    "fd00:ec2::254",  # unique local (a cloud metadata service)
+    "fe80::1",
+    "2001:db8::1",  # documentation
+    "ff02::1",
+]
+ALLOWED = "allowed.com,127.0.0.1,localhost,bücher.example,::1,Upper.Example.," + ",".join(PLATFORM_ADDRESSES)
 
 
 def make_settings(hosts: str = ALLOWED, secret: str | None = SECRET) -> Settings:
@@ -116,6 +149,7 @@ REFUSED = [
     "https://" + "a" * 2100 + ".allowed.com/",
     "https://allowed.com/" + "a" * 2100,
     "",
+    *(f"https://[{a}]/hook" if ":" in a else f"https://{a}/hook" for a in PLATFORM_ADDRESSES),
 ]
 
 
@@ -389,10 +423,12 @@ async def test_failed_delivery_queues_the_next_attempt_with_backoff(
 # -- addresses callbacks never reach (DNS rebinding, metadata service) ------------------------------
 
 
-@pytest.mark.parametrize("address", ["169.254.169.254", "0.0.0.0", "224.0.0.1", "fe80::1", "::", "240.0.0.1"])
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254", "0.0.0.0", "224.0.0.1", "fe80::1", "::", "240.0.0.1", *PLATFORM_ADDRESSES]
+)
 def test_listed_but_unreachable_addresses_are_refused(address: str) -> None:
     """Even an operator's list cannot open the instance metadata service or other special addresses."""
-    with pytest.raises(ServiceError, match="link-local") as raised:
+    with pytest.raises(ServiceError, match="not a public internet address") as raised:
         validate_callback_url(
             f"https://[{address}]/hook" if ":" in address else f"https://{address}/hook", make_settings(hosts=address)
         )
@@ -417,16 +453,49 @@ class _FakeDns(AbstractResolver):
         return None
 
 
-async def test_resolver_keeps_only_reachable_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(callbacks.aiohttp, "DefaultResolver", _FakeDns)
-    _FakeDns.answers = ["169.254.169.254", "10.1.2.3", "127.0.0.1"]
-    kept = await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
-    assert [r["host"] for r in kept] == ["10.1.2.3"]  # private ranges stay reachable (VNet receivers)
-    kept = await callbacks.GuardedResolver(loopback_allowed=True).resolve("localhost", 443)
-    assert [r["host"] for r in kept] == ["10.1.2.3", "127.0.0.1"]
-    _FakeDns.answers = ["127.0.0.1", "::ffff:169.254.169.254"]
+async def test_resolver_keeps_only_public_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve time: a listed name whose DNS answers platform or private addresses keeps only public ones."""
+    monkeypatch.setattr(public_addresses.aiohttp, "DefaultResolver", _FakeDns)
+    public = ["20.1.2.3", "2603:1030::1", "::ffff:14.1.2.3", "64:ff9b::1401:203", "2002:1401:203::1"]
+    _FakeDns.answers = ["169.254.169.254", "127.0.0.1", *PLATFORM_ADDRESSES, *public]
+    kept = await GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+    assert [r["host"] for r in kept] == public  # embedded public IPv4 (14.x, 20.x) passes unwrapped
+    kept = await GuardedResolver(loopback_allowed=True).resolve("localhost", 443)
+    assert [r["host"] for r in kept] == ["127.0.0.1", *public]
+    _FakeDns.answers = ["127.0.0.1", "::ffff:169.254.169.254", *PLATFORM_ADDRESSES]
     with pytest.raises(OSError, match="may not reach"):
-        await callbacks.GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+        await GuardedResolver(loopback_allowed=False).resolve("hooks.example", 443)
+
+
+@pytest.mark.parametrize("address", PLATFORM_ADDRESSES)
+def test_platform_addresses_are_refused_with_or_without_loopback(address: str) -> None:
+    assert address_refused(address, loopback_allowed=False) and address_refused(address, loopback_allowed=True)
+
+
+async def test_connect_time_check_refuses_addresses_that_skip_the_resolver(rig: Rig) -> None:
+    """Connect time: aiohttp never hands an IP literal to a resolver. The connector's socket factory
+    refuses it anyway, and nothing reaches the listening server; the same connector with loopback
+    allowed connects (so the refusal is the check, not the server)."""
+    connections: list[object] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername"))
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for loopback_allowed in (False, True):
+            async with aiohttp.ClientSession(connector=guarded_connector(loopback_allowed=loopback_allowed)) as s:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{port}/", allow_redirects=False):
+                        pass
+            assert len(connections) == (1 if loopback_allowed else 0)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_allowed_name_rebound_to_loopback_is_never_connected(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,12 +16,15 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from azure.storage.blob.aio import ContainerClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from code_interpreter_files import blob_upload, http_api, naming
 from code_interpreter_files.errors import ServiceError
 from code_interpreter_files.http_api import status_of
+from code_interpreter_files.input_blobs import BlobReader, InvalidBlobName
 from code_interpreter_files.models import MAX_PROMPT_CHARS
 from tests import figures
 from tests.appclient import AppClient
@@ -248,6 +251,72 @@ def test_content_disposition_is_a_safe_header_that_names_the_file(filename: str 
     # any string at all (not only safe names) still gives a header value that cannot break the headers
     raw = naming.content_disposition(filename or "")
     assert raw.isascii() and raw.isprintable(), ascii(raw)
+
+
+# ------------------------------------------------------------------------------------------------
+# input names -> the URL the SDK sends (issue 18)
+
+#: Names built from the pieces a path trick is made of, and any text.
+NAME_PIECES = st.sampled_from(
+    [".", "..", "/", "\\", "%", "%2e", "%2E", "%2f", "%2F", "%5c", "%25", "%00", "%41", "a", "é", "\x00", " "]
+)
+INPUT_NAMES = st.one_of(st.lists(NAME_PIECES | CHARS, max_size=30).map("".join), PATHISH, TEXT, LONG_TEXT)
+ACCOUNT_URLS = ["https://127.0.0.1:10000/devstoreaccount1", "https://account.blob.core.windows.net"]
+INPUTS = "code-interpreter-inputs"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(name=INPUT_NAMES)
+def test_an_accepted_input_name_is_requested_as_the_input_container_slash_name(name: str) -> None:
+    """For any name, either the rule refuses it, or the path aiohttp sends (yarl's parse of the SDK's
+    URL, dot segments resolved) decodes to exactly `<account path>/INPUT_CONTAINER/<name>`, which is
+    what the service reads (Azurite: decodeURIComponent of the path, split at '/')."""
+    figures.count("inputs_hypothesis")
+    problem = naming.blob_path_problem(name)
+    for account_url in ACCOUNT_URLS:
+        reader = BlobReader(ContainerClient(account_url, INPUTS))
+        if problem is not None:
+            with pytest.raises(InvalidBlobName):
+                reader.blob_client(name)
+            continue
+        client = reader.blob_client(name)  # an accepted name is never refused by the reader's own check
+        wire = URL(client.url)  # what aiohttp requests
+        assert unquote(wire.raw_path) == f"{URL(account_url).path.rstrip('/')}/{INPUTS}/{name}"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("../outputs/x", "has a '..' segment"),
+        ("a/./b", "has a '.' segment"),
+        ("/outputs/x", "starts with '/'"),
+        ("a//b", "empty path segment"),
+        ("a/", "empty path segment"),
+        ("..\\outputs", "backslash"),
+        ("a\x00b", "control character"),
+        ("a\x9fb", "control character"),
+        ("%2e%2e/outputs/x", "has a '..' segment (percent-encoded)"),
+        (".%2E/x", "has a '..' segment (percent-encoded)"),
+        ("..%2foutputs", "percent-encoded '/'"),
+        ("a%2Fb", "percent-encoded '/'"),
+        ("a%5cb", "backslash (percent-encoded)"),
+        ("a%00b", "control character or a lone surrogate (percent-encoded)"),
+        ("%252e%252e/x", "has a '..' segment (percent-encoded)"),
+        ("x" * 1025, "longer than 1024 characters"),
+        ("a/" * 254 + "b", "more than 254 path segments"),
+        ("v1./q3.csv", "ending with '.'"),
+        ("", "is empty"),
+    ],
+)
+def test_input_names_that_are_not_plain_paths_are_refused_saying_why(name: str, problem: str) -> None:
+    assert problem in (naming.blob_path_problem(name) or "")
+
+
+@pytest.mark.parametrize(
+    "name", ["team/2026/q3.csv", "q3.csv", ".hidden", "données/été 100%.csv", "a%20b.csv", "x" * 1024, "a/" * 253 + "b"]
+)
+def test_plain_input_names_are_accepted_literally(name: str) -> None:
+    assert naming.blob_path_problem(name) is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ async def test_blob_and_inline_inputs_reach_the_run_and_are_deleted_after(env, r
     services = await get_services()
     specs: list[InputSpec] = [
         BlobInput(blob="reports/2026/weather.csv"),
-        InlineInput(name="../notes.txt", content_base64=base64.b64encode(b"note").decode()),
+        InlineInput(name="drafts/notes.txt", content_base64=base64.b64encode(b"note").decode()),
         InlineInput(name="notes.txt", content_base64=base64.b64encode(b"other").decode()),
     ]
     setup = await conversations.prepare_run(services, specs, None, log())
@@ -164,7 +164,7 @@ async def test_large_blob_input_streams_in_parts_with_bounded_memory(env, rig) -
     size = 64 * MIB + 12345
     sha = put_blob(rig, "big/data.bin", seed="big-input", size=size)
     services = await get_services()
-    await services.store.blob_version(INPUT_CONTAINER, "big/data.bin")  # clients warmed up outside the measure
+    await services.store.input_blobs.version("big/data.bin")  # clients warmed up outside the measure
     tracemalloc.start()
     try:
         [uploaded] = await inputs.upload_inputs(services, [BlobInput(blob="big/data.bin")], log())

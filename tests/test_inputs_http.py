@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
 
+import pytest
 from azure.storage.blob import BlobServiceClient
 
+from local_azure.azurite import ACCOUNT_NAME, Azurite
 from local_azure.emulator_files import files_state
 from tests.appclient import AppClient
+from tests.helpers import AzuriteRecorder
+from tests.rig.rig import Rig
 
 INPUTS = "code-interpreter-inputs"
 
@@ -40,14 +47,14 @@ async def test_blob_and_inline_inputs_are_analysed_listed_and_deleted_after(app:
         collect="all",
         input_files=[
             {"blob": "uploads/weather-2026.csv", "name": "weather.csv"},
-            {"name": "../notes.txt", "content_base64": base64.b64encode(b"use Celsius").decode()},
+            {"name": "drafts/notes.txt", "content_base64": base64.b64encode(b"use Celsius").decode()},
         ],
     )
     assert reply.status == 200, reply.body
     answer = reply.json
     assert answer["inputs"] == [
         {"name": "weather.csv", "bytes": len(table), "sha256": hashlib.sha256(table).hexdigest()},
-        {"name": "notes.txt", "bytes": 11, "sha256": hashlib.sha256(b"use Celsius").hexdigest()},  # made safe
+        {"name": "notes.txt", "bytes": 11, "sha256": hashlib.sha256(b"use Celsius").hexdigest()},  # its last segment
     ]
     assert [f["filename"] for f in answer["files"]] == ["summary.csv"]  # inputs are never outputs
     app.verify_answer(answer)
@@ -113,3 +120,121 @@ async def test_a_conversation_goes_on_in_its_container_then_in_a_new_one_with_it
     assert [f["filename"] for f in third["files"]] == ["blue.png"]  # the carried file is not an output
     assert third["inputs"] == []  # carried files are the conversation's, not the caller's inputs
     app.verify_answer(third)
+
+
+# ---- input names (issue 18): a name inside INPUT_CONTAINER, nothing else, checked against the wire
+
+
+@pytest.fixture(scope="module")
+def recorder(rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteRecorder]:
+    """A storage account of its own whose every request is logged (Azurite --debug): the app is
+    configured to it the way an operator points OUTPUT_STORAGE_ACCOUNT_URL at an account."""
+    log = tmp_path_factory.mktemp("azurite-debug") / "debug.log"
+    with Azurite(rig.tls, debug_log=log, queue=True) as azurite:  # its tables too: a run records itself
+        service = BlobServiceClient.from_connection_string(azurite.connection_string)
+        service.create_container(INPUTS).upload_blob(LEGIT, LEGIT_BYTES)
+        service.get_container_client(INPUTS).upload_blob(LITERAL, b"literal")
+        # What the names below would reach if they left INPUT_CONTAINER: another run's files.
+        outputs = service.create_container(rig.OUTPUT_CONTAINER)
+        outputs.upload_blob("resp_other/manifest.json", b'{"secret": "another caller"}')
+        outputs.upload_blob("x", b"another caller's file")
+        service.close()
+        yield AzuriteRecorder(log, azurite.connection_string)
+    log.unlink(missing_ok=True)  # it holds bearer tokens of the rig's identity
+
+
+def _recorded_env(rig, recorder: AzuriteRecorder, storage: str) -> dict[str, str]:
+    parts = dict(part.split("=", 1) for part in recorder.connection_string.split(";") if part)
+    if storage == "identity":
+        return {"OUTPUT_STORAGE_ACCOUNT_URL": parts["BlobEndpoint"], "RUNS_TABLE_SERVICE_URL": parts["TableEndpoint"]}
+    return {"OUTPUT_STORAGE_CONNECTION_STRING": recorder.connection_string}
+
+
+LEGIT, LEGIT_BYTES = "team/2026/q3.csv", b"quarter,revenue\nq3,42\n"
+LITERAL = "données/été 100%.csv"  # taken literally: '%' not followed by two hex digits, spaces, accents
+HOSTILE_NAMES = {
+    "dot-dot": f"../{Rig.OUTPUT_CONTAINER}/x",
+    "dot-dot inside": f"team/../../{Rig.OUTPUT_CONTAINER}/resp_other/manifest.json",
+    "dot": "./q3.csv",
+    "dot inside": "team/./q3.csv",
+    "dots only": "team/.../q3.csv",
+    "leading slash": f"/{Rig.OUTPUT_CONTAINER}/x",
+    "backslash": f"..\\{Rig.OUTPUT_CONTAINER}\\x",
+    "empty segment": "team//q3.csv",
+    "trailing slash": "team/2026/",
+    "NUL": "team/q3\x00.csv",
+    "newline": "team/q3\n.csv",
+    "DEL": "team/q3\x7f.csv",
+    "C1 control": "team/q3\x85.csv",
+    "lone surrogate": "team/q3\ud800.csv",
+    "%2e%2e": f"%2e%2e/{Rig.OUTPUT_CONTAINER}/x",
+    "%2E%2E": f"%2E%2E/{Rig.OUTPUT_CONTAINER}/x",
+    ".%2e": f".%2e/{Rig.OUTPUT_CONTAINER}/x",
+    "%2f": f"..%2f{Rig.OUTPUT_CONTAINER}%2fx",
+    "%2F inside a name": "team%2F2026%2Fq3.csv",
+    "%5c": f"..%5c{Rig.OUTPUT_CONTAINER}%5cx",
+    "%00": "team/q3%00.csv",
+    "double-encoded": f"%252e%252e/{Rig.OUTPUT_CONTAINER}/x",
+    "too long": "a/" * 512 + "b.csv",
+    "too many segments": "a/" * 254 + "b",
+    "empty": "",
+}
+
+
+def _files_and_uploads(rig) -> tuple[list[Any], list[Any]]:
+    state = files_state(rig.emulator)
+    return state["files"], state["uploads"]
+
+
+@pytest.mark.parametrize("field", ["blob", "name", "inline name"])
+async def test_hostile_input_names_are_400_and_nothing_is_read_uploaded_or_started(
+    app: AppClient, rig, configure, recorder: AzuriteRecorder, field: str
+) -> None:
+    configure(**_recorded_env(rig, recorder, "identity"))
+    info = app.script()
+    before = _files_and_uploads(rig)
+    recorder.mark()
+    for label, name in HOSTILE_NAMES.items():
+        item = {
+            "blob": {"blob": name},
+            "name": {"blob": LEGIT, "name": name},
+            "inline name": {"name": name, "content_base64": "eA=="},
+        }[field]
+        reply = await app.post_run(prompt=info["prompt"], input_files=[{"blob": LEGIT}, item])
+        assert reply.status == 400 and reply.error_code() == "invalid_input_name", (label, reply.body)
+        shown = "name" if field == "inline name" else field
+        assert reply.json["error"]["message"].startswith(f"input_files[1].{shown} "), (label, reply.body)
+    assert _files_and_uploads(rig) == before  # nothing uploaded to Azure OpenAI
+    assert rig.emulator.stats()["runs_started"]["by_script"].get(info["script_id"], 0) == 0
+    assert recorder.requests_until_marker() == []  # not even the legitimate first item was looked up
+
+
+@pytest.mark.parametrize("storage", ["identity", "connection_string"])
+async def test_a_nested_name_is_requested_as_input_container_slash_name(
+    app: AppClient, rig, configure, recorder: AzuriteRecorder, storage: str
+) -> None:
+    configure(storage=storage, **_recorded_env(rig, recorder, storage))
+    info = app.script(files=[{"path": "/mnt/data/copy.csv", "copy_of_input": "q3.csv"}])
+    recorder.mark()
+    reply = await app.post_run(prompt=info["prompt"], input_files=[{"blob": LEGIT}, {"blob": LITERAL}])
+    assert reply.status == 200, reply.body
+    answer = reply.json
+    assert answer["inputs"] == [
+        {"name": "q3.csv", "bytes": len(LEGIT_BYTES), "sha256": hashlib.sha256(LEGIT_BYTES).hexdigest()},
+        {"name": "été 100_.csv", "bytes": 7, "sha256": hashlib.sha256(b"literal").hexdigest()},
+    ]
+    app.verify_answer(answer)
+    requests = recorder.requests_until_marker()
+    account = "/" + ACCOUNT_NAME
+    reads = [r for r in requests if r.container == INPUTS]
+    assert {(r.method, r.blob, r.path) for r in reads} == {
+        (method, blob, f"{account}/{INPUTS}/{quote(blob)}") for method in ("HEAD", "GET") for blob in (LEGIT, LITERAL)
+    }
+    # Everything else the run did stays inside its own prefix of the output container (or is the
+    # account's user delegation key, in identity mode).
+    others = [r for r in requests if r.container != INPUTS]
+    assert {r.container for r in others} <= {rig.OUTPUT_CONTAINER, ""}
+    assert all(r.blob == "" for r in others if r.container == ""), others
+    outputs = [r.blob for r in others if r.container == rig.OUTPUT_CONTAINER]
+    assert f"{answer['response_id']}/manifest.json" in outputs
+    assert all(b == "" or b.startswith(answer["response_id"] + "/") for b in outputs), outputs

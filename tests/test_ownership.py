@@ -110,3 +110,63 @@ async def test_without_easy_auth_the_principal_header_is_ignored(app: AppClient,
     )
     assert "principal" not in rig.emulator.run(created.json["response_id"])["request"]["metadata"]
     assert (await app.get_run(created.json["response_id"])).status == 200
+
+
+async def test_behind_easy_auth_a_function_key_caller_and_authenticated_callers_see_only_their_own(
+    app: AppClient, rig, configure
+) -> None:
+    """Easy Auth on with unauthenticated requests allowed: a request with a function key only comes
+    without a principal. Its runs are visible to key-only requests (the key is the boundary, as
+    without Easy Auth) and to no authenticated caller; an authenticated caller's runs to that caller
+    only, not to key-only requests, nor to a user of another provider with the same id."""
+    configure(WEBSITE_AUTH_ENABLED="true")
+    alice_id = str(uuid.uuid4())
+    key_only: dict[str, str] = {}
+    alice = {"x-ms-client-principal-id": alice_id, "x-ms-client-principal-idp": "aad"}
+    bob = {"x-ms-client-principal-id": str(uuid.uuid4()), "x-ms-client-principal-idp": "aad"}
+    alice_elsewhere = {"x-ms-client-principal-id": alice_id, "x-ms-client-principal-idp": "github"}
+
+    async def post(who: dict[str, str], **body: object):
+        data = json.dumps({"prompt": "Create test.txt containing hello world", **body}).encode()
+        return await app.call("create_run", "POST", "/api/runs", data, headers=who)
+
+    async def get(who: dict[str, str], response_id: str) -> int:
+        reply = await app.call(
+            "get_run", "GET", f"/api/runs/{response_id}", route_params={"response_id": response_id}, headers=who
+        )
+        return reply.status
+
+    keyed, alices = (await post(key_only)).json["response_id"], (await post(alice)).json["response_id"]
+    assert "principal" not in rig.emulator.run(keyed)["request"]["metadata"]
+    assert rig.emulator.run(alices)["request"]["metadata"]["principal"] == alice_id  # as the platform sent it
+    assert [await get(key_only, keyed), await get(alice, keyed), await get(bob, keyed)] == [200, 404, 404]
+    assert [await get(who, alices) for who in (alice, key_only, alice_elsewhere)] == [200, 404, 404]
+    assert (await post(alice, previous_response_id=keyed)).status == 404
+    assert (await post(key_only, previous_response_id=alices)).status == 404
+    deleted = await app.call(
+        "delete_run", "DELETE", f"/api/runs/{keyed}", route_params={"response_id": keyed}, headers=alice
+    )
+    assert deleted.status == 404 and await get(key_only, keyed) == 200
+
+    configure()  # Easy Auth switched off: keys are the boundary; an authenticated caller's run stays theirs
+    assert [await get(key_only, keyed), await get(alice, keyed), await get(alice, alices)] == [200, 200, 404]
+
+
+async def test_principal_ids_are_taken_as_the_platform_sends_them(app: AppClient, rig, configure) -> None:
+    """Any provider's subject (OpenID Connect: visible ASCII up to 255 characters) is a principal, kept
+    exactly, qualified by its provider unless Entra ID; a value the platform never sends is a 400."""
+    configure(WEBSITE_AUTH_ENABLED="true")
+    subject = "auth0|5f7c8ec7c33c6c004bbafe82"
+    oidc = {"x-ms-client-principal-id": subject, "x-ms-client-principal-idp": "MyAuth0"}
+    body = json.dumps({"prompt": "Create test.txt containing hello world"}).encode()
+    created = await app.call("create_run", "POST", "/api/runs", body, headers=oidc)
+    assert created.status == 200, created.body
+    response_id = created.json["response_id"]
+    assert rig.emulator.run(response_id)["request"]["metadata"]["principal"] == f"myauth0:{subject}"
+    seen = await app.call(
+        "get_run", "GET", f"/api/runs/{response_id}", route_params={"response_id": response_id}, headers=oidc
+    )
+    assert seen.status == 200
+    for bad in (f" {subject}", f"{subject}\t", "é", "x" * 256, ""):
+        reply = await app.call("create_run", "POST", "/api/runs", body, headers={"x-ms-client-principal-id": bad})
+        assert reply.status == 400 and reply.error_code() == "invalid_request", repr(bad)
