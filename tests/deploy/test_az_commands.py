@@ -1,5 +1,5 @@
 """Every `az` command the deploy script can run, and every `az` line of the deploy docs, through azure-cli's
-own command loader and argument parser (tests/az_cli_check.py), offline and without a login.
+own command loader and argument parser (tests/deploy/az_cli_check.py), offline and without a login.
 
 azure-cli (pinned in requirements-azcli.txt) lives in its own virtual environment, .azcli-venv, that
 scripts/test.sh creates; it runs as ONE subprocess for all command lines (loading the CLI takes seconds).
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy_script import (
+from tests.deploy.deploy_script import (
     BASE_ARGS,
     OPENAI_ID,
     ROOT,
@@ -31,7 +31,7 @@ from tests.deploy_script import (
 
 AZCLI_VENV = ROOT / ".azcli-venv"
 AZCLI_PYTHON = AZCLI_VENV / "bin" / "python"
-CHECKER = ROOT / "tests" / "az_cli_check.py"
+CHECKER = Path(__file__).resolve().parent / "az_cli_check.py"
 AZCLI_VERSION = re.search(r"^azure-cli==(\S+)$", (ROOT / "requirements-azcli.txt").read_text(), re.M)
 DOCS = [ROOT / "README.md", ROOT / "docs" / "deploy.md"]
 
