@@ -131,6 +131,16 @@ VALID_ANSWERS = [
     (
         "GET",
         "/api/health",
+        200,
+        b'{"status": "ok", "configured": true, "missing": [], "invalid": [], "offline_stand_in": true,'
+        b' "notice": "the model is an offline stand-in"}',
+        JSON,
+        None,
+        None,
+    ),
+    (
+        "GET",
+        "/api/health",
         503,
         b'{"status": "not_configured", "configured": false, "missing": ["AZURE_OPENAI_ENDPOINT"], "invalid": []}',
         JSON,
