@@ -51,12 +51,15 @@ class Azurite:
         port: int | None = None,
         queue: bool = False,
         queue_port: int | None = None,
+        table_port: int | None = None,
         startup_timeout: float = 60.0,
+        own_process_group: bool = False,
     ) -> None:
         self.tls = tls
+        self.own_process_group = own_process_group  # a terminal's Ctrl-C then reaches only its starter
         self.queue = queue
         self._queue_port = queue_port
-        self._table_port: int | None = None
+        self._table_port: int | None = table_port
         self.location = Path(location) if location is not None else None
         self._port = port
         self.startup_timeout = startup_timeout
@@ -95,6 +98,13 @@ class Azurite:
         )
 
     @property
+    def table_url(self) -> str:
+        """``http(s)://127.0.0.1:<table port>/devstoreaccount1`` (``queue=True`` only: the table service runs too)."""
+        if not self.queue or self._table_port is None:
+            raise RuntimeError("this Azurite serves no table service (queue=False), or has not been started")
+        return f"{self.scheme}://127.0.0.1:{self._table_port}/{ACCOUNT_NAME}"
+
+    @property
     def account_url(self) -> str:
         """``https://127.0.0.1:<port>/devstoreaccount1`` (path-style account URL)."""
         return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
@@ -111,6 +121,12 @@ class Azurite:
             f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.account_url};"
         )
+
+    @property
+    def services_connection_string(self) -> str:
+        """One account-key connection string with the blob, queue and table endpoints (``queue=True``): what
+        ``UseDevelopmentStorage=true`` means, on this instance's ports."""
+        return f"{self.connection_string}QueueEndpoint={self.queue_url};TableEndpoint={self.table_url};"
 
     @property
     def running(self) -> bool:
@@ -167,6 +183,7 @@ class Azurite:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                process_group=0 if self.own_process_group else None,
             )
         try:
             self._wait_ready()

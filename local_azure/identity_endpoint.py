@@ -175,13 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(serve(args.port, args.header, args.client_id, args.host))
 
 
-# -- helpers for tests ------------------------------------------------------------------------
+# -- starting it (the test rig, scripts/start.sh --offline) ----------------------------------------
 
 
 def start_identity_endpoint(
-    header: str, client_id: str | None = None, timeout: float = 30.0
+    header: str, client_id: str | None = None, timeout: float = 30.0, process_group: int | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start the endpoint as a child process; return it and the token URL from READY."""
+    """Start the endpoint as a child process; return it and the token URL from READY.
+    ``process_group=0``: in a group of its own (a terminal's Ctrl-C reaches only whoever started it)."""
     cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", "--header", header]
     if client_id is not None:
         cmd += ["--client-id", client_id]
@@ -194,6 +195,7 @@ def start_identity_endpoint(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
+        process_group=process_group,
     )
     try:
         url = _read_ready_line(proc, timeout)
