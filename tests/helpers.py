@@ -64,17 +64,22 @@ class Result:
     err: str
 
 
-async def ci_files(*args: str, url: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run the installed `ci-files` command as a user would (the rig's CA is in SSL_CERT_FILE)."""
-    assert CI_FILES.exists(), "ci-files is not installed: pip install -r requirements-dev.txt"
+def ci_files_environ(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment for `ci-files`: CI_FILES_URL set, no key, the rig's CA in SSL_CERT_FILE."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CI_FILES_")}
     environ.update(CI_FILES_URL=url, COLUMNS="200", NO_COLOR="1")
     environ.update(env or {})
+    return environ
+
+
+async def ci_files(*args: str, url: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """Run the installed `ci-files` command as a user would (the rig's CA is in SSL_CERT_FILE)."""
+    assert CI_FILES.exists(), "ci-files is not installed: pip install -r requirements-dev.txt"
     proc = await asyncio.create_subprocess_exec(
         str(CI_FILES),
         *args,
         cwd=cwd,
-        env=environ,
+        env=ci_files_environ(url, env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
