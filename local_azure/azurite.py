@@ -98,11 +98,16 @@ class Azurite:
         )
 
     @property
-    def table_url(self) -> str:
-        """``http(s)://127.0.0.1:<table port>/devstoreaccount1`` (``queue=True`` only: the table service runs too)."""
+    def table_port(self) -> int:
+        """The table port (``queue=True`` only: the table service runs with the queue service)."""
         if not self.queue or self._table_port is None:
             raise RuntimeError("this Azurite serves no table service (queue=False), or has not been started")
-        return f"{self.scheme}://127.0.0.1:{self._table_port}/{ACCOUNT_NAME}"
+        return self._table_port
+
+    @property
+    def table_url(self) -> str:
+        """``http(s)://127.0.0.1:<table port>/devstoreaccount1`` (``queue=True`` only: the table service runs too)."""
+        return f"{self.scheme}://127.0.0.1:{self.table_port}/{ACCOUNT_NAME}"
 
     @property
     def account_url(self) -> str:

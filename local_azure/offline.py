@@ -105,7 +105,8 @@ class Offline:
             own_process_group=True,
         )
         self.azurite.start()
-        say(f"Azurite: blob {self.azurite.account_url}, queue port {self.azurite.queue_port} (data in memory)")
+        ports = f"{self.azurite.port}, {self.azurite.queue_port}, {self.azurite.table_port}"
+        say(f"Azurite: blob, queue and table storage on 127.0.0.1 ports {ports} (data in memory)")
         header = secrets.token_urlsafe(24)
         self.identity, token_url = start_identity_endpoint(header, process_group=0)
         say(f"managed identity endpoint: {token_url}")

@@ -3,7 +3,8 @@
 #   Python venv (.venv) from requirements-dev.txt, azure-cli's own venv (.azcli-venv, cached) from
 #   requirements-azcli.txt, Node packages (Azurite 3.37.0 on Node 22) from
 #   package-lock.json, shellcheck from Debian when missing. The tests start Azurite, the managed
-#   identity endpoint and the Responses emulator themselves.
+#   identity endpoint and the Responses emulator themselves; tests/test_offline.py runs
+#   `scripts/start.sh --offline` on this checkout (a free port), a prompt with `ci-files`, then Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

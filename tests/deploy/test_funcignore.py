@@ -80,6 +80,9 @@ def test_package_contents():
         ("docs/deploy.md", True),
         (".azcli-venv/lib/python3.11/site-packages/azure/cli/__main__.py", True),
         ("requirements-azcli.txt", True),
+        ("requirements-local.txt", True),
+        ("docs/samples/weather.csv", True),
+        ("local_azure/offline.py", True),
         ("scripts/preprovision.sh", True),
     ],
 )

@@ -1,0 +1,161 @@
+"""`scripts/start.sh --offline`, as a newcomer runs it on this checkout: it starts the whole service (on a free
+port here, in case 7071 is taken), the `ci-files` client runs prompts and downloads, Ctrl-C (SIGINT to the
+terminal's process group) stops everything: no process of the session is left, every port is free."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local_azure.azurite import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CI_FILES = REPO_ROOT / ".venv" / "bin" / "ci-files"
+RUN_ID = re.compile(r"\bresp_[A-Za-z0-9_-]+")
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def developer_environment(**extra: str) -> dict[str, str]:
+    """A developer's shell: none of the test session's settings, the venv not on PATH (start.sh finds Python)."""
+    dropped = ("AZURE_OPENAI_", "VIRTUAL_ENV", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CI_FILES_", "IDENTITY_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+    env.update(COLUMNS="120", NO_COLOR="1", **extra)
+    return env
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def session_processes(sid: int) -> list[str]:
+    """The processes whose session is `sid` (what a closed terminal would leave behind)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the command: state, ppid, pgrp, session
+            found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+class Terminal:
+    """start.sh in a session of its own, its output collected; `ctrl_c` sends SIGINT to its process group."""
+
+    def __init__(self, *args: str) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "scripts" / "start.sh"), *args],
+            cwd=REPO_ROOT,
+            env=developer_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def read_until(self, text: str, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if text in line:
+                return "".join(self.lines)
+        raise AssertionError(f"{text!r} not seen:\n{''.join(self.lines)}")
+
+    def ctrl_c(self) -> str:
+        os.killpg(self.proc.pid, signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=60)
+        self.lines.append(out)
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        for leftover in session_processes(self.proc.pid):
+            print(f"left running: {leftover}", file=sys.stderr)
+
+
+@pytest.fixture
+def terminal() -> Iterator[list[Terminal]]:
+    started: list[Terminal] = []
+    yield started
+    for each in started:
+        each.kill()
+
+
+def ci_files(*args: str, port: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = developer_environment(CI_FILES_URL=f"http://localhost:{port}")
+    return subprocess.run([str(CI_FILES), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_offline_mode_from_start_to_ctrl_c(terminal: list[Terminal], tmp_path: Path) -> None:
+    port = free_port()
+    term = Terminal("--offline", "--port", str(port))
+    terminal.append(term)
+    started = term.read_until("Ctrl-C here stops everything.", timeout=300)
+
+    assert re.findall(r"^\[(\d)/5\]", started, re.MULTILINE) == ["1", "2", "3", "4", "5"], started
+    app_line = next(line for line in started.splitlines() if line.strip().startswith("app: "))
+    assert f"http://localhost:{port} on the minimal local host" in app_line
+    assert "no function keys, one process" in app_line
+    assert "the OFFLINE STAND-IN at http://127.0.0.1:" in started
+    ports = [port, *map(int, re.search(r"ports (\d+), (\d+), (\d+)", started).groups())]  # type: ignore[union-attr]
+    ports += [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", started)]
+    assert all(listening(p) for p in ports), started
+
+    hello = ci_files("run", "Create test.txt containing hello world", port=port, cwd=tmp_path)
+    assert hello.returncode == 0, hello.stdout + hello.stderr
+    assert "the model is an offline stand-in" in hello.stdout.split("[2/5]")[0]
+    run_id = RUN_ID.findall(hello.stdout)[0]
+    assert (tmp_path / "downloads" / run_id / "test.txt").read_bytes() == b"hello world"
+
+    sample = REPO_ROOT / "docs" / "samples" / "weather.csv"
+    plotted = ci_files("run", "--input", str(sample), "Plot the temperatures in weather.csv", port=port, cwd=tmp_path)
+    assert plotted.returncode == 0, plotted.stdout + plotted.stderr
+    chart = tmp_path / "downloads" / RUN_ID.findall(plotted.stdout)[0] / "chart.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"      image: {chart}" in plotted.stdout
+
+    stopped = term.ctrl_c()
+    assert term.proc.returncode == 0, stopped
+    assert "Stopped the app, the stand-in, the identity endpoint, Azurite. Nothing is left running." in stopped
+    assert "Traceback" not in stopped, stopped
+    assert session_processes(term.proc.pid) == []
+    assert [p for p in ports if listening(p)] == []
+
+
+def test_a_taken_port_is_named_with_the_fix(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "local_azure.offline", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=developer_environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"error: port {port} is in use" in result.stderr
+    assert f"scripts/start.sh --offline --port {port + 1}" in result.stderr
+    assert f"export CI_FILES_URL=http://localhost:{port + 1}" in result.stderr
