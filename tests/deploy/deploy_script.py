@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy.sh"
 HOOK = ROOT / "scripts" / "preprovision.sh"
+POSTDEPLOY = ROOT / "scripts" / "postdeploy.sh"
 BASH = shutil.which("bash") or "/bin/bash"
 
 APP = "cif-test"

@@ -86,7 +86,9 @@ def script_branches(tmp_path: Path) -> dict[str, list[list[str]]]:
         folder.mkdir()
         proc, _ = real_run_argv(folder, BASE_ARGS, **env)
         assert (proc.returncode == 0) == (name == "done"), proc.stderr
-        advice += [shlex.split(m)[1:] for m in re.findall(r"(?:^|: )(az [a-z][^\n]*)$", proc.stderr, re.M)]
+        told = re.findall(r"(?:^|: )(az [a-z][^\n]*)$", proc.stderr, re.M)
+        told += re.findall(r"\$\((az [a-z][^)\n]*)\)", proc.stderr)  # export CI_FILES_KEY="$(az ...)"
+        advice += [shlex.split(m)[1:] for m in told]
     branches["commands the script advises"] = advice
     real(
         "real run: existing app and storage, every option, secrets (stand-in az)",

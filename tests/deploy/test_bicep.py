@@ -111,6 +111,8 @@ def test_bicep_key_settings():
     assert "disableLocalAuth: true" in main
     assert re.search(r"name: 'FC1'\s+tier: 'FlexConsumption'", main)
     assert re.search(r"^output FUNCTION_URL string = 'https://\$\{[^}]+\}/api/runs'$", main, re.M)
+    # The client's base URL (azd env get-value CI_FILES_URL; the postdeploy hook prints it): no /api.
+    assert re.search(r"^output CI_FILES_URL string = 'https://\$\{api\.outputs\.defaultHostname\}'$", main, re.M)
     assert re.search(r"name: 'python'\s+version: '3.11'", api)
     assert "type: 'UserAssignedIdentity'" in api
     assert "systemAssigned: false" in api

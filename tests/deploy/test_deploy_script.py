@@ -27,6 +27,7 @@ from tests.deploy.deploy_script import (
     HOOK,
     OPENAI_ID,
     OUTPUT_STORAGE,
+    POSTDEPLOY,
     RG,
     SCRIPT,
     SECRETS_ENV,
@@ -46,7 +47,7 @@ from tests.deploy.deploy_script import (
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (Debian package: shellcheck)")
-    for script in (SCRIPT, HOOK):
+    for script in (SCRIPT, HOOK, POSTDEPLOY):
         proc = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -57,6 +58,7 @@ def test_script_is_strict_and_executable():
     assert "\nset -euo pipefail\n" in text
     assert os.access(SCRIPT, os.X_OK), "scripts/deploy.sh must be executable"
     assert os.access(HOOK, os.X_OK), "scripts/preprovision.sh must be executable"
+    assert os.access(POSTDEPLOY, os.X_OK), "scripts/postdeploy.sh must be executable"
 
 
 ORDER = [
@@ -372,6 +374,14 @@ def test_real_run_matches_dry_run(tmp_path):
     # Placeholders become the fake az's answers; compare the command shapes.
     assert [c[:4] for c in executed] == [c[:4] for c in dry]
     assert "done: POST https://fake-defaultHostName/api/runs" in proc.stderr
+    # It ends with what to copy and paste: the base URL (no /api), the key's command, a first run.
+    tail = proc.stderr.split("done: POST", 1)[1]
+    assert "\nexport CI_FILES_URL=https://fake-defaultHostName\n" in tail
+    assert (
+        '\nexport CI_FILES_KEY="$(az functionapp keys list --resource-group rg-cif-test --name cif-test '
+        '--query functionKeys.default --output tsv)"\n' in tail
+    )
+    assert '\nci-files run "Create test.txt containing hello world"\n' in tail
 
 
 def test_rerun_on_existing_app_updates_instead_of_creating(tmp_path):
