@@ -1,6 +1,7 @@
 """`scripts/start.sh --offline`, as a newcomer runs it on this checkout: it starts the whole service (on a free
-port here, in case 7071 is taken), the `ci-files` client runs prompts and downloads, Ctrl-C (SIGINT to the
-terminal's process group) stops everything: no process of the session is left, every port is free."""
+port here, in case 7071 is taken), the `ci-files` client runs prompts and downloads (printing what the README's
+first screen shows), Ctrl-C (SIGINT to the terminal's process group) stops everything: no process of the
+session is left, every port is free."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def developer_environment(**extra: str) -> dict[str, str]:
     dropped = ("AZURE_OPENAI_", "VIRTUAL_ENV", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CI_FILES_", "IDENTITY_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
-    env.update(COLUMNS="120", NO_COLOR="1", **extra)
+    env.update({"COLUMNS": "120", "NO_COLOR": "1", **extra})
     return env
 
 
@@ -50,6 +51,20 @@ def session_processes(sid: int) -> list[str]:
         if int(fields[3]) == sid:  # after the command: state, ppid, pgrp, session
             found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
     return found
+
+
+def readme_example() -> str:
+    """The client output the README's first screen shows."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    return readme.split("```text\n", 1)[1].split("```", 1)[0]
+
+
+def skeleton(output: str) -> list[str]:
+    """Output lines without what changes from run to run (ids, links, paths, numbers)."""
+    output = RUN_ID.sub("RUN", output)
+    output = re.sub(r"http://127\.0\.0\.1:\S+", "LINK", output)
+    output = re.sub(r" /\S*/downloads/", " .../downloads/", output)
+    return [re.sub(r"\d+(\.\d+)?", "N", line).rstrip() for line in output.strip().splitlines()]
 
 
 class Terminal:
@@ -103,7 +118,7 @@ def terminal() -> Iterator[list[Terminal]]:
 
 
 def ci_files(*args: str, port: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = developer_environment(CI_FILES_URL=f"http://localhost:{port}")
+    env = developer_environment(CI_FILES_URL=f"http://localhost:{port}", COLUMNS="100")
     return subprocess.run([str(CI_FILES), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -125,6 +140,7 @@ def test_offline_mode_from_start_to_ctrl_c(terminal: list[Terminal], tmp_path: P
     hello = ci_files("run", "Create test.txt containing hello world", port=port, cwd=tmp_path)
     assert hello.returncode == 0, hello.stdout + hello.stderr
     assert "the model is an offline stand-in" in hello.stdout.split("[2/5]")[0]
+    assert skeleton(hello.stdout.replace(f"localhost:{port}", "localhost:7071")) == skeleton(readme_example())
     run_id = RUN_ID.findall(hello.stdout)[0]
     assert (tmp_path / "downloads" / run_id / "test.txt").read_bytes() == b"hello world"
 
