@@ -139,7 +139,7 @@ def spec_types() -> tuple[type[Any], type[Any]]:
     ScriptFile = _em().ScriptFile
 
     @dataclass
-    class StoredSpec(ScriptFile):
+    class StoredSpec(ScriptFile):  # type: ignore[valid-type,misc]  # the emulator module's class, found at run time
         """A container file whose bytes are another's: a stored file (an input), or a container file's
         spec (a copy of an input or of an earlier run's file)."""
 
@@ -150,7 +150,7 @@ def spec_types() -> tuple[type[Any], type[Any]]:
             return self.stored.chunks(chunk_size)
 
     @dataclass
-    class InputCopySpec(ScriptFile):
+    class InputCopySpec(ScriptFile):  # type: ignore[valid-type,misc]
         """A script file to be written with the bytes of a container file named `copy_of_input`."""
 
         copy_of_input: str = ""

@@ -47,7 +47,7 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}?]*)?(\?)?\}")
 def indexed_functions(app: func.FunctionApp) -> dict[str, Function]:
     """The app's functions by name, indexed once per process as the worker does (a second
     `get_functions()` on the same app raises a duplicate-name error)."""
-    return {f.get_function_name(): f for f in app.get_functions()}
+    return {str(f.get_function_name()): f for f in app.get_functions()}
 
 
 class Companion(Protocol):
@@ -78,7 +78,7 @@ class HttpRoute:
 
     @property
     def name(self) -> str:
-        return self.function.get_function_name()
+        return str(self.function.get_function_name())
 
 
 def route_pattern(template: str) -> re.Pattern[str]:
@@ -125,7 +125,7 @@ def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
             routes.append(
                 HttpRoute(
                     function=function,
-                    pattern=route_pattern(template),
+                    pattern=route_pattern(str(template)),
                     methods=frozenset(str(m).upper() for m in methods),
                     binding=binding["name"],
                 )

@@ -142,7 +142,9 @@ class Offline:
     def start_app(self, env: dict[str, str], use_func: bool) -> None:
         if use_func:
             self.app_name = "func start"
-            say(f"app: `func start --port {self.port}` (Azure Functions Core Tools {func_version()})")
+            say(f"app: http://localhost:{self.port} under `func start` (Azure Functions Core Tools {func_version()})")
+            # The worker runs on the `python` of PATH: this virtual environment's, as with `source .venv/bin/activate`.
+            env = dict(env, VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
             self.app = subprocess.Popen(
                 ["func", "start", "--port", str(self.port)],
                 cwd=REPO_ROOT,

@@ -5,6 +5,7 @@ session is left, every port is free."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -175,3 +176,71 @@ def test_a_taken_port_is_named_with_the_fix(tmp_path: Path) -> None:
     assert f"error: port {port} is in use" in result.stderr
     assert f"scripts/start.sh --offline --port {port + 1}" in result.stderr
     assert f"export CI_FILES_URL=http://localhost:{port + 1}" in result.stderr
+
+
+# Stands in for Core Tools (they cannot be installed here): `--version`, then `start` records what it was
+# given and runs until Ctrl-C.
+FAKE_FUNC = r"""#!/usr/bin/env python3
+import json, os, shutil, signal, sys, time
+if sys.argv[1:] == ["--version"]:
+    print("4.0.7030")
+    sys.exit(0)
+keys = ("AZURE_OPENAI_ENDPOINT", "AzureWebJobsStorage", "RUNS_QUEUE_STORAGE", "FUNCTIONS_WORKER_RUNTIME", "RUNS_QUEUE")
+record = {"argv": sys.argv[1:], "python": shutil.which("python"), **{k: os.environ.get(k) for k in keys}}
+with open(os.environ["FUNC_RECORD"], "w") as out:
+    json.dump(record, out)
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+
+def test_with_core_tools_installed_the_app_runs_under_func_start(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "func").write_text(FAKE_FUNC)
+    (bin_dir / "func").chmod(0o755)
+    record = tmp_path / "func.json"
+    env = developer_environment(FUNC_RECORD=str(record))
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    port = free_port()
+    launcher = subprocess.Popen(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "local_azure.offline", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert launcher.stdout is not None
+        seen = ""
+        while "Ctrl-C here stops everything." not in seen:
+            line = launcher.stdout.readline()
+            assert line, seen
+            seen += line
+        for _ in range(100):
+            if record.exists() and record.stat().st_size:
+                break
+            time.sleep(0.1)
+        os.killpg(launcher.pid, signal.SIGINT)
+        rest, _ = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert f"app: http://localhost:{port} under `func start` (Azure Functions Core Tools 4.0.7030)" in seen
+    assert launcher.returncode == 0 and "Nothing is left running." in rest, seen + rest
+    given = json.loads(record.read_text())
+    assert given["argv"] == ["start", "--port", str(port)]
+    assert given["python"] == str(REPO_ROOT / ".venv" / "bin" / "python")
+    assert (
+        given["AZURE_OPENAI_ENDPOINT"].startswith("http://127.0.0.1:") and given["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    )
+    assert (
+        given["AzureWebJobsStorage"] == given["RUNS_QUEUE_STORAGE"]
+        and "QueueEndpoint=http://127.0.0.1:" in given["RUNS_QUEUE_STORAGE"]
+    )
+    assert given["RUNS_QUEUE"] == "code-interpreter-runs"
+    assert session_processes(launcher.pid) == []
