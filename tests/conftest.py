@@ -17,12 +17,14 @@ os.environ["SSL_CERT_FILE"] = str(TLS.ca_pem)
 os.environ["REQUESTS_CA_BUNDLE"] = str(TLS.ca_pem)
 
 import logging  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
+import function_app  # noqa: E402
 from code_interpreter_files.settings import SETTING_NAMES  # noqa: E402
 from local_azure.azurite import ACCOUNT_KEY  # noqa: E402
+from local_azure.funchost import FuncHost  # noqa: E402
 from tests import figures  # noqa: E402
 from tests.appclient import AppClient  # noqa: E402
 from tests.rig.rig import Rig  # noqa: E402
@@ -107,3 +109,11 @@ def app(rig: Rig, configure: Callable[..., dict[str, str]], caplog: pytest.LogCa
     client.check_remaining_links()
     client.remember_secrets()
     client.close()
+
+
+@pytest.fixture
+async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[FuncHost]:
+    """The app served over HTTP on a loopback port (local_azure/funchost.py), on the session's event loop
+    (where the app's async clients live): what the client and the notebook talk to."""
+    async with FuncHost(function_app.app) as host:
+        yield host

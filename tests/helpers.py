@@ -93,3 +93,16 @@ def hello_script(rig: Rig, **extra: Any) -> str:
     """A prompt the emulator answers by writing test.txt containing `hello world`."""
     info = rig.emulator.add_script({"files": [{"path": "/mnt/data/test.txt", "content": "hello world"}], **extra})
     return f"Create test.txt containing hello world {info['marker']}"
+
+
+def assert_one_error_line(result: Result, code: str) -> str:
+    """The command failed with one line `error <code>...: ... What to do: ...` and the code's exit code."""
+    from ci_files_client.errors import HINTS
+
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"error {code}"), lines[0]
+    assert "What to do: " in lines[0]
+    assert "Traceback" not in result.out + result.err
+    assert result.code == HINTS[code].exit != 0, (result.code, result.err)
+    return lines[0]

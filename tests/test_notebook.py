@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import function_app
 from local_azure.funchost import FuncHost
 from local_azure.png import MINIMUM, png_of_size
 from tests.rig.rig import Rig
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
-
-
-@pytest.fixture
-async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[FuncHost]:
-    async with FuncHost(function_app.app) as host:
-        yield host
 
 
 def tagged(nb: Any, tag: str) -> Any:
