@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import math
 import re
 import statistics
@@ -30,7 +31,8 @@ from .chart import MAX_SERIES, line_chart
 STAND_IN_OWNER = "offline-stand-in"
 READ_LIMIT = 8 * 1024 * 1024
 NOTES = "stand-in-notes.txt"
-MAX_ROWS = 100_000
+MAX_ROWS = 100_000  # with MAX_COLUMNS: at most 10 million cells of an 8 MiB input are kept
+MAX_COLUMNS = 100
 
 _NAME = r"[\"'`]?(?P<name>[A-Za-z0-9][\w.-]{0,99}\.[A-Za-z0-9]{1,10})[\"'`]?"
 CREATE = re.compile(
@@ -118,7 +120,10 @@ def plan(prompt: str, inputs: Sequence[InputFile]) -> Plan:
     table_input = _pick_table(prompt, inputs)
     if table_input is None:
         return _notes(prompt, inputs, "There is no CSV input to work on; attach one (--input data.csv). See")
-    table = read_table(table_input)
+    try:
+        table = read_table(table_input)
+    except csv.Error as error:  # a field over csv's size limit, a NUL byte...
+        return _notes(prompt, inputs, f"{table_input.name} is not a CSV I can read ({error}). See")
     result = Plan(text="")
     said = []
     if wants_chart:
@@ -197,7 +202,8 @@ def read_table(source: InputFile) -> Table:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel_tab if source.name.lower().endswith(".tsv") else csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)][: MAX_ROWS + 1]
+    reader = (row[:MAX_COLUMNS] for row in csv.reader(io.StringIO(text), dialect) if any(c.strip() for c in row))
+    rows = list(itertools.islice(reader, MAX_ROWS + 1))
     width = max((len(row) for row in rows), default=0)
     rows = [row + [""] * (width - len(row)) for row in rows]
     has_header = bool(rows) and any(_number(cell) is None and cell.strip() for cell in rows[0])

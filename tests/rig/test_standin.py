@@ -130,6 +130,23 @@ def test_a_large_input_is_read_up_to_the_limit() -> None:
     assert "rows: " in made.files[0].data.decode() and f"I read its first 100 bytes of {len(data):,}" in made.text
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\n" + b"x" * 200_000 + b",1\n",  # a field over csv's limit
+        b"a,b\n1,\x002\n",  # a NUL byte
+        bytes(range(256)) * 100,  # not text at all
+        b"",
+        b"\n\n\n",
+        b"a," * 50_000 + b"\n" + b"1," * 50_000 + b"\n",  # very wide
+    ],
+)
+def test_hostile_csv_gets_an_answer_not_an_error(data: bytes) -> None:
+    made = plan("Plot and summarise data.csv", [InputFile("data.csv", data, len(data))])
+    assert made.text.endswith("(Offline stand-in for Azure OpenAI: no model ran.)")
+    assert made.files and all(f.name in ("chart.png", "summary.txt", standin.NOTES) for f in made.files)
+
+
 def test_the_app_and_the_stand_in_agree_on_the_owner() -> None:
     assert model_info.STAND_IN_OWNER == standin.STAND_IN_OWNER
     assert model_info.is_local("http://127.0.0.1:1/openai/v1/") and model_info.is_local("http://localhost:9/")
