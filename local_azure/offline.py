@@ -44,7 +44,7 @@ STAND_IN_LATENCY_SECONDS = "1.5"  # long enough to see the client wait, as for a
 REPLACED_PREFIXES = ("AZURE_OPENAI_", "OUTPUT_STORAGE_", "RUNS_QUEUE_STORAGE", "IDENTITY_", "AzureWebJobs")
 MINIMAL_HOST_LINE = (
     "http://localhost:{port} on the minimal local host (local_azure/funchost.py; Core Tools are not installed): "
-    "no function keys, one process{left}"
+    "no function keys, one process, timer triggers do not run{left}"
 )
 
 
@@ -165,7 +165,7 @@ class Offline:
         if not ready.startswith("READY ") or not left.startswith("UNSERVED "):
             raise RuntimeError(f"the minimal local host did not start (exit code {self.app.wait()})")
         names = left.split(" ", 1)[1].strip()
-        say("app: " + MINIMAL_HOST_LINE.format(port=self.port, left="" if names == "-" else f"; not run here: {names}"))
+        say("app: " + MINIMAL_HOST_LINE.format(port=self.port, left="" if names == "-" else f" (here: {names})"))
         _pump(self.app.stdout, sys.stdout)
 
     def first_failure(self) -> str | None:

@@ -132,7 +132,7 @@ def test_offline_mode_from_start_to_ctrl_c(terminal: list[Terminal], tmp_path: P
     assert re.findall(r"^\[(\d)/5\]", started, re.MULTILINE) == ["1", "2", "3", "4", "5"], started
     app_line = next(line for line in started.splitlines() if line.strip().startswith("app: "))
     assert f"http://localhost:{port} on the minimal local host" in app_line
-    assert "no function keys, one process" in app_line
+    assert "no function keys, one process, timer triggers do not run" in app_line
     assert "the OFFLINE STAND-IN at http://127.0.0.1:" in started
     ports = [port, *map(int, re.search(r"ports (\d+), (\d+), (\d+)", started).groups())]  # type: ignore[union-attr]
     ports += [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", started)]
