@@ -402,7 +402,7 @@ async def test_health_says_when_the_model_is_the_offline_stand_in(app: AppClient
 
 
 async def test_logs_follow_the_steps_without_secrets(app: AppClient, rig, caplog) -> None:
-    reply = await app.post_run(prompt="hello")
+    reply = await app.post_run(prompt="Create test.txt containing hello world")
     answer = reply.json
     lines = [r.getMessage() for r in caplog.records if r.name == "code_interpreter_files"]
     for step in (
@@ -444,7 +444,7 @@ async def test_use_development_storage_works_with_plain_azurite(app: AppClient, 
         configure(
             storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"
         )
-        reply = await app.post_run(prompt="hello")
+        reply = await app.post_run(prompt="Create test.txt containing hello world")
         assert reply.status == 200, reply.body
         [file] = reply.json["files"]
         assert file["url"].startswith("http://127.0.0.1:10000/devstoreaccount1/")
