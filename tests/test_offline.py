@@ -41,7 +41,7 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def session_processes(sid: int) -> list[str]:
+def session_pids(sid: int) -> list[int]:
     """The processes whose session is `sid` (what a closed terminal would leave behind)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -50,8 +50,27 @@ def session_processes(sid: int) -> list[str]:
         except OSError:
             continue
         if int(fields[3]) == sid:  # after the command: state, ppid, pgrp, session
-            found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            found.append(int(stat.parent.name))
     return found
+
+
+def session_processes(sid: int) -> list[str]:
+    found = []
+    for pid in session_pids(sid):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        print(f"left running, killed: {pid}", file=sys.stderr)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def readme_example() -> str:
@@ -103,11 +122,16 @@ class Terminal:
         return "".join(self.lines)
 
     def kill(self) -> None:
+        """After a failed test: Ctrl-C first (the launcher stops what it started), then whatever is left
+        in the session, by pid (the children have process groups of their own)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        for leftover in session_processes(self.proc.pid):
-            print(f"left running: {leftover}", file=sys.stderr)
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        kill_session(self.proc.pid)
 
 
 @pytest.fixture
@@ -230,6 +254,7 @@ def test_with_core_tools_installed_the_app_runs_under_func_start(tmp_path: Path)
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
+        kill_session(launcher.pid)
     assert f"app: http://localhost:{port} under `func start` (Azure Functions Core Tools 4.0.7030)" in seen
     assert launcher.returncode == 0 and "Nothing is left running." in rest, seen + rest
     given = json.loads(record.read_text())
