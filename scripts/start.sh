@@ -206,10 +206,13 @@ if [[ -x .venv/bin/python && $WANT == "$HAVE" ]]; then
   info ".venv is up to date with requirements-local.txt and pyproject.toml"
 elif $DRY_RUN; then
   [[ -x .venv/bin/python ]] || would "$PYTHON -m venv .venv"
-  would ".venv/bin/python -m pip install -r requirements-local.txt -e ."
+  would ".venv/bin/python -m pip install -r requirements-local.txt"
+  would ".venv/bin/python -m pip install --no-build-isolation --no-deps -e ."
 else
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-local.txt -e .
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-local.txt
+  # The client, built with the pinned setuptools just installed: no build tool fetched unpinned.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
   printf '%s\n' "$WANT" >.venv/.requirements.sha256
   info "installed requirements-local.txt and the ci-files client into .venv"
 fi

@@ -57,7 +57,7 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / "scripts" / "start.sh", repo / "scripts" / "start.sh")
     shutil.copy(REPO_ROOT / "local.settings.json.example", repo / "local.settings.json.example")
     (repo / "requirements.txt").write_text("# the app's requirements would be here\n")
-    (repo / "requirements-local.txt").write_text("-r requirements.txt\n")
+    (repo / "requirements-local.txt").write_text("-r requirements.txt\nsetuptools==80.9.0\n")
     shutil.copy(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
     shutil.copytree(
         REPO_ROOT / "ci_files_client", repo / "ci_files_client", ignore=shutil.ignore_patterns("__pycache__")
@@ -172,7 +172,8 @@ def test_offline_needs_neither_func_nor_azure_settings(scratch: Path) -> None:
     assert (
         "Functions Core Tools: not installed; --offline runs the app on the project's minimal local host" in dry.stdout
     )
-    assert "would run: .venv/bin/python -m pip install -r requirements-local.txt -e ." in dry.stdout
+    assert "would run: .venv/bin/python -m pip install -r requirements-local.txt" in dry.stdout
+    assert "would run: .venv/bin/python -m pip install --no-build-isolation --no-deps -e ." in dry.stdout
     assert "would run: .venv/bin/python -m local_azure.offline --port 7099" in dry.stdout
     assert not (scratch / ".venv").exists() and not (scratch / "local.settings.json").exists()
     refused = start(scratch, "--offline", "--", "--cors", "*", func=False)
