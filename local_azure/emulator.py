@@ -1481,7 +1481,8 @@ def start_emulator(
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local_azure.emulator", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key]
+        # `--api-key=KEY`: a random key can begin with "-" (secrets.token_urlsafe), which argparse takes for an option.
+        [sys.executable, "-m", "local_azure.emulator", "--host", "127.0.0.1", "--port", "0", f"--api-key={api_key}"]
         + list(extra_args),
         cwd=REPO_ROOT,
         env=env,

@@ -183,9 +183,10 @@ def start_identity_endpoint(
 ) -> tuple[subprocess.Popen[str], str]:
     """Start the endpoint as a child process; return it and the token URL from READY.
     ``process_group=0``: in a group of its own (a terminal's Ctrl-C reaches only whoever started it)."""
-    cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", "--header", header]
+    # `--header=VALUE`: a random header can begin with "-" (secrets.token_urlsafe), which argparse takes for an option.
+    cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", f"--header={header}"]
     if client_id is not None:
-        cmd += ["--client-id", client_id]
+        cmd += [f"--client-id={client_id}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH"))))
     proc = subprocess.Popen(
