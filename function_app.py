@@ -56,6 +56,6 @@ async def sweep_runs(timer: func.TimerRequest, context: func.Context) -> None:
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    """Whether the app is configured (names of missing settings only)."""
-    return http_api.health()
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Whether the app is configured (names of missing settings only), and if the model is the offline stand-in."""
+    return await http_api.health()

@@ -6,6 +6,7 @@ driven from the same thread; there is nothing to overlap.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +15,16 @@ from urllib.parse import quote
 
 import httpx
 
-from ci_files_client.errors import CliError
+from ci_files_client.errors import CliError, without_service_advice
 
-# The service answers a waiting POST within RUN_WAIT_SECONDS (at most 210 s); leave room above it.
+# A GET may finish a run before it answers, within RUN_WAIT_SECONDS (at most 210 s); leave room above it.
 READ_TIMEOUT_SECONDS = 240.0
 MAX_POLL_SECONDS = 30.0
+TICK_SECONDS = 0.25  # how often the waiting line's elapsed time moves
+
+
+# How an https request to a plain-http server fails in the TLS handshake (OpenSSL's words).
+_TLS_FAILURE = re.compile(r"SSL|TLS|wrong version number|record layer", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Service:
 
     def __init__(self, base_url: str, key: str | None) -> None:
         headers = {"x-functions-key": key} if key else {}
+        self.has_key = bool(key)
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(
             base_url=self.base_url,
@@ -52,7 +59,7 @@ class Service:
             names = [*body.get("missing", []), *body.get("invalid", [])]
             raise CliError("not_configured", "the service lacks settings: " + ", ".join(names), status=503, body=body)
         if response.status_code != 200:
-            raise _error(response)
+            raise self._error(response)
         return body if isinstance(body, dict) else {}
 
     def start_run(self, payload: dict[str, Any]) -> Answer:
@@ -66,19 +73,23 @@ class Service:
     def delete_run(self, response_id: str) -> None:
         response = self._send("DELETE", f"/api/runs/{quote(response_id, safe='')}")
         if response.status_code != 204:
-            raise _error(response)
+            raise self._error(response)
 
     def wait(
         self,
         answer: Answer,
         ttl: int | None,
-        on_status: Callable[[str], None],
+        on_tick: Callable[[str], None],
         sleep: Callable[[float], None] = time.sleep,
     ) -> Answer:
-        """Poll `Location` after each `Retry-After` until the run is finished (200)."""
+        """Poll `Location` after each `Retry-After` until the run is finished (200); `on_tick(status)`
+        every TICK_SECONDS meanwhile (the caller shows the time waited)."""
         while answer.status == 202:
-            on_status(str(answer.body.get("status", "in_progress")))
-            sleep(answer.retry_after)
+            status = str(answer.body.get("status", "in_progress"))
+            deadline = time.monotonic() + answer.retry_after
+            while (left := deadline - time.monotonic()) > 0:
+                on_tick(status)
+                sleep(min(TICK_SECONDS, left))
             answer = self.get_run(str(answer.body["response_id"]), ttl, answer.location)
         return answer
 
@@ -87,12 +98,28 @@ class Service:
             return self.http.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise CliError("timeout", f"{self.base_url} did not answer in time") from None
+        except httpx.ConnectError as error:
+            if _TLS_FAILURE.search(str(error)) and self.base_url.startswith("https://"):
+                raise CliError(
+                    "tls_mismatch", f"something answers at {self.base_url}, but not over https (TLS)"
+                ) from None
+            raise CliError("unreachable", f"nothing answered at {self.base_url} ({type(error).__name__})") from None
+        except httpx.RemoteProtocolError:
+            raise CliError(
+                "tls_mismatch", f"{self.base_url} closed the connection without an HTTP answer (does it speak https?)"
+            ) from None
         except httpx.TransportError as error:
             raise CliError("unreachable", f"nothing answered at {self.base_url} ({type(error).__name__})") from None
 
+    def _error(self, response: httpx.Response) -> CliError:
+        """A 401 without a body: no key was sent, or the one sent was refused (two different fixes)."""
+        if response.status_code == 401 and not self.has_key and _error_body(response) is None:
+            return CliError("key_missing", "the service wants a function key and none was given", status=401)
+        return _error(response)
+
     def _answer(self, response: httpx.Response) -> Answer:
         if response.status_code not in (200, 202):
-            raise _error(response)
+            raise self._error(response)
         body = _json(response)
         if not isinstance(body, dict) or "response_id" not in body:
             raise CliError("bad_answer", f"HTTP {response.status_code} without a run in its body")
@@ -119,12 +146,18 @@ def _retry_after(value: str | None) -> float:
     return min(max(seconds, 0.5), MAX_POLL_SECONDS)
 
 
+def _error_body(response: httpx.Response) -> dict[str, Any] | None:
+    body = _json(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) and isinstance(error.get("code"), str) else None
+
+
 def _error(response: httpx.Response) -> CliError:
     """The service's `{"error": {"code", "message"}}`, or what an empty or foreign answer means."""
     body = _json(response)
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("code"), str):
-        message = str(error.get("message") or "no message")
+    error = _error_body(response)
+    if error is not None:
+        message = without_service_advice(str(error.get("message") or "no message"))
         retry = response.headers.get("retry-after")
         if error.get("code") == "rate_limited" and retry and "retry after" not in message.lower():
             message += f" (retry after {retry} s)"
@@ -132,7 +165,7 @@ def _error(response: httpx.Response) -> CliError:
             message += f" [invocation {error['invocation_id']}]"
         return CliError(error["code"], message, status=response.status_code, body=body)
     if response.status_code == 401:
-        return CliError("unauthorized", "the service refused the function key", status=401)
+        return CliError("unauthorized", "the service refused the function key it was given", status=401)
     where = response.request.url.copy_with(query=None)  # never echo a `code=` key
     if response.status_code == 404:
         return CliError("route_not_found", f"no such route at {where}", status=404)

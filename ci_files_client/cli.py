@@ -1,155 +1,140 @@
-"""`ci-files run|get|delete`: the old demo script's experience on top of the service."""
+"""`ci-files run|get|delete`: the old demo script's experience on top of the service, links first.
+
+A run starts without holding the request open (`wait: false`): its id is on screen at once, then the client
+follows it (GET, honouring `Retry-After` and `Location`) with the time waited; Ctrl-C leaves it running and
+prints the exact `ci-files get <id>` to come back. Files land in `<--out>/<run id>/`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import json
-import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.progress import TaskID
 
-from ci_files_client import __version__
 from ci_files_client.api import Answer, Service
 from ci_files_client.download import download, target_for
-from ci_files_client.errors import CliError, Exit, exit_codes_help
+from ci_files_client.errors import CliError, Exit
+from ci_files_client.options import INLINE_INPUT_LIMIT, parse, url_option
 from ci_files_client.render import Screen, clean, error_line
+from ci_files_client.viewer import open_paths
 
-DEFAULT_URL = "http://localhost:7071"
-# The service takes bodies up to 1 MiB; base64 grows a file by a third and the prompt needs room.
-INLINE_INPUT_LIMIT = 512 * 1024
 MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\([^)\s]*\)")
-
-EPILOG = f"""\
-environment:
-  CI_FILES_URL   the service's address (default {DEFAULT_URL})
-  CI_FILES_KEY   its function key (not needed locally with `func start`)
-
-exit codes:
-{exit_codes_help()}
-
-examples:
-  ci-files run "Create test.txt containing hello world"
-  ci-files run --input data.csv "Plot column B of data.csv as chart.png"
-  ci-files run --no-wait "..."   then   ci-files get resp_...
-  ci-files delete resp_...
-"""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+MAX_OPENED = 5
+# The API's field names in the service's messages, as the user's options.
+FIELD_OPTIONS = {
+    "sas_ttl_minutes": "--ttl",
+    "previous_response_id": "--continue",
+    "input_files": "--input/--input-blob",
+    "collect": "--all",
+}
 
 
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("CI_FILES_URL", DEFAULT_URL), help="service address")
-    common.add_argument("--key", default=os.environ.get("CI_FILES_KEY"), help="function key (or CI_FILES_KEY)")
-    common.add_argument("--json", action="store_true", help="print the service's raw answer instead, for scripts")
+class Progress:
+    """What the command knows so far (Ctrl-C reports it)."""
 
-    files = argparse.ArgumentParser(add_help=False)
-    files.add_argument("--out", type=Path, default=Path("downloads"), help="download folder (default ./downloads)")
-    files.add_argument("--overwrite", action="store_true", help="replace files that already exist in --out")
-    files.add_argument("--ttl", type=int, metavar="MINUTES", help="lifetime of the links (SAS_TTL_MAX_MINUTES at most)")
-    files.add_argument("--no-download", action="store_true", help="list the files, do not download them")
-
-    top = argparse.ArgumentParser(
-        prog="ci-files",
-        description="Run Code Interpreter prompts through the Code Interpreter Files service and download the files.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = top.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser(
-        "run",
-        parents=[common, files],
-        help="start a run, wait for it, download its files",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("prompt", help="what Code Interpreter should do")
-    run.add_argument("--no-wait", action="store_true", help="start the run and print its id; fetch it with `get`")
-    run.add_argument("--all", action="store_true", help="collect every file of the run, not only the cited ones")
-    run.add_argument(
-        "--input",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help=f"a file for Code Interpreter to read, sent inline (up to {INLINE_INPUT_LIMIT // 1024} KiB in all); "
-        "larger files need the service's input container: upload them there and use --input-blob",
-    )
-    run.add_argument(
-        "--input-blob",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a blob already in the service's input container (INPUT_CONTAINER)",
-    )
-    run.add_argument("--continue", dest="continue_id", metavar="RUN_ID", help="continue the conversation of a run")
-
-    get = commands.add_parser(
-        "get", parents=[common, files], help="a run's files with fresh links, downloaded (waits while it runs)"
-    )
-    get.add_argument("run_id")
-    get.add_argument("--no-wait", action="store_true", help="do not wait for a run that is still going")
-
-    delete = commands.add_parser("delete", parents=[common], help="cancel a run if it runs, delete its files")
-    delete.add_argument("run_id")
-    return top
+    run_id: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if getattr(args, "ttl", None) is not None and args.ttl < 1:
-        error_line("error invalid_request: --ttl must be at least 1 minute. What to do: pass --ttl 60, for example.")
-        return int(Exit.BAD_REQUEST)
+    progress = Progress()
+    try:
+        args = parse(argv)
+    except CliError as error:
+        error_line(error.line())
+        return int(error.hint.exit)
     service = Service(args.url, args.key)
     try:
         if args.command == "run":
-            return command_run(service, args)
+            return command_run(service, args, progress)
         if args.command == "get":
+            progress.run_id = args.run_id
             return command_get(service, args)
         return command_delete(service, args)
     except CliError as error:
+        error = for_user(error, args)
         if args.json:
             body = error.body or {"error": {"code": error.code, "message": error.message}}
             print(json.dumps(body, indent=2))
         error_line(error.line())
         return int(error.hint.exit)
     except KeyboardInterrupt:
-        error_line("interrupted: a started run goes on in the service; `ci-files get RUN_ID` fetches it")
+        if progress.run_id is None:
+            error_line("interrupted before the service named a run: nothing to come back to")
+        else:
+            again = f" --url {args.url}" if args.url_source == "--url" else ""
+            error_line(
+                f"interrupted: the run goes on in the service; come back to it with: "
+                f"ci-files get {progress.run_id}{again}"
+            )
         return 130
     finally:
         service.close()
 
 
-def command_run(service: Service, args: argparse.Namespace) -> int:
-    screen = Screen(3 if args.no_wait else 5, quiet=args.json)
+def for_user(error: CliError, args: argparse.Namespace) -> CliError:
+    """The error in the user's words: the options they typed, and the fix that fits them."""
+    option = url_option(args.url_source)
+    if error.code == "invalid_request":
+        message = error.message
+        for field, flag in FIELD_OPTIONS.items():
+            message = message.replace(field, flag)
+        if args.ttl is not None and "--ttl" in message:
+            message = f"--ttl {args.ttl}: {message}"
+            error.todo = error.todo or "pass a smaller --ttl"
+        error.message = message
+    elif error.code == "unreachable":
+        fix = "export CI_FILES_URL=..." if option == "CI_FILES_URL" else f"{option} ..."
+        error.todo = f"start the service (scripts/start.sh --offline runs one here), or fix {option} ({fix})"
+    elif error.code == "tls_mismatch":
+        other = "http://" + args.url.split("://", 1)[1] if args.url.startswith("https://") else None
+        if other is None:
+            other = "https://" + args.url.split("://", 1)[1]
+        error.todo = f"use {option} {other}" if option == "--url" else f"export CI_FILES_URL={other}"
+    elif error.code == "unauthorized":
+        source = args.key_source or "--key"
+        error.message = f"the service refused the function key given with {source}"
+    return error
+
+
+def command_run(service: Service, args: argparse.Namespace, progress: Progress) -> int:
+    quiet = args.json or args.links_only
+    screen = Screen(3 if args.no_wait else 5, quiet=quiet)
     payload = run_payload(args)
     screen.step(f"Checking the service at {clean(service.base_url)}")
-    service.health()
-    screen.info("configured")
+    health = service.health()
+    if health.get("offline_stand_in"):
+        screen.info(f"configured; [bold]{clean(health.get('notice') or 'the model is an offline stand-in')}[/bold]")
+    else:
+        screen.info("configured")
     screen.step(f"Starting the run: {clean(_short(args.prompt))}")
-    with screen.spinner("asking the service (it waits for the run up to its RUN_WAIT_SECONDS)"):
-        answer = service.start_run(payload)
-    screen.info(f"run id [bold]{clean(answer.body['response_id'])}[/bold]")
+    started = time.monotonic()
+    answer = service.start_run(payload)
+    progress.run_id = str(answer.body["response_id"])
+    screen.info(f"run id [bold]{clean(progress.run_id)}[/bold]")
     if args.no_wait:
         return _print_started(screen, answer, args)
-    screen.step("Waiting for the run to finish")
-    answer = _wait(screen, service, answer, args.ttl)
+    screen.step(f"Waiting for the run (Ctrl-C leaves it running: `ci-files get {clean(progress.run_id)}`)")
+    answer = _wait(screen, service, answer, args.ttl, started)
     return _finish(screen, service, answer.body, args)
 
 
 def command_get(service: Service, args: argparse.Namespace) -> int:
-    screen = Screen(3, quiet=args.json)
-    screen.step(f"Fetching run {clean(args.run_id)} from {clean(service.base_url)}")
+    screen = Screen(3, quiet=args.json or args.links_only)
+    screen.step(f"Fetching run {clean(args.run_id)} with fresh links from {clean(service.base_url)}")
+    started = time.monotonic()
     answer = service.get_run(args.run_id, args.ttl)
     if answer.status == 202 and args.no_wait:
         return _print_started(screen, answer, args)
-    answer = _wait(screen, service, answer, args.ttl)
+    answer = _wait(screen, service, answer, args.ttl, started)
     return _finish(screen, service, answer.body, args)
 
 
@@ -164,8 +149,9 @@ def command_delete(service: Service, args: argparse.Namespace) -> int:
 
 
 def run_payload(args: argparse.Namespace) -> dict[str, Any]:
-    """The POST body; fields the service added later are sent only when used, so an older one still works."""
-    payload: dict[str, Any] = {"prompt": args.prompt, "wait": not args.no_wait}
+    """The POST body: never waits in the request (the client follows the run); fields the service added
+    later are sent only when used, so an older one still works."""
+    payload: dict[str, Any] = {"prompt": args.prompt, "wait": False}
     if args.all:
         payload["collect"] = "all"
     if args.ttl is not None:
@@ -186,12 +172,18 @@ def inline_inputs(paths: list[Path]) -> list[dict[str, str]]:
         try:
             size = path.stat().st_size
         except OSError as error:
-            raise CliError("input_unreadable", f"cannot read {path}: {error.strerror}") from None
+            raise CliError("input_unreadable", f"--input {path}: {error.strerror}") from None
         total += size
         if total > INLINE_INPUT_LIMIT:
             raise CliError(
                 "input_too_large_inline",
-                f"--input files add up to more than {INLINE_INPUT_LIMIT // 1024} KiB (at {path})",
+                f"--input {path} ({size:,} bytes) makes the inline inputs more than {INLINE_INPUT_LIMIT // 1024} KiB",
+                todo=(
+                    "upload it to the service's input container, then name it with --input-blob: az storage blob "
+                    f"upload --auth-mode login --account-name <storage account> --container-name "
+                    f"code-interpreter-inputs --name {path.name} --file {path} && ci-files run --input-blob "
+                    f"{path.name} ..."
+                ),
             )
         data = path.read_bytes()
         items.append({"name": path.name, "content_base64": base64.b64encode(data).decode("ascii")})
@@ -212,42 +204,65 @@ def _print_started(screen: Screen, answer: Answer, args: argparse.Namespace) -> 
     return int(Exit.OK)
 
 
-def _wait(screen: Screen, service: Service, answer: Answer, ttl: int | None) -> Answer:
-    if answer.status == 200:
-        screen.info(f"status: {clean(answer.body.get('status', 'completed'))}")
-        return answer
-    with screen.spinner("the run is starting") as status:
-        answer = service.wait(answer, ttl, lambda state: status.update(f"the run is {clean(state)}"))
-    screen.info(f"status: {clean(answer.body.get('status', 'completed'))}")
+def _wait(screen: Screen, service: Service, answer: Answer, ttl: int | None, started: float) -> Answer:
+    if answer.status == 202:
+        with screen.spinner("the run is starting") as status:
+
+            def tick(state: str) -> None:
+                status.update(f"the run is {clean(state)} · {time.monotonic() - started:.0f} s")
+
+            answer = service.wait(answer, ttl, tick)
+    elapsed = time.monotonic() - started
+    screen.info(f"status: {clean(answer.body.get('status', 'completed'))} after {elapsed:.1f} s")
     return answer
 
 
 def _finish(screen: Screen, service: Service, body: dict[str, Any], args: argparse.Namespace) -> int:
-    """The answer, the files table, then each download with its local path and checked sha256."""
+    """The answer, the files with their links, then each download with its local path and checked sha256."""
+    files = body.get("files") or []
     if args.json:
         print(json.dumps(body, indent=2))
         return int(Exit.OK)
+    if args.links_only:
+        for file in files:
+            print(clean(file.get("url", "")))
+        return int(Exit.OK)
     _describe(screen, body)
-    files = body.get("files") or []
     failed_files = body.get("failed_files") or []
     screen.step(f"Files found: {len(files)}" + (f", {len(failed_files)} not copied" if failed_files else ""))
-    screen.files_table(body)
+    if files or failed_files:
+        screen.files_table(body)
+        screen.links(body)
     for failed in failed_files:
         name, code = clean(failed.get("filename")), clean(failed.get("code"))
         screen.info(f"not copied: {name}: {code}: {clean(failed.get('message'))}")
-    if args.no_download or not files:
-        screen.step("Nothing to download" if not files else "Not downloading (--no-download)")
+    if not files:
+        screen.info(
+            'The run made no file. What to do: ask for one by name (e.g. "... and save it as result.csv"), '
+            "or pass --all to collect the files the answer does not cite."
+        )
+        screen.step("Nothing to download")
         return _next_steps(screen, body)
-    screen.step(f"Downloading {len(files)} file{'s' if len(files) != 1 else ''} to {clean(args.out)}")
-    failures = _download_all(screen, service, files, args)
+    if args.no_download:
+        screen.step("Not downloading (--no-download)")
+        return _next_steps(screen, body)
+    folder = args.out / safe_run_folder(str(body.get("response_id", "run")))
+    screen.step(f"Downloading {len(files)} file{'s' if len(files) != 1 else ''} to {clean(folder)}")
+    saved, failures = _download_all(screen, files, folder, args.overwrite)
     for error in failures:
         error_line(error.line())
+    _show_images(screen, saved, folder, args.open)
     _next_steps(screen, body)
     return int(failures[0].hint.exit) if failures else int(Exit.OK)
 
 
+def safe_run_folder(run_id: str) -> str:
+    """The run id as a folder name (it comes from the service: nothing but its id characters)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)[:200] or "run"
+
+
 def _describe(screen: Screen, body: dict[str, Any]) -> None:
-    # Markdown links keep their words only: their targets are long SAS URLs, listed in the table below.
+    # Markdown links keep their words only: their targets are long SAS URLs, listed with the files below.
     text = MARKDOWN_LINK.sub(r"\1", str(body.get("text") or "")).strip()
     if text:
         screen.info("answer: " + clean(_short(text, 300).strip('"')))
@@ -262,31 +277,48 @@ def _describe(screen: Screen, body: dict[str, Any]) -> None:
 
 
 def _download_all(
-    screen: Screen, service: Service, files: list[dict[str, Any]], args: argparse.Namespace
-) -> list[CliError]:
+    screen: Screen, files: list[dict[str, Any]], folder: Path, overwrite: bool
+) -> tuple[list[Path], list[CliError]]:
     failures: list[CliError] = []
     taken: set[str] = set()
-    saved_lines: list[str] = []
+    saved: list[tuple[Path, str]] = []
     # SAS links go straight to Blob Storage: no function key on those requests.
     with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0)) as http, screen.progress() as progress:
         for file in files:
-            target = target_for(args.out, file, taken)
+            target = target_for(folder, file, taken)
             task = progress.add_task(clean(target.name), total=int(file.get("bytes") or 0))
 
             def advance(n: int, task: TaskID = task) -> None:
                 progress.advance(task, n)
 
             try:
-                saved = download(http, file, target, overwrite=args.overwrite, on_bytes=advance)
+                done = download(http, file, target, overwrite=overwrite, on_bytes=advance)
             except CliError as error:
                 failures.append(error)
                 progress.update(task, description=f"{clean(target.name)} [red]not saved[/red]")
                 continue
-            where = clean(saved.path.resolve())
-            saved_lines.append(f"{where}  ({saved.bytes} bytes, sha256 {saved.sha256[:16]}... verified)")
-    for line in saved_lines:
+            line = f"{clean(done.path.resolve())}  ({done.bytes} bytes, sha256 {done.sha256[:16]}... verified)"
+            saved.append((done.path, line))
+    for _, line in saved:
         screen.info(f"[green]saved[/green] {line}")
-    return failures
+    return [path for path, _ in saved], failures
+
+
+def _show_images(screen: Screen, saved: list[Path], folder: Path, want_open: bool) -> None:
+    """Where each picture is; with --open, the pictures (or the folder) in the system's viewer."""
+    images = [path for path in saved if path.suffix.lower() in IMAGE_SUFFIXES]
+    for image in images:
+        screen.info(f"[bold]image:[/bold] {clean(image.resolve())}")
+    if not want_open:
+        if images:
+            screen.info("see them with --open (the system's image viewer), or open the paths above")
+        return
+    targets = images[:MAX_OPENED] or [folder]
+    why_not = open_paths([path.resolve() for path in targets])
+    if why_not is None:
+        screen.info("opened " + ", ".join(clean(path.name) for path in targets) + " in the system's viewer")
+    else:
+        screen.info(f"not opened: {clean(why_not)}; the files are in {clean(folder.resolve())}")
 
 
 def _next_steps(screen: Screen, body: dict[str, Any]) -> int:

@@ -6,8 +6,11 @@ own (`unreachable`, `unauthorized`, ...). An unknown code still gets a line and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
+
+_SERVICE_ADVICE = re.compile(r"[:;,]\s*run the prompt again\.?\s*$", re.IGNORECASE)
 
 
 class Exit(IntEnum):
@@ -46,7 +49,7 @@ HINTS: dict[str, Hint] = {
     "identity_error": Hint(
         Exit.SERVICE_CONFIG, "the service got no token for its identity: run `az login` locally, or check the identity"
     ),
-    "container_expired": Hint(Exit.RUN_GONE, "the run's sandbox expired with its files: run the prompt again"),
+    "container_expired": Hint(Exit.RUN_GONE, "`ci-files run` the same prompt again to make the files anew"),
     "timeout": Hint(Exit.TRY_AGAIN, "an upstream call timed out: try again, or use --no-wait and `ci-files get`"),
     "run_not_found": Hint(Exit.RUN_GONE, "check the run id (resp_...); a deleted run cannot be fetched"),
     "invalid_run_id": Hint(Exit.BAD_REQUEST, "a run id looks like resp_...: copy it from the `run` output"),
@@ -89,9 +92,20 @@ HINTS: dict[str, Hint] = {
     "invalid_webhook_payload": Hint(Exit.BAD_REQUEST, "the webhook body is not an Azure OpenAI event"),
     "webhook_too_large": Hint(Exit.BAD_REQUEST, "the webhook body is larger than the service accepts"),
     # the client's own
-    "unauthorized": Hint(Exit.AUTH, "pass the function key with --key or CI_FILES_KEY (`func keys list` / the portal)"),
+    "unauthorized": Hint(
+        Exit.AUTH,
+        "use the app's key: --key \"$(az functionapp keys list --resource-group <group> --name <app> "
+        '--query functionKeys.default --output tsv)" (or export CI_FILES_KEY=...)',
+    ),
+    "key_missing": Hint(
+        Exit.AUTH,
+        'pass it: export CI_FILES_KEY="$(az functionapp keys list --resource-group <group> --name <app> '
+        '--query functionKeys.default --output tsv)" (or --key)',
+    ),
     "route_not_found": Hint(Exit.UNEXPECTED, "check --url: it is the function app's address, without /api"),
-    "unreachable": Hint(Exit.UNREACHABLE, "start the service (scripts/start.sh) or check --url / CI_FILES_URL"),
+    "unreachable": Hint(Exit.UNREACHABLE, "start the service (scripts/start.sh --offline runs one here) or fix --url"),
+    "tls_mismatch": Hint(Exit.UNREACHABLE, "use the address the service really has"),
+    "invalid_url": Hint(Exit.USAGE, "pass the service's address, e.g. --url http://localhost:7071"),
     "bad_answer": Hint(Exit.UNEXPECTED, "the answer was not the service's JSON: check --url"),
     "file_exists": Hint(Exit.DOWNLOAD, "pass --overwrite, or choose another --out folder"),
     "checksum_mismatch": Hint(Exit.DOWNLOAD, "the download was damaged and removed: run `ci-files get` again"),
@@ -100,8 +114,10 @@ HINTS: dict[str, Hint] = {
     "input_unreadable": Hint(Exit.BAD_REQUEST, "check the --input path"),
     "input_too_large_inline": Hint(
         Exit.BAD_REQUEST,
-        "larger files go through the service's input container: upload them there and pass --input-blob NAME",
+        "upload larger files to the service's input container (INPUT_CONTAINER), then pass their names with "
+        "--input-blob NAME",
     ),
+    "option_not_for_command": Hint(Exit.USAGE, "leave that option out (`ci-files COMMAND --help` lists its options)"),
 }
 
 UNKNOWN = Hint(Exit.UNEXPECTED, "an error this client does not know: see the message, or update the client")
@@ -110,12 +126,15 @@ UNKNOWN = Hint(Exit.UNEXPECTED, "an error this client does not know: see the mes
 class CliError(Exception):
     """A failure to report as one line and an exit code."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, body: object = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, body: object = None, todo: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.body = body  # the service's error body, printed as it is with --json
+        self.todo = todo  # what to do, when it depends on what the user typed (else the hint's)
 
     @property
     def hint(self) -> Hint:
@@ -124,7 +143,13 @@ class CliError(Exception):
     def line(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
         message = self.message.rstrip(". ")
-        return f"error {self.code}{status}: {message}. What to do: {self.hint.todo}."
+        return f"error {self.code}{status}: {message}. What to do: {self.todo or self.hint.todo}."
+
+
+def without_service_advice(message: str) -> str:
+    """The service's message without its closing advice ("...: run the prompt again"): the client gives
+    its own, once, in the user's terms."""
+    return _SERVICE_ADVICE.sub("", message)
 
 
 def exit_codes_help() -> str:

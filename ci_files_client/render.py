@@ -1,7 +1,8 @@
-"""What the user sees: numbered steps, a spinner, the files table, download bars (rich).
+"""What the user sees: numbered steps, a spinner, the files table and their links, download bars (rich).
 
 Everything the service or the model wrote is shown as plain text: markup is escaped and control
-characters (terminal escape sequences included) are dropped.
+characters (terminal escape sequences included) are dropped. The table fits 100 columns; each link is
+printed whole on a line of its own below it (never folded), so it can be copied.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.status import Status
-from rich.table import Table
+from rich.table import Column, Table
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -65,12 +67,14 @@ class Screen:
         return self.console.status(text, spinner="dots")
 
     def files_table(self, answer: dict[str, Any]) -> None:
-        table = Table(show_lines=False, header_style="bold")
+        now = datetime.now(UTC)
+        table = Table(show_lines=False, header_style="bold", width=min(100, self.console.width))
         table.add_column("#", justify="right")
-        table.add_column("name", overflow="fold")
-        table.add_column("size", justify="right")
-        table.add_column("content type", overflow="fold")
-        table.add_column("origin")
+        table.add_column("name", overflow="fold", ratio=3)
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("type", no_wrap=True)
+        table.add_column("origin", no_wrap=True)
+        table.add_column("link expires", no_wrap=True)
         for n, file in enumerate(answer.get("files") or [], 1):
             table.add_row(
                 str(n),
@@ -78,20 +82,47 @@ class Screen:
                 decimal(int(file.get("bytes") or 0)),
                 clean(file.get("content_type", "")),
                 clean(origin_of(file)),
+                clean(expiry(file.get("expires_at"), now, relative=False)),
             )
         for file in answer.get("failed_files") or []:
-            table.add_row("-", clean(file.get("filename", "")), "-", "-", f"failed: {clean(file.get('code', ''))}")
+            name = clean(file.get("filename", ""))
+            table.add_row("-", name, "-", "-", f"failed: {clean(file.get('code', ''))}", "-")
         self.console.print(table)
+
+    def links(self, answer: dict[str, Any]) -> None:
+        """Each file's link, whole, on its own line: `#1 <url>`."""
+        files = answer.get("files") or []
+        if files:
+            until = clean(expiry(files[0].get("expires_at"), datetime.now(UTC)))
+            self.info(f"links (read-only; anyone holding one can read the file until {until}):")
+        for n, file in enumerate(files, 1):
+            self.console.print(f"      #{n} {clean(file.get('url', ''))}", overflow="ignore", crop=False)
 
     def progress(self) -> Progress:
         return Progress(
-            TextColumn("      {task.description}"),
+            TextColumn(
+                "      {task.description}", table_column=Column(max_width=46, overflow="ellipsis", no_wrap=True)
+            ),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=self.console,
         )
+
+
+def expiry(value: object, now: datetime, *, relative: bool = True) -> str:
+    """`14:05 UTC (in 59 min)` from the answer's `expires_at`; the date too when it is not today."""
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return str(value)
+    minutes = max(0, round((at - now).total_seconds() / 60))
+    left = (
+        f"{minutes} min" if minutes < 120 else f"{minutes / 60:.0f} h" if minutes < 2880 else f"{minutes / 1440:.0f} d"
+    )
+    when = at.strftime("%H:%M UTC") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M UTC")
+    return f"{when} (in {left})" if relative else when
 
 
 def error_line(text: str) -> None:

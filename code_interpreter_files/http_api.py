@@ -12,7 +12,7 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from pydantic import ValidationError
 
-from . import catalog, errors, ownership, pipeline, responses_api, webhooks
+from . import catalog, errors, model_info, ownership, pipeline, responses_api, webhooks
 from .errors import (
     InternalError,
     InvalidRequest,
@@ -264,8 +264,9 @@ async def openai_webhook(req: func.HttpRequest, log: RunLog) -> func.HttpRespons
     return json_response(200, {"status": outcome.action})
 
 
-def health() -> func.HttpResponse:
-    """Whether the app is configured: the names of missing or invalid settings, never values."""
+async def health() -> func.HttpResponse:
+    """Whether the app is configured: the names of missing or invalid settings, never values; and
+    whether the model is the offline stand-in (model_info.py: only a local endpoint is asked)."""
     try:
         load_settings()
     except SettingsError as error:
@@ -278,4 +279,12 @@ def health() -> func.HttpResponse:
                 "invalid": sorted(error.invalid),
             },
         )
-    return json_response(200, {"status": "ok", "configured": True, "missing": [], "invalid": []})
+    try:
+        stand_in = await model_info.is_offline_stand_in(await get_services())
+    except Exception:  # the probe answers whatever happens; nothing here is worth a 500
+        stand_in = False
+    body: dict[str, Any] = {"status": "ok", "configured": True, "missing": [], "invalid": []}
+    body["offline_stand_in"] = stand_in
+    if stand_in:
+        body["notice"] = model_info.NOTICE
+    return json_response(200, body)

@@ -426,6 +426,8 @@ output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_NAME string = api.outputs.name
+// The client's base URL (ci-files: CI_FILES_URL, without /api); the postdeploy hook prints it.
+output CI_FILES_URL string = 'https://${api.outputs.defaultHostname}'
 output FUNCTION_URL string = 'https://${api.outputs.defaultHostname}/api/runs'
 output HEALTH_URL string = 'https://${api.outputs.defaultHostname}/api/health'
 output FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId

@@ -56,9 +56,11 @@ class Azurite:
         table_port: int | None = None,
         startup_timeout: float = 60.0,
         debug_log: Path | None = None,
+        own_process_group: bool = False,
     ) -> None:
         self.tls = tls
         self.debug_log = debug_log
+        self.own_process_group = own_process_group  # a terminal's Ctrl-C then reaches only its starter
         self.queue = queue
         self._queue_port = queue_port
         self._table_port: int | None = table_port
@@ -101,16 +103,14 @@ class Azurite:
 
     @property
     def table_port(self) -> int:
-        """The table port (``queue=True`` only: the queue and table services come together)."""
-        if not self.queue:
-            raise RuntimeError("this Azurite serves no table service (queue=False)")
-        if self._table_port is None:
-            raise RuntimeError("Azurite has not been started")
+        """The table port (``queue=True`` only: the table service runs with the queue service)."""
+        if not self.queue or self._table_port is None:
+            raise RuntimeError("this Azurite serves no table service (queue=False), or has not been started")
         return self._table_port
 
     @property
     def table_url(self) -> str:
-        """``https://127.0.0.1:<table port>/devstoreaccount1``: the table service URL (``RUNS_TABLE_SERVICE_URL``)."""
+        """``http(s)://127.0.0.1:<table port>/devstoreaccount1`` (``queue=True`` only: the table service runs too)."""
         return f"{self.scheme}://127.0.0.1:{self.table_port}/{ACCOUNT_NAME}"
 
     @property
@@ -131,6 +131,12 @@ class Azurite:
             f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.account_url};{tables}"
         )
+
+    @property
+    def services_connection_string(self) -> str:
+        """One account-key connection string with the blob, queue and table endpoints (``queue=True``): what
+        ``UseDevelopmentStorage=true`` means, on this instance's ports."""
+        return f"{self.connection_string}QueueEndpoint={self.queue_url};TableEndpoint={self.table_url};"
 
     @property
     def running(self) -> bool:
@@ -189,6 +195,7 @@ class Azurite:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                process_group=0 if self.own_process_group else None,
             )
         try:
             self._wait_ready()

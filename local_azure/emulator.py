@@ -4,14 +4,18 @@ Run: ``python -m local_azure.emulator --host 127.0.0.1 --port 0 --api-key KEY``;
 ``READY http://<host>:<port>`` once listening and runs until SIGTERM.
 
 Behaviour is driven by *scripts* registered via ``POST /_emulator/scripts``; a response picks a
-script through the marker ``[[script:<id>]]`` found in its input (else the default script).
+script through the marker ``[[script:<id>]]`` found in its input. A prompt without a marker goes to
+the offline stand-in (local_azure/standin.py), which does the few things a newcomer asks for real.
 See ``EmulatorControl`` for the control API and ``_parse_script`` for the script fields.
+``GET /openai/v1/models/{deployment}`` answers the model object with ``owned_by: "offline-stand-in"``.
 
 Every JSON body and stream event it serves under ``/openai/v1`` is checked (in a worker process)
 against the published OpenAI component schemas plus Azure's required ``user``
 (``openai_schemas``); ``/_emulator/stats`` reports the tally and the session's last test asserts
-that nothing violated them. Errors are ``{"error": {message, type, param, code}}``, unknown routes
-included; 401s and 429s carry Azure's ``code`` ("401", "429").
+that nothing violated them. ``--no-schema-check`` (what `scripts/start.sh --offline` passes: a user's
+clone has no spec beside it) serves the same bodies unchecked. Errors are
+``{"error": {message, type, param, code}}``, unknown routes included; 401s and 429s carry Azure's
+``code`` ("401", "429").
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import jwt
 from aiohttp import web
 
 from . import content as gen
-from . import emulator_files
+from . import emulator_files, standin
 from .openai_schemas import AZURE_RESPONSE, EVENT_SCHEMAS, SchemaChecker
 from .png import png_of_size
 
@@ -68,6 +72,7 @@ REQUEST_KEYS = (
     "GET /containers/{cid}/files",
     "GET /containers/{cid}/files/{fid}",
     "GET /containers/{cid}/files/{fid}/content",
+    "GET /models/{model}",
 )
 EXPIRES_MODES = ("never", "before_list", "after_list", "after_first_download")
 EXPIRED_SHAPES = ("openai_400", "azure_404")
@@ -88,6 +93,7 @@ BODY_SCHEMAS: dict[tuple[str, str], str] = {
     ("POST", "/responses/{id}/cancel"): AZURE_RESPONSE,
     ("GET", "/containers/{cid}/files"): "ContainerFileListResource",
     ("GET", "/containers/{cid}/files/{fid}"): "ContainerFileResource",
+    ("GET", "/models/{model}"): "Model",
     # local_azure/emulator_files.py
     ("POST", "/files"): "OpenAIFile",
     ("GET", "/files/{fid}"): "OpenAIFile",
@@ -260,6 +266,7 @@ class Script:
     cancel_lands_after: float | None = None
     images: list[ScriptImage] = field(default_factory=list)
     logs: str | None = None
+    code: str | None = None  # the code_interpreter_call's code (default: a line per file written)
     extra_annotations: list[dict[str, Any]] = field(default_factory=list)
     off_spec: bool = False  # its responses may break the schema on purpose (hostile-input tests)
     runs: int = 0
@@ -715,24 +722,19 @@ def _code_for(files: list[ScriptFile]) -> str:
 class Emulator:
     """In-memory state and aiohttp handlers."""
 
-    def __init__(self, api_key: str, latency: float = 0.0, chunk_size: int = 1 << 20) -> None:
+    def __init__(
+        self, api_key: str, latency: float = 0.0, chunk_size: int = 1 << 20, schema_check: bool = True
+    ) -> None:
         self.api_key = api_key
+        self.started = int(time.time())
         self.latency = latency
         self.chunk_size = chunk_size
         self.scripts: dict[str, Script] = {}
         self.runs: dict[str, Run] = {}
         self.containers: dict[str, Container] = {}
-        default = _parse_script(
-            "default",
-            {
-                "files": [{"path": "/mnt/data/test.txt", "content": "hello world"}],
-                "text": "Created [test.txt](sandbox:/mnt/data/test.txt).",
-            },
-        )
-        self.scripts["default"] = default
         self.files_api = emulator_files.FilesApi(self)  # Files, Uploads, GET /containers/{id}, inputs
         # Not reset by reset_stats: the session check adds up every body this process served.
-        self.schemas = SchemaChecker()
+        self.schemas = SchemaChecker(enabled=schema_check)
         self.streams_open = 0  # a gauge: event streams whose handler still runs
         self.closing = False  # set on shutdown: silent streams end instead of holding it up
         self.reset_stats()
@@ -778,6 +780,7 @@ class Emulator:
         r.add_get(PREFIX + "/containers/{cid}/files", self.list_files)
         r.add_get(PREFIX + "/containers/{cid}/files/{fid}", self.get_file)
         r.add_get(PREFIX + "/containers/{cid}/files/{fid}/content", self.get_content)
+        r.add_get(PREFIX + "/models/{model}", self.get_model)
         self.files_api.add_routes(r)
         r.add_post("/_emulator/scripts", self.ctl_add_script)
         r.add_get("/_emulator/runs/{id}", self.ctl_run)
@@ -898,7 +901,7 @@ class Emulator:
                         "id": run.ci_id,
                         "status": "completed",
                         "container_id": run.container.id,
-                        "code": _code_for(files),
+                        "code": run.script.code or _code_for(files),
                         "outputs": self._ci_outputs(run),
                     }
                 )
@@ -972,7 +975,8 @@ class Emulator:
         outputs += [{"type": "image", "url": image.url} for image in run.script.images]
         return outputs
 
-    def _pick_script(self, body: dict[str, Any]) -> Script:
+    def _pick_script(self, body: dict[str, Any]) -> Script | None:
+        """The script the input's marker names; None without a marker (the stand-in reads the prompt)."""
         texts: list[str] = []
         _collect_text(body.get("input"), texts)
         _collect_text(body.get("instructions"), texts)
@@ -983,7 +987,39 @@ class Emulator:
                 if script is None:
                     raise _bad_request(f"Emulator: unknown script id {m.group(1)!r}.", "input")
                 return script
-        return self.scripts["default"]
+        return None
+
+    async def _stand_in_script(self, body: dict[str, Any]) -> Script:
+        """A script made from the prompt and the bytes of the run's input files (local_azure/standin.py);
+        reading and drawing run off the event loop."""
+        texts: list[str] = []
+        _collect_text(body.get("input"), texts)
+        tools = body.get("tools")
+        tools = tools if isinstance(tools, list) else []
+        loop = asyncio.get_running_loop()
+
+        def make() -> standin.Plan:
+            return standin.plan("\n".join(texts), self.files_api.stand_in_inputs(tools, standin.READ_LIMIT))
+
+        made = await loop.run_in_executor(None, make)
+        script_id = "standin-" + secrets.token_hex(6)
+        files = [
+            ScriptFile(path=f.path, size=len(f.data), sha256=hashlib.sha256(f.data).hexdigest(), seed=None, data=f.data)
+            for f in made.files
+        ]
+        images = [
+            ScriptImage(data=png, url="data:image/png;base64," + base64.b64encode(png).decode()) for png in made.images
+        ]
+        script = Script(
+            id=script_id,
+            files=files,
+            text=made.text,
+            images=images,
+            logs="\n".join(made.logs) or None,
+            code="\n\n".join(made.code) or None,
+        )
+        self.scripts[script_id] = script
+        return script
 
     def _fault(self, script: Script, on: str) -> None:
         """Raise the next scripted fault of endpoint ``on``, if any is left (an outage: while it lasts)."""
@@ -1060,7 +1096,7 @@ class Emulator:
             raise _bad_request("We could not parse the JSON body of your request.") from None
         if not isinstance(body, dict):
             raise _bad_request("Request body must be a JSON object.")
-        script = self._pick_script(body)
+        script = self._pick_script(body) or await self._stand_in_script(body)
         request["off_spec"] = script.off_spec
         self._fault(script, "create")
         if not body.get("model"):
@@ -1274,6 +1310,20 @@ class Emulator:
             c.expired = True  # the container ends while the other files are still to be copied
         return resp
 
+    # ---- models
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        """Any deployment name is a model of this stand-in, and says so in ``owned_by``."""
+        self.requests["GET /models/{model}"] += 1
+        return web.json_response(
+            {
+                "id": request.match_info["model"],
+                "object": "model",
+                "created": self.started,
+                "owned_by": standin.STAND_IN_OWNER,
+            }
+        )
+
     # ---- control API
 
     async def ctl_add_script(self, request: web.Request) -> web.StreamResponse:
@@ -1392,11 +1442,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--api-key", default=os.environ.get("EMULATOR_API_KEY", "test-key"))
+    p.add_argument("--latency", type=float, default=float(os.environ.get("EMULATOR_LATENCY", "0")))
+    p.add_argument(
+        "--no-schema-check",
+        dest="schema_check",
+        action="store_false",
+        help="serve bodies without checking them against the OpenAI spec (which only a test checkout has beside it)",
+    )
     args = p.parse_args(argv)
     emulator = Emulator(
         args.api_key,
-        latency=float(os.environ.get("EMULATOR_LATENCY", "0")),
+        latency=args.latency,
         chunk_size=int(os.environ.get("EMULATOR_CHUNK_SIZE", str(1 << 20))),
+        schema_check=args.schema_check,
     )
     asyncio.run(_serve(args.host, args.port, emulator))
 
@@ -1451,16 +1509,25 @@ def schema_report() -> dict[str, Any]:
     return report
 
 
-def start_emulator(api_key: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_emulator(
+    api_key: str,
+    extra_env: dict[str, str] | None = None,
+    *,
+    extra_args: tuple[str, ...] = (),
+    process_group: int | None = None,
+) -> tuple[subprocess.Popen[str], str]:
     """Start the emulator as a subprocess; return ``(process, base_url)`` once it is READY."""
     env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local_azure.emulator", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key],
+        # `--api-key=KEY`: a random key can begin with "-" (secrets.token_urlsafe), which argparse takes for an option.
+        [sys.executable, "-m", "local_azure.emulator", "--host", "127.0.0.1", "--port", "0", f"--api-key={api_key}"]
+        + list(extra_args),
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         text=True,
+        process_group=process_group,
     )
     lines: queue.Queue[str] = queue.Queue()
 

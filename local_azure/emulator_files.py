@@ -11,6 +11,8 @@
 - ``previous_response_id``: unknown -> 404 "Previous response with id '...' not found.".
 - Scripts: a file ``{"path": "/mnt/data/out.csv", "copy_of_input": "data.csv"}`` is written with the bytes
   of the container's file named ``data.csv`` (an input, or a file of an earlier run in that container).
+- The offline stand-in (a prompt without a script marker) reads the run's input files through
+  ``stand_in_inputs``.
 
 Uploaded bytes are streamed to a temporary directory (never whole in memory), so large inputs cost
 the emulator disk, not memory. Bodies follow the published schemas (OpenAIFile, Upload, UploadPart,
@@ -35,6 +37,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+
+from local_azure.standin import InputFile
 
 if TYPE_CHECKING:
     from local_azure.emulator import Container, Emulator, EmulatorControl, Script, ScriptFile
@@ -135,7 +139,7 @@ def spec_types() -> tuple[type[Any], type[Any]]:
     ScriptFile = _em().ScriptFile
 
     @dataclass
-    class StoredSpec(ScriptFile):
+    class StoredSpec(ScriptFile):  # type: ignore[valid-type,misc]  # the emulator module's class, found at run time
         """A container file whose bytes are another's: a stored file (an input), or a container file's
         spec (a copy of an input or of an earlier run's file)."""
 
@@ -146,7 +150,7 @@ def spec_types() -> tuple[type[Any], type[Any]]:
             return self.stored.chunks(chunk_size)
 
     @dataclass
-    class InputCopySpec(ScriptFile):
+    class InputCopySpec(ScriptFile):  # type: ignore[valid-type,misc]
         """A script file to be written with the bytes of a container file named `copy_of_input`."""
 
         copy_of_input: str = ""
@@ -581,6 +585,30 @@ class FilesApi:
                 )
             made.append(_em().ContainerFile(id="cfile_" + os.urandom(16).hex(), spec=spec, created_at=now))
         return made
+
+    def stand_in_inputs(self, tools: list[Any], limit: int) -> list[InputFile]:
+        """The files a run's container will hold, for the offline stand-in (local_azure/standin.py): the
+        uploaded files its `file_ids` name, or the files of the container it runs in again; at most `limit`
+        bytes of each are read. Unknown ids are left to `container_for`, which answers them."""
+        tool = next((t for t in tools if isinstance(t, dict) and t.get("type") == "code_interpreter"), {})
+        spec = tool.get("container")
+        sources: list[tuple[str, Any]] = []
+        if isinstance(spec, str):
+            container = self.emulator.containers.get(spec)
+            if container is not None:
+                sources = [(posixpath.basename(cf.spec.path), cf.spec) for cf in container.present()]
+        elif isinstance(spec, dict) and isinstance(spec.get("file_ids"), list):
+            found = (self.live_file(i) for i in spec["file_ids"][:50] if isinstance(i, str))
+            sources = [(stored.filename, stored) for stored in found if stored is not None]
+        inputs = []
+        for name, source in sources:
+            data = bytearray()
+            for block in source.chunks(READ_BYTES):
+                data += block[: limit - len(data)]
+                if len(data) >= limit:
+                    break
+            inputs.append(InputFile(name=name, data=bytes(data), size=int(source.size)))
+        return inputs
 
     # ---- control
 

@@ -1,14 +1,18 @@
-"""A small stand-in for the Azure Functions host, for tests only: serves the app's HTTP functions.
+"""The minimal local Functions host: serves the app's HTTP functions (and, with the queue companion of
+local_azure/queue_host.py, its queue triggers) when Azure Functions Core Tools are not installed.
 
-`func start` cannot run on the test machines (its binary comes from a CDN), so the command-line client
-and the notebook talk HTTP to this instead. Each request becomes the invocation the Python worker makes:
+`scripts/start.sh --offline` runs the app under it; the tests serve the app through it to the client and
+the notebook (`func start` cannot run on the test machines: its binary comes from a CDN). What it does not
+do: check function keys, run more than one process, run timer or other triggers (`unserved` names them).
+Each request becomes the invocation the Python worker makes:
 a `func.HttpRequest` (method, full URL, body, headers, query, route parameters) and a `context`, given to
 the indexed function's user callable under its trigger's binding name. Routes come from the app's own
 bindings (`route`, `methods`, the host.json prefix `api`). Function keys are not checked.
 
 In-process: `async with FuncHost(app) as host: host.url` (on the running event loop, which the app's
 async clients are bound to). As a process: `python -m local_azure.funchost --port 0` prints
-`READY http://127.0.0.1:<port>` and serves until SIGTERM, with the app configured by its environment.
+`READY http://127.0.0.1:<port>`, then `UNSERVED <functions it does not run, or ->`, then one line per
+request, and serves until SIGTERM or SIGINT, with the app configured by its environment.
 Other triggers (queues) are served by *companions*: objects with async `start()`/`stop()` that run
 alongside (`FuncHost(app, companions=[...])`, or `--companion module:factory` where `factory(app)`
 makes one), so a queue poller in its own module can share this host.
@@ -23,8 +27,9 @@ import importlib
 import inspect
 import re
 import signal
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -42,7 +47,7 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}?]*)?(\?)?\}")
 def indexed_functions(app: func.FunctionApp) -> dict[str, Function]:
     """The app's functions by name, indexed once per process as the worker does (a second
     `get_functions()` on the same app raises a duplicate-name error)."""
-    return {f.get_function_name(): f for f in app.get_functions()}
+    return {str(f.get_function_name()): f for f in app.get_functions()}
 
 
 class Companion(Protocol):
@@ -73,7 +78,7 @@ class HttpRoute:
 
     @property
     def name(self) -> str:
-        return self.function.get_function_name()
+        return str(self.function.get_function_name())
 
 
 def route_pattern(template: str) -> re.Pattern[str]:
@@ -94,6 +99,20 @@ def route_pattern(template: str) -> re.Pattern[str]:
     return re.compile("".join(out) + "/?")
 
 
+SERVED_TRIGGERS = ("httpTrigger", "queueTrigger")
+
+
+def unserved(app: func.FunctionApp) -> list[str]:
+    """`name (trigger type)` of each function whose trigger this host and its queue companion do not run."""
+    out = []
+    for name, function in indexed_functions(app).items():
+        trigger = function.get_trigger()
+        kind = str(trigger.get_dict_repr().get("type")) if trigger is not None else "no trigger"
+        if kind not in SERVED_TRIGGERS:
+            out.append(f"{name} ({kind})")
+    return out
+
+
 def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
     """Every HTTP-triggered function of the app, from its bindings (as the host reads function metadata)."""
     routes = []
@@ -106,7 +125,7 @@ def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
             routes.append(
                 HttpRoute(
                     function=function,
-                    pattern=route_pattern(template),
+                    pattern=route_pattern(str(template)),
                     methods=frozenset(str(m).upper() for m in methods),
                     binding=binding["name"],
                 )
@@ -117,11 +136,18 @@ def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
 class FuncHost:
     """Serves the HTTP functions of `app` on 127.0.0.1 (`port=0`: a free port)."""
 
-    def __init__(self, app: func.FunctionApp, port: int = 0, companions: Sequence[Companion] = ()) -> None:
+    def __init__(
+        self,
+        app: func.FunctionApp,
+        port: int = 0,
+        companions: Sequence[Companion] = (),
+        on_invocation: Callable[[str], None] | None = None,
+    ) -> None:
         self.routes = http_routes(app)
         self.port = port
         self.companions = list(companions)
         self.invocations: list[tuple[str, int]] = []  # (function name, status), for tests
+        self._on_invocation = on_invocation  # one line per request (the process prints them)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -179,8 +205,14 @@ class FuncHost:
             params=dict(request.query),
             route_params=route_params,
         )
+        started = time.monotonic()
         response = await self.invoke(route, http_request)
         self.invocations.append((route.name, response.status_code))
+        if self._on_invocation is not None:
+            elapsed = (time.monotonic() - started) * 1000
+            self._on_invocation(
+                f"{request.method} {request.path} -> {response.status_code} {route.name} ({elapsed:.0f} ms)"
+            )
         headers = dict(response.headers)
         if response.mimetype and not any(k.lower() == "content-type" for k in headers):
             charset = f"; charset={response.charset}" if response.charset else ""
@@ -222,8 +254,13 @@ async def _serve_until_stopped(port: int, companion_specs: Sequence[str]) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     companions = [load_companion(spec, function_app.app) for spec in companion_specs]
-    async with FuncHost(function_app.app, port, companions) as host:
+
+    def log(line: str) -> None:
+        print(f"      {line}", flush=True)
+
+    async with FuncHost(function_app.app, port, companions, on_invocation=log) as host:
         print(f"READY {host.url}", flush=True)
+        print(f"UNSERVED {', '.join(unserved(function_app.app)) or '-'}", flush=True)
         await stop.wait()
     from code_interpreter_files import services
 
@@ -232,7 +269,7 @@ async def _serve_until_stopped(port: int, companion_specs: Sequence[str]) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve the function app's HTTP functions (tests only).")
+    parser = argparse.ArgumentParser(description="Serve the function app's HTTP functions (the minimal local host).")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
         "--companion", action="append", default=[], metavar="MODULE:FACTORY", help="also run FACTORY(app)"
@@ -242,4 +279,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the importable module, not as `__main__`: companions import `indexed_functions` from
+    # local_azure.funchost, and its cache must be the one the host uses (the SDK indexes an app once).
+    from local_azure import funchost
+
+    funchost.main()

@@ -175,16 +175,18 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(serve(args.port, args.header, args.client_id, args.host))
 
 
-# -- helpers for tests ------------------------------------------------------------------------
+# -- starting it (the test rig, scripts/start.sh --offline) ----------------------------------------
 
 
 def start_identity_endpoint(
-    header: str, client_id: str | None = None, timeout: float = 30.0
+    header: str, client_id: str | None = None, timeout: float = 30.0, process_group: int | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start the endpoint as a child process; return it and the token URL from READY."""
-    cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", "--header", header]
+    """Start the endpoint as a child process; return it and the token URL from READY.
+    ``process_group=0``: in a group of its own (a terminal's Ctrl-C reaches only whoever started it)."""
+    # `--header=VALUE`: a random header can begin with "-" (secrets.token_urlsafe), which argparse takes for an option.
+    cmd = [sys.executable, "-m", "local_azure.identity_endpoint", "--port", "0", f"--header={header}"]
     if client_id is not None:
-        cmd += ["--client-id", client_id]
+        cmd += [f"--client-id={client_id}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH"))))
     proc = subprocess.Popen(
@@ -194,6 +196,7 @@ def start_identity_endpoint(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
+        process_group=process_group,
     )
     try:
         url = _read_ready_line(proc, timeout)

@@ -1,4 +1,5 @@
-"""Real, small PNG files of an exact size, for the emulator's ``code_interpreter_call`` image outputs.
+"""Real PNG files: small ones of an exact size for the emulator's ``code_interpreter_call`` image outputs
+in tests, and any RGB picture (``encode_rgb``: the stand-in's charts, local_azure/chart.py).
 
 Hand-written (stdlib ``zlib`` + ``struct``) because the need is tiny: a valid 4x4 RGB image whose
 pixels depend on a seed, stored without compression so every seed gives the same size, and padded
@@ -46,3 +47,13 @@ def png_of_size(size: int, seed: str) -> bytes:
         raise ValueError(f"a PNG here is {MINIMUM} bytes or at least {MINIMUM_PADDED}, not {size}")
     text = _KEYWORD + b"x" * (size - MINIMUM_PADDED)
     return SIGNATURE + header + _chunk(b"tEXt", text) + data + end
+
+
+def encode_rgb(width: int, height: int, pixels: bytes | bytearray) -> bytes:
+    """A PNG of an 8-bit RGB picture given row by row (``width * height * 3`` bytes, no filter)."""
+    stride = width * 3
+    if width < 1 or height < 1 or len(pixels) != stride * height:
+        raise ValueError(f"{len(pixels)} bytes are not a {width}x{height} RGB picture")
+    rows = b"".join(b"\x00" + bytes(pixels[y * stride : (y + 1) * stride]) for y in range(height))
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return SIGNATURE + header + _chunk(b"IDAT", zlib.compress(rows, 6)) + _chunk(b"IEND", b"")

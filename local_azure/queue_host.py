@@ -456,6 +456,65 @@ async def _quietly(task: asyncio.Task[Any]) -> None:
         pass
 
 
+# -- next to the minimal HTTP host -------------------------------------------------------------------
+
+
+class QueueCompanion:
+    """The app's queue triggers, polled beside local_azure/funchost.py's HTTP server (one process, like one
+    Functions instance): `python -m local_azure.funchost --companion local_azure.queue_host:companion`.
+    A poll that fails (storage not reachable a moment) is reported in one line and tried again."""
+
+    def __init__(self, app: func.FunctionApp, poll_seconds: float = 0.5) -> None:
+        self.app = app
+        self.poll_seconds = poll_seconds
+        self.host: QueueHost | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from local_azure.funchost import indexed_functions  # the app is indexed once per process
+
+        functions = list(indexed_functions(self.app).values())
+        if not queue_functions(functions, os.environ):
+            return
+        self.host = QueueHost(functions, poll_seconds=self.poll_seconds, on_outcome=_report_trouble)
+        self._task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        assert self.host is not None
+        while not self._stop.is_set():
+            try:
+                await self.host.run_forever(self._stop)
+            except Exception as error:  # noqa: BLE001 - the host keeps polling, as the Functions host does
+                print(f"      queue poll failed ({type(error).__name__}); trying again", file=sys.stderr, flush=True)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+                except TimeoutError:
+                    pass
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        if self.host is not None:
+            await self.host.close()
+
+
+def _report_trouble(invocation: Invocation) -> None:
+    if invocation.outcome != "succeeded":
+        attempt = f"attempt {invocation.dequeue_count}"
+        print(
+            f"      queue {invocation.function} {invocation.outcome} ({attempt}): {invocation.error or ''}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def companion(app: func.FunctionApp) -> QueueCompanion:
+    """The `--companion` factory of local_azure/funchost.py."""
+    return QueueCompanion(app)
+
+
 # -- a separate instance ----------------------------------------------------------------------------
 
 

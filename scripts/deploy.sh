@@ -30,6 +30,8 @@
 #
 # --dry-run prints every command (one per line, prefixed "+ ") without running anything;
 # it needs neither az nor a login. Values only known after creation are shown as <...>.
+# It ends with what to type next (scripts/postdeploy.sh): export CI_FILES_URL=https://<host>, the
+# `az functionapp keys list` line that fills CI_FILES_KEY, and a first `ci-files run`.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -408,5 +410,6 @@ fi
 
 capture HOSTNAME_ "<app-host-name>" \
   az functionapp show --resource-group "$RESOURCE_GROUP" --name "$NAME" --query defaultHostName --output tsv
-info "done: POST https://$HOSTNAME_/api/runs (health: https://$HOSTNAME_/api/health)"
-info "function key: az functionapp keys list --resource-group $RESOURCE_GROUP --name $NAME --query functionKeys.default --output tsv"
+info "done: POST https://$HOSTNAME_/api/runs"
+CI_FILES_URL="https://$HOSTNAME_" AZURE_RESOURCE_GROUP=$RESOURCE_GROUP AZURE_FUNCTION_NAME=$NAME \
+  "$BASH" scripts/postdeploy.sh >&2

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
 # Start Code Interpreter Files locally with one command.
 #
-#   scripts/start.sh [--dry-run] [-- <extra `func start` arguments>]
+#   scripts/start.sh --offline [--port 7071] [--dry-run]     everything on this machine, no Azure at all
+#   scripts/start.sh [--port 7071] [--dry-run] [-- <extra `func start` arguments>]   with your Azure OpenAI
 #
-# 1. checks the prerequisites and says how to get what is missing: Python 3.11, Azure Functions
-#    Core Tools 4 (`func`), Node.js 20+ with npm (for Azurite), and `az login` or an API key;
-# 2. creates local.settings.json from local.settings.json.example when it is missing (storage on
-#    Azurite) and refuses to go on while AZURE_OPENAI_ENDPOINT or AZURE_OPENAI_DEPLOYMENT is unset
-#    (in local.settings.json or the environment);
-# 3. creates .venv and installs requirements.txt and the `ci-files` client (again only when
-#    requirements.txt or pyproject.toml changed);
-# 4. starts Azurite's blob and queue services in the background, data under .azurite/ (reuses
-#    ones already listening), and stops them when this script ends;
-# 5. runs `func start` with .venv active.
+# --offline runs the whole service here: Azurite (blob, queue, table), a managed identity endpoint, an
+# offline stand-in for Azure OpenAI (no model: it creates files, plots and summarises CSV inputs, and
+# says what else it understands) and the app on http://localhost:7071, under `func start` when Azure
+# Functions Core Tools 4 are installed, else under the project's minimal local host
+# (local_azure/funchost.py: no function keys, one process). Needs Python 3.11 and Node.js 20+ only.
 #
-# Safe to run again. --dry-run checks and prints what it would do, changing nothing.
-# Ports: AZURITE_BLOB_PORT (10000) and AZURITE_QUEUE_PORT (10001); other ports than those of
-# UseDevelopmentStorage=true are handed to the app as connection strings.
+# 1. checks the prerequisites and says how to get what is missing: Python 3.11, Node.js 20+ with npm
+#    (for Azurite); without --offline also Azure Functions Core Tools 4 (`func`) and `az login` or
+#    an API key;
+# 2. without --offline: creates local.settings.json from local.settings.json.example when it is
+#    missing (storage on Azurite) and refuses to go on while AZURE_OPENAI_ENDPOINT or
+#    AZURE_OPENAI_DEPLOYMENT is unset (in local.settings.json or the environment);
+# 3. creates .venv and installs requirements-local.txt (the app's requirements.txt, the `ci-files`
+#    client's and the offline services' libraries, pinned) and the client (again only when those
+#    files or pyproject.toml changed); Node packages (Azurite) from package-lock.json;
+# 4. without --offline: starts Azurite's blob and queue services in the background, data under
+#    .azurite/ (reuses ones already listening), and stops them when this script ends;
+# 5. --offline: runs local_azure/offline.py (it starts and stops everything); otherwise `func start`
+#    with .venv active.
+#
+# Safe to run again. --dry-run checks and prints what it would do, changing nothing. Ctrl-C stops all.
+# Ports: --port (the app's, 7071); AZURITE_BLOB_PORT and AZURITE_QUEUE_PORT (10000 and 10001; with
+# --offline free ones unless set); other ports than those of UseDevelopmentStorage=true are handed to
+# the app as connection strings.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -25,16 +36,31 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 DRY_RUN=false
+OFFLINE=false
+PORT=""
 FUNC_ARGS=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dry-run) DRY_RUN=true ;;
+    --offline) OFFLINE=true ;;
+    --port)
+      [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || { printf 'error: --port needs a port number, e.g. --port 7072\n' >&2; exit 2; }
+      PORT=$2
+      shift
+      ;;
     -h | --help) usage; exit 0 ;;
     --) shift; FUNC_ARGS=("$@"); break ;;
     *) printf 'error: unknown option %s (see --help)\n' "$1" >&2; exit 2 ;;
   esac
   shift
 done
+if $OFFLINE && [[ ${#FUNC_ARGS[@]} -gt 0 ]]; then
+  printf 'error: --offline takes no func start arguments (use --port for the port)\n' >&2
+  exit 2
+fi
+if [[ -n $PORT ]] && ! $OFFLINE; then
+  FUNC_ARGS+=(--port "$PORT")
+fi
 
 BLOB_PORT=${AZURITE_BLOB_PORT:-10000}
 QUEUE_PORT=${AZURITE_QUEUE_PORT:-10001}
@@ -100,8 +126,10 @@ else
   problem "Python 3.11 (the Functions runtime's version). Install it: \`sudo apt install python3.11 python3.11-venv\`, \`brew install python@3.11\`, or \`winget install Python.Python.3.11\`"
   PYTHON=python3
 fi
-if ! command -v func >/dev/null 2>&1; then
-  problem "Azure Functions Core Tools 4 (\`func\`). Install it: \`npm install -g azure-functions-core-tools@4\`, \`brew tap azure/functions && brew install azure-functions-core-tools@4\`, or \`winget install Microsoft.Azure.FunctionsCoreTools\`"
+if $OFFLINE && ! command -v func >/dev/null 2>&1; then
+  info "Functions Core Tools: not installed; --offline runs the app on the project's minimal local host"
+elif ! command -v func >/dev/null 2>&1; then
+  problem "Azure Functions Core Tools 4 (\`func\`). Install it: \`npm install -g azure-functions-core-tools@4\`, \`brew tap azure/functions && brew install azure-functions-core-tools@4\`, or \`winget install Microsoft.Azure.FunctionsCoreTools\`. Or try it all without Azure: scripts/start.sh --offline"
 elif [[ $(func --version 2>/dev/null) != 4.* ]]; then
   problem "Azure Functions Core Tools 4: \`func --version\` says $(func --version 2>/dev/null || echo nothing). Install version 4: \`npm install -g azure-functions-core-tools@4\`"
 else
@@ -116,8 +144,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "Settings (local.settings.json)"
-if [[ -f local.settings.json ]]; then
+if $OFFLINE; then
+  step "Settings: none to set (storage, model and identity come from the offline services)"
+  info "the rest as in local.settings.json.example"
+fi
+$OFFLINE || step "Settings (local.settings.json)"
+if $OFFLINE; then
+  : # local_azure/offline.py hands the app its settings
+elif [[ -f local.settings.json ]]; then
   info "local.settings.json exists: kept as it is"
 elif $DRY_RUN; then
   would "cp local.settings.json.example local.settings.json (storage: UseDevelopmentStorage=true)"
@@ -135,7 +169,7 @@ with open("local.settings.json", "w") as out:
 EOF
   info "created local.settings.json from local.settings.json.example (storage on Azurite)"
 fi
-for name in AZURE_OPENAI_ENDPOINT AZURE_OPENAI_DEPLOYMENT; do
+$OFFLINE || for name in AZURE_OPENAI_ENDPOINT AZURE_OPENAI_DEPLOYMENT; do
   case $name in # (no associative arrays: macOS still ships bash 3.2)
     AZURE_OPENAI_ENDPOINT) example="https://<resource>.openai.azure.com" ;;
     *) example="<your model deployment name, e.g. gpt-4.1>" ;;
@@ -146,7 +180,9 @@ for name in AZURE_OPENAI_ENDPOINT AZURE_OPENAI_DEPLOYMENT; do
     info "$name is set"
   fi
 done
-if [[ -n $(setting AZURE_OPENAI_API_KEY) ]]; then
+if $OFFLINE; then
+  : # no Azure OpenAI
+elif [[ -n $(setting AZURE_OPENAI_API_KEY) ]]; then
   info "Azure OpenAI: API key"
 elif ! command -v az >/dev/null 2>&1; then
   problem "a way to call Azure OpenAI: set AZURE_OPENAI_API_KEY in local.settings.json, or install the Azure CLI and run \`az login\`"
@@ -162,26 +198,46 @@ if [[ $PROBLEMS -gt 0 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "Python environment (.venv: the app's requirements.txt and the ci-files client)"
+step "Python environment (.venv: requirements-local.txt, pinned: the app, the ci-files client, the offline services)"
 WANT=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' \
-  requirements.txt pyproject.toml)
+  requirements.txt requirements-local.txt pyproject.toml)
 HAVE=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [[ -x .venv/bin/python && $WANT == "$HAVE" ]]; then
-  info ".venv is up to date with requirements.txt and pyproject.toml"
+  info ".venv is up to date with requirements-local.txt and pyproject.toml"
 elif $DRY_RUN; then
   [[ -x .venv/bin/python ]] || would "$PYTHON -m venv .venv"
-  would ".venv/bin/python -m pip install -r requirements.txt -e ."
+  would ".venv/bin/python -m pip install -r requirements-local.txt"
+  would ".venv/bin/python -m pip install --no-build-isolation --no-deps -e ."
 else
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-local.txt
+  # The client, built with the pinned setuptools just installed: no build tool fetched unpinned.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
   printf '%s\n' "$WANT" >.venv/.requirements.sha256
-  info "installed requirements.txt and the ci-files client into .venv"
+  info "installed requirements-local.txt and the ci-files client into .venv"
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "Azurite (blob on $BLOB_PORT, queue on $QUEUE_PORT, data in .azurite/)"
+if $OFFLINE; then
+  step "Azurite and Node 22 (node_modules, from package-lock.json)"
+else
+  step "Azurite (blob on $BLOB_PORT, queue on $QUEUE_PORT, data in .azurite/)"
+fi
 if [[ ! -x $NODE_BIN/azurite-blob ]]; then
   if $DRY_RUN; then would "npm ci --no-audit --no-fund"; else npm ci --no-audit --no-fund --loglevel=error; fi
+elif $OFFLINE; then
+  info "installed"
+fi
+if $OFFLINE; then
+  OFFLINE_CMD=(.venv/bin/python -m local_azure.offline --port "${PORT:-7071}")
+  step "Starting the service offline on http://localhost:${PORT:-7071} (Ctrl-C stops everything)"
+  if $DRY_RUN; then
+    would "${OFFLINE_CMD[*]}"
+    [[ $PROBLEMS -eq 0 ]] && exit 0
+    exit 1
+  fi
+  trap - EXIT INT TERM
+  exec "${OFFLINE_CMD[@]}"
 fi
 start_azurite() { # service port
   local service=$1 port=$2

@@ -23,8 +23,10 @@ from collections.abc import AsyncIterator, Callable, Iterator  # noqa: E402
 import pytest  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+import function_app  # noqa: E402
 from code_interpreter_files.settings import SETTING_NAMES  # noqa: E402
 from local_azure.azurite import ACCOUNT_KEY  # noqa: E402
+from local_azure.funchost import FuncHost  # noqa: E402
 from local_azure.queue_host import QueueHost  # noqa: E402
 from tests import figures  # noqa: E402
 from tests.appclient import FUNCTIONS, AppClient  # noqa: E402
@@ -142,3 +144,11 @@ async def receiver() -> AsyncIterator[Receiver]:
     got.url = f"http://127.0.0.1:{port}/hooks/run-done?token=abc"
     yield got
     await runner.cleanup()
+
+
+@pytest.fixture
+async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[FuncHost]:
+    """The app served over HTTP on a loopback port (local_azure/funchost.py), on the session's event loop
+    (where the app's async clients live): what the client and the notebook talk to."""
+    async with FuncHost(function_app.app) as host:
+        yield host

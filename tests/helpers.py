@@ -72,17 +72,22 @@ class Result:
     err: str
 
 
-async def ci_files(*args: str, url: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run the installed `ci-files` command as a user would (the rig's CA is in SSL_CERT_FILE)."""
-    assert CI_FILES.exists(), "ci-files is not installed: pip install -r requirements-dev.txt"
+def ci_files_environ(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment for `ci-files`: CI_FILES_URL set, no key, the rig's CA in SSL_CERT_FILE."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CI_FILES_")}
     environ.update(CI_FILES_URL=url, COLUMNS="200", NO_COLOR="1")
     environ.update(env or {})
+    return environ
+
+
+async def ci_files(*args: str, url: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """Run the installed `ci-files` command as a user would (the rig's CA is in SSL_CERT_FILE)."""
+    assert CI_FILES.exists(), "ci-files is not installed: pip install -r requirements-dev.txt"
     proc = await asyncio.create_subprocess_exec(
         str(CI_FILES),
         *args,
         cwd=cwd,
-        env=environ,
+        env=ci_files_environ(url, env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -202,3 +207,16 @@ def _parse_azurite_log(text: str) -> list[StorageRequest]:
             container = "" if match[2] == "undefined" else match[2]
             found.append(StorageRequest(method=method, path=path, container=container, blob=match[3]))
     return found
+
+
+def assert_one_error_line(result: Result, code: str) -> str:
+    """The command failed with one line `error <code>...: ... What to do: ...` and the code's exit code."""
+    from ci_files_client.errors import HINTS
+
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith(f"error {code}"), lines[0]
+    assert "What to do: " in lines[0]
+    assert "Traceback" not in result.out + result.err
+    assert result.code == HINTS[code].exit != 0, (result.code, result.err)
+    return lines[0]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pathspec
 import pytest
 
-from ci_files_client.cli import INLINE_INPUT_LIMIT, parser, run_payload
+from ci_files_client.cli import run_payload, safe_run_folder
 from ci_files_client.download import safe_local_name, target_for
 from ci_files_client.errors import HINTS, CliError, Exit
+from ci_files_client.options import DEFAULT_URL, INLINE_INPUT_LIMIT, parse
+from ci_files_client.render import expiry
 
 
 @pytest.mark.parametrize(
@@ -42,17 +45,18 @@ def test_long_names_are_cut_and_duplicates_numbered(tmp_path: Path) -> None:
 
 
 def test_run_payload_sends_new_fields_only_when_used(tmp_path: Path) -> None:
-    plain = parser().parse_args(["run", "Make a file"])
-    assert run_payload(plain) == {"prompt": "Make a file", "wait": True}
+    plain = parse(["run", "Make a file"], {})
+    assert run_payload(plain) == {"prompt": "Make a file", "wait": False}  # the client follows the run itself
 
     data = tmp_path / "data.csv"
     data.write_bytes(b"a,b\n1,2\n")
-    args = parser().parse_args(
-        ["run", "Plot it", "--input", str(data), "--input-blob", "big.parquet", "--continue", "resp_1", "--ttl", "5"]
+    args = parse(
+        ["run", "Plot it", "--input", str(data), "--input-blob", "big.parquet", "--continue", "resp_1", "--ttl", "5"],
+        {},
     )
     assert run_payload(args) == {
         "prompt": "Plot it",
-        "wait": True,
+        "wait": False,
         "sas_ttl_minutes": 5,
         "previous_response_id": "resp_1",
         "input_files": [
@@ -66,11 +70,11 @@ def test_large_inputs_are_not_sent_inline(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(b"\0" * (INLINE_INPUT_LIMIT + 1))
     with pytest.raises(CliError) as raised:
-        run_payload(parser().parse_args(["run", "Read it", "--input", str(big)]))
+        run_payload(parse(["run", "Read it", "--input", str(big)], {}))
     assert raised.value.code == "input_too_large_inline" and raised.value.hint.exit == Exit.BAD_REQUEST
     assert "--input-blob" in raised.value.line()
     with pytest.raises(CliError) as missing:
-        run_payload(parser().parse_args(["run", "Read it", "--input", str(tmp_path / "nope.csv")]))
+        run_payload(parse(["run", "Read it", "--input", str(tmp_path / "nope.csv")], {}))
     assert missing.value.code == "input_unreadable"
 
 
@@ -86,3 +90,53 @@ def test_the_client_is_not_shipped_with_the_function_app() -> None:
     for path in ("ci_files_client/cli.py", "notebooks/walkthrough.ipynb", "pyproject.toml", "downloads/test.txt"):
         assert spec.match_file(path), path
     assert not spec.match_file("function_app.py") and not spec.match_file("requirements.txt")
+
+
+def test_options_go_before_or_after_the_command_and_say_where_they_came_from(tmp_path: Path) -> None:
+    before = parse(["--url", "http://h:1", "--out", "o", "--key", "k", "get", "resp_1", "--ttl", "5"], {})
+    after = parse(["get", "resp_1", "--url", "http://h:1", "--out", "o", "--key", "k", "--ttl", "5"], {})
+    for args in (before, after):
+        assert (args.url, args.url_source, args.key, args.key_source) == ("http://h:1", "--url", "k", "--key")
+        assert (args.out, args.ttl, args.overwrite, args.links_only) == (Path("o"), 5, False, False)
+    env = parse(["run", "x"], {"CI_FILES_URL": "https://app.example", "CI_FILES_KEY": "s"})
+    assert (env.url, env.url_source, env.key, env.key_source) == (
+        "https://app.example",
+        "CI_FILES_URL",
+        "s",
+        "CI_FILES_KEY",
+    )
+    default = parse(["run", "x"], {})
+    assert (default.url, default.url_source, default.key, default.out) == (DEFAULT_URL, None, None, Path("downloads"))
+    assert parse(["--json", "delete", "resp_1"], {}).json is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "code", "words"),
+    [
+        (["--url", "not-a-url", "run", "x"], {}, "invalid_url", "--url not-a-url is not the address"),
+        (["run", "x"], {"CI_FILES_URL": "ftp://h"}, "invalid_url", "CI_FILES_URL=ftp://h is not the address"),
+        (["get", "r", "--url", "http://h/api/runs"], {}, "invalid_url", "use --url http://h"),
+        (["get", "r", "--ttl", "0"], {}, "invalid_request", "--ttl 0: links live at least 1 minute"),
+        (["--open", "delete", "r"], {}, "option_not_for_command", "--open applies to `run` and `get`"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_naming_them(
+    argv: list[str], environ: dict[str, str], code: str, words: str
+) -> None:
+    with pytest.raises(CliError) as raised:
+        parse(argv, environ)
+    assert raised.value.code == code and words in raised.value.line()
+
+
+def test_expiry_is_readable() -> None:
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert expiry("2026-05-01T13:05:00Z", now) == "13:05 UTC (in 65 min)"
+    assert expiry("2026-05-01T13:05:00Z", now, relative=False) == "13:05 UTC"
+    assert expiry("2026-05-03T12:00:00Z", now) == "2026-05-03 12:00 UTC (in 2 d)"
+    assert expiry("not a time", now) == "not a time"
+
+
+def test_run_folders_are_safe_names() -> None:
+    assert safe_run_folder("resp_abc-1") == "resp_abc-1"
+    assert safe_run_folder("../../etc") == "______etc"
+    assert safe_run_folder("") == "run"

@@ -95,7 +95,7 @@ async def test_get_renews_links_even_after_the_container_expired(app: AppClient,
 
 async def test_links_renewed_after_the_first_ones_expired(app: AppClient, rig) -> None:
     """The slowest test on purpose: a real one-minute link, expired, then renewed."""
-    answer = (await app.post_run(prompt="short links", sas_ttl_minutes=1)).json
+    answer = (await app.post_run(prompt="Create test.txt containing hello world", sas_ttl_minutes=1)).json
     file = answer["files"][0]
     assert app.http.get(file["url"]).status_code == 200
     await asyncio.sleep(61)

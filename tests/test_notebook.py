@@ -1,10 +1,12 @@
 """notebooks/walkthrough.ipynb runs top to bottom (nbclient, a real IPython kernel) against the app served over
-HTTP with the rig behind it, so it cannot rot; its outputs show the file table, an inline image, the downloads."""
+HTTP with the rig behind it, so it cannot rot; its outputs show the annotations, the file table, an inline image,
+the downloads, never a whole SAS URL; its last cell deletes the run only when asked (the test asks)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +14,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import function_app
 from local_azure.funchost import FuncHost
 from local_azure.png import MINIMUM, png_of_size
 from tests.rig.rig import Rig
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
-
-
-@pytest.fixture
-async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[FuncHost]:
-    async with FuncHost(function_app.app) as host:
-        yield host
 
 
 def tagged(nb: Any, tag: str) -> Any:
@@ -40,6 +35,10 @@ def output_text(cell: Any) -> str:
     return "\n".join(parts)
 
 
+def every_output(nb: Any) -> str:
+    return "\n".join(output_text(cell) for cell in nb.cells if cell.cell_type == "code")
+
+
 async def test_walkthrough_notebook(
     rig: Rig, funchost: FuncHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,25 +47,55 @@ async def test_walkthrough_notebook(
         {
             "files": [{"path": "/mnt/data/test.txt", "content": "hello world"}],
             "images": [{"content_base64": base64.b64encode(chart).decode()}],
+            "latency": 1,
         }
     )
     monkeypatch.setenv("CI_FILES_URL", funchost.url)  # the kernel inherits the environment
     monkeypatch.delenv("CI_FILES_KEY", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "commit it without outputs"
+    assert "DELETE_RUN = False" in tagged(nb, "parameters").source, "deleting is skipped by default"
+    assert nb.cells.index(tagged(nb, "delete")) == len(nb.cells) - 1, "deleting is the last cell"
     parameters = nb.cells.index(tagged(nb, "parameters"))
     prompt = f"Create test.txt containing hello world and show a chart {script['marker']}"
-    nb.cells.insert(parameters + 1, nbformat.v4.new_code_cell(f"PROMPT = {prompt!r}"))
+    nb.cells.insert(parameters + 1, nbformat.v4.new_code_cell(f"PROMPT = {prompt!r}\nDELETE_RUN = True"))
 
     client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     await client.async_execute()
 
+    run_id = re.search(r"\[2/6\] run (resp_\w+) started", every_output(nb)).group(1)  # type: ignore[union-attr]
+    annotations = json.loads(
+        output_text(tagged(nb, "annotations")).split("[3/6] annotations:", 1)[1].split("answer:")[0]
+    )
+    (cited,) = annotations
+    assert cited["type"] == "container_file_citation" and cited["filename"] == "test.txt"
+    assert cited["container_id"].startswith("cntr_") and cited["file_id"].startswith("cfile_")
     table = output_text(tagged(nb, "files-table"))
     assert "test.txt" in table and "image_output" in table and "image/png" in table
+    short_link = r"^#1 https://127\.0\.0\.1:\d+/\.\.\./test\.txt\?\[SAS: \d+ characters\]$"
+    assert re.search(short_link, table, re.MULTILINE), table
     images = [o for o in tagged(nb, "image").outputs if "image/png" in o.get("data", {})]
     assert [base64.b64decode(o.data["image/png"]) for o in images] == [chart]
-    assert (tmp_path / "downloads" / "test.txt").read_bytes() == b"hello world"
-    assert [p.read_bytes() for p in (tmp_path / "downloads").glob("*.png")] == [chart]
+    folder = tmp_path / "downloads" / run_id
+    assert (folder / "test.txt").read_bytes() == b"hello world"
+    assert [p.read_bytes() for p in folder.glob("*.png")] == [chart]
     assert "sha256 verified" in output_text(tagged(nb, "download"))
+    assert "sig=" not in every_output(nb) and "se=" not in every_output(nb), "a whole SAS URL was printed"
     deleted = output_text(tagged(nb, "delete"))
     assert "DELETE -> 204" in deleted and "GET after delete -> 404 run_not_found" in deleted
+
+
+async def test_the_last_cell_keeps_the_run_by_default(
+    rig: Rig, funchost: FuncHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete cell alone, with the notebook's own parameters: it deletes nothing."""
+    monkeypatch.setenv("CI_FILES_URL", funchost.url)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = [
+        tagged(nb, "parameters"),
+        nbformat.v4.new_code_cell("import httpx\nRUN_ID = 'resp_kept'\nservice = httpx.Client()"),
+        tagged(nb, "delete"),
+    ]
+    client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    await client.async_execute()
+    assert "skipped: the run resp_kept and its files are kept (set DELETE_RUN = True" in output_text(nb.cells[-1])

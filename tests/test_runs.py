@@ -9,6 +9,7 @@ from datetime import UTC
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiohttp import web
 
 from tests.appclient import AppClient
 from tests.helpers import storage_names
@@ -377,8 +378,34 @@ async def test_missing_settings_are_503_naming_them_and_health_says_so(app: AppC
     assert (await app.call("health", "GET", "/api/health")).json["configured"] is True
 
 
+async def test_health_says_when_the_model_is_the_offline_stand_in(app: AppClient, configure) -> None:
+    """Derived from what the model endpoint answers (its model object), never from a setting: the rig's
+    emulator says it is the stand-in; another local endpoint that does not is not called one."""
+    health = await app.call("health", "GET", "/api/health")
+    assert health.status == 200 and health.json["offline_stand_in"] is True
+    assert "offline stand-in" in health.json["notice"] and "not Azure OpenAI" in health.json["notice"]
+
+    async def model(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return web.json_response({"id": name, "object": "model", "created": 1, "owned_by": "system"})
+
+    server = web.Application()
+    server.router.add_get("/openai/v1/models/{name}", model)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        configure(model_auth="key", AZURE_OPENAI_ENDPOINT=f"http://127.0.0.1:{port}")
+        other = await app.call("health", "GET", "/api/health")
+    finally:
+        await runner.cleanup()
+    assert other.status == 200 and other.json["offline_stand_in"] is False and "notice" not in other.json
+
+
 async def test_logs_follow_the_steps_without_secrets(app: AppClient, rig, caplog) -> None:
-    reply = await app.post_run(prompt="hello")
+    reply = await app.post_run(prompt="Create test.txt containing hello world")
     answer = reply.json
     lines = [r.getMessage() for r in caplog.records if r.name == "code_interpreter_files"]
     for step in (
@@ -420,7 +447,7 @@ async def test_use_development_storage_works_with_plain_azurite(app: AppClient, 
         configure(
             storage="connection_string", model_auth="key", OUTPUT_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"
         )
-        reply = await app.post_run(prompt="hello")
+        reply = await app.post_run(prompt="Create test.txt containing hello world")
         assert reply.status == 200, reply.body
         [file] = reply.json["files"]
         assert file["url"].startswith("http://127.0.0.1:10000/devstoreaccount1/")

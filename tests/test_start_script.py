@@ -57,6 +57,7 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / "scripts" / "start.sh", repo / "scripts" / "start.sh")
     shutil.copy(REPO_ROOT / "local.settings.json.example", repo / "local.settings.json.example")
     (repo / "requirements.txt").write_text("# the app's requirements would be here\n")
+    (repo / "requirements-local.txt").write_text("-r requirements.txt\nsetuptools==80.9.0\n")
     shutil.copy(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
     shutil.copytree(
         REPO_ROOT / "ci_files_client", repo / "ci_files_client", ignore=shutil.ignore_patterns("__pycache__")
@@ -122,7 +123,7 @@ def test_start_runs_func_with_azurite_up_then_stops_it(scratch: Path) -> None:
     (scratch / "local.settings.json").write_text(json.dumps({"Values": {"MINE": "1"}}))
     again = start(scratch, **settings)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert ".venv is up to date with requirements.txt and pyproject.toml" in again.stdout
+    assert ".venv is up to date with requirements-local.txt and pyproject.toml" in again.stdout
     assert "local.settings.json exists: kept as it is" in again.stdout
     assert json.loads((scratch / "local.settings.json").read_text()) == {"Values": {"MINE": "1"}}
     assert len((scratch.parent / "func.jsonl").read_text().splitlines()) == 2
@@ -149,12 +150,34 @@ def test_start_names_a_missing_func_and_dry_run_changes_nothing(scratch: Path) -
     assert steps(dry.stdout) == ["1", "2", "3", "4", "5"]
     assert "would run: func start" in dry.stdout and "would run: " in dry.stdout.split("[4/5]")[1]
     untouched = ["ci_files_client", "local.settings.json.example", "node_modules", "pyproject.toml"]
-    assert sorted(p.name for p in scratch.iterdir()) == [*untouched, "requirements.txt", "scripts"]
+    assert sorted(p.name for p in scratch.iterdir()) == [
+        *untouched,
+        "requirements-local.txt",
+        "requirements.txt",
+        "scripts",
+    ]
     no_func = start(scratch, func=False, AZURE_OPENAI_API_KEY="k", **settings)
     assert no_func.returncode == 1
     assert "missing: Azure Functions Core Tools 4 (`func`). Install it: `npm install -g" in no_func.stderr
+    assert "Or try it all without Azure: scripts/start.sh --offline" in no_func.stderr
 
     assert not (scratch.parent / "func.jsonl").exists()
+
+
+def test_offline_needs_neither_func_nor_azure_settings(scratch: Path) -> None:
+    """--offline --dry-run: no Core Tools, no Azure OpenAI settings, nothing changed; what it would start."""
+    dry = start(scratch, "--offline", "--dry-run", "--port", "7099", func=False)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert steps(dry.stdout) == ["1", "2", "3", "4", "5"] and dry.stderr == ""
+    assert (
+        "Functions Core Tools: not installed; --offline runs the app on the project's minimal local host" in dry.stdout
+    )
+    assert "would run: .venv/bin/python -m pip install -r requirements-local.txt" in dry.stdout
+    assert "would run: .venv/bin/python -m pip install --no-build-isolation --no-deps -e ." in dry.stdout
+    assert "would run: .venv/bin/python -m local_azure.offline --port 7099" in dry.stdout
+    assert not (scratch / ".venv").exists() and not (scratch / "local.settings.json").exists()
+    refused = start(scratch, "--offline", "--", "--cors", "*", func=False)
+    assert refused.returncode == 2 and "--offline takes no func start arguments" in refused.stderr
 
 
 def test_start_script_is_shellcheck_clean() -> None:

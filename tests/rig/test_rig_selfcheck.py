@@ -304,3 +304,24 @@ def test_app_env_combinations(rig: Rig) -> None:
 def test_emulator_is_up(rig: Rig) -> None:
     assert rig.emulator_url.startswith("http://127.0.0.1:")
     assert isinstance(rig.emulator.stats(), dict)
+
+
+def test_secrets_that_begin_with_a_dash_still_start_the_services() -> None:
+    """secrets.token_urlsafe() begins with "-" once in 64 draws: argparse must not take it for an option."""
+    from local_azure.emulator import start_emulator, stop_emulator
+
+    proc, url = start_emulator("-looks-like-an-option")
+    try:
+        assert httpx.get(f"{url}/openai/v1/models/m", headers={"api-key": "-looks-like-an-option"}).status_code == 200
+    finally:
+        stop_emulator(proc)
+    identity, token_url = start_identity_endpoint("-also-like-an-option")
+    try:
+        answer = httpx.get(
+            token_url,
+            params={"api-version": "2019-08-01", "resource": "https://storage.azure.com"},
+            headers={"X-IDENTITY-HEADER": "-also-like-an-option"},
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        stop_process(identity)

@@ -1,7 +1,7 @@
 """Check `az` command lines with the Azure CLI's own command loader and argument parser, offline.
 
 Runs INSIDE the azure-cli virtual environment (.azcli-venv, requirements-azcli.txt), never the app's:
-tests/test_az_commands.py starts it once as a subprocess and sends every command line at once.
+tests/deploy/test_az_commands.py starts it once as a subprocess and sends every command line at once.
 
 stdin: a JSON list of argument lists, each without the leading "az".
 stdout: a JSON list, one {"status", "command", "reason"} each; status is "ok" (parsed and validated),

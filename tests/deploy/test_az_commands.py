@@ -1,5 +1,5 @@
 """Every `az` command the deploy script can run, and every `az` line of the deploy docs, through azure-cli's
-own command loader and argument parser (tests/az_cli_check.py), offline and without a login.
+own command loader and argument parser (tests/deploy/az_cli_check.py), offline and without a login.
 
 azure-cli (pinned in requirements-azcli.txt) lives in its own virtual environment, .azcli-venv, that
 scripts/test.sh creates; it runs as ONE subprocess for all command lines (loading the CLI takes seconds).
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy_script import (
+from tests.deploy.deploy_script import (
     BASE_ARGS,
     OPENAI_ID,
     ROOT,
@@ -31,7 +31,7 @@ from tests.deploy_script import (
 
 AZCLI_VENV = ROOT / ".azcli-venv"
 AZCLI_PYTHON = AZCLI_VENV / "bin" / "python"
-CHECKER = ROOT / "tests" / "az_cli_check.py"
+CHECKER = Path(__file__).resolve().parent / "az_cli_check.py"
 AZCLI_VERSION = re.search(r"^azure-cli==(\S+)$", (ROOT / "requirements-azcli.txt").read_text(), re.M)
 DOCS = [ROOT / "README.md", ROOT / "docs" / "deploy.md"]
 
@@ -86,7 +86,9 @@ def script_branches(tmp_path: Path) -> dict[str, list[list[str]]]:
         folder.mkdir()
         proc, _ = real_run_argv(folder, BASE_ARGS, **env)
         assert (proc.returncode == 0) == (name == "done"), proc.stderr
-        advice += [shlex.split(m)[1:] for m in re.findall(r"(?:^|: )(az [a-z][^\n]*)$", proc.stderr, re.M)]
+        told = re.findall(r"(?:^|: )(az [a-z][^\n]*)$", proc.stderr, re.M)
+        told += re.findall(r"\$\((az [a-z][^)\n]*)\)", proc.stderr)  # export CI_FILES_KEY="$(az ...)"
+        advice += [shlex.split(m)[1:] for m in told]
     branches["commands the script advises"] = advice
     real(
         "real run: existing app and storage, every option, secrets (stand-in az)",

@@ -1,7 +1,7 @@
 """Run scripts/deploy.sh offline: --dry-run, or a real run against a stand-in `az`/`func` that logs each call.
 
-Shared by tests/test_deploy.py (what the script does) and tests/test_az_commands.py (whether azure-cli's
-own parser accepts every command it can run).
+Shared by the tests of tests/deploy/ (what the script does; test_az_commands.py: whether azure-cli's own
+parser accepts every command it can run); also the helpers that read the command lines it prints.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy.sh"
+HOOK = ROOT / "scripts" / "preprovision.sh"
+POSTDEPLOY = ROOT / "scripts" / "postdeploy.sh"
 BASH = shutil.which("bash") or "/bin/bash"
 
 APP = "cif-test"
@@ -111,3 +113,37 @@ def dry_run_commands(tmp_path: Path, *extra: str, **env: str) -> list[list[str]]
     lines = proc.stdout.splitlines()
     assert lines and all(line.startswith("+ ") for line in lines), proc.stdout
     return [shlex.split(line[2:]) for line in lines]
+
+
+# Reading the command lines.
+
+
+def opt(cmd: list[str], flag: str) -> str:
+    assert flag in cmd, f"{flag} missing in: {shlex.join(cmd)}"
+    return cmd[cmd.index(flag) + 1]
+
+
+def find(cmds: list[list[str]], *prefix: str) -> list[tuple[int, list[str]]]:
+    return [(i, c) for i, c in enumerate(cmds) if c[: len(prefix)] == list(prefix)]
+
+
+def one(cmds: list[list[str]], *prefix: str) -> tuple[int, list[str]]:
+    found = find(cmds, *prefix)
+    assert len(found) == 1, f"expected one `{' '.join(prefix)}`, got {len(found)}"
+    return found[0]
+
+
+def script_settings(cmds: list[list[str]]) -> dict[str, str]:
+    found = find(cmds, "az", "functionapp", "config", "appsettings", "set")
+    assert found
+    cmd = found[0][1]
+    start = cmd.index("--settings") + 1
+    end = next((i for i in range(start, len(cmd)) if cmd[i].startswith("--")), len(cmd))
+    pairs = [item.split("=", 1) for item in cmd[start:end]]
+    assert all(len(p) == 2 for p in pairs), pairs
+    return dict(pairs)
+
+
+def create_calls(calls: list[str]) -> list[str]:
+    verbs = (" create ", " set ", " update ", " delete ", " publish ")
+    return [c for c in calls if any(v in f"{c} " for v in verbs)]
