@@ -136,7 +136,7 @@ class Azurite:
     def services_connection_string(self) -> str:
         """One account-key connection string with the blob, queue and table endpoints (``queue=True``): what
         ``UseDevelopmentStorage=true`` means, on this instance's ports."""
-        return f"{self.connection_string}QueueEndpoint={self.queue_url};TableEndpoint={self.table_url};"
+        return f"{self.connection_string}QueueEndpoint={self.queue_url};"  # connection_string names the table
 
     @property
     def running(self) -> bool:

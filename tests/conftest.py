@@ -47,6 +47,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "run_last: run after every other test (the session-wide checks)")
 
 
+def _record_queue_messages() -> None:
+    """Every message the app sends to the runs queue, for the session-wide check that none carries a URL
+    (tests/test_secrets.py): a spy on the one method that sends, the message text as it goes on the wire."""
+    from code_interpreter_files.run_queue import RunQueue, encode_message
+
+    send = RunQueue._send
+
+    async def recording(self: RunQueue, message: object, delay_seconds: int) -> str:
+        figures.QUEUE_MESSAGES.append(encode_message(message))  # type: ignore[arg-type]
+        return await send(self, message, delay_seconds)  # type: ignore[arg-type]
+
+    RunQueue._send = recording  # type: ignore[method-assign]
+
+
+_record_queue_messages()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
 
@@ -152,3 +169,14 @@ async def funchost(configure: Callable[..., dict[str, str]]) -> AsyncIterator[Fu
     (where the app's async clients live): what the client and the notebook talk to."""
     async with FuncHost(function_app.app) as host:
         yield host
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _close_the_apps_clients() -> AsyncIterator[None]:
+    """At the end of the session, close the clients the app built (as a worker does when it stops), so
+    no session or connector is left for the interpreter's exit to complain about."""
+    yield
+    from code_interpreter_files import services
+
+    if services._current is not None:
+        await services._current[1].aclose()

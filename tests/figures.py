@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 FIGURES: Counter[str] = Counter()
+#: Every runs-queue message the app sent in this session (conftest records them), as sent.
+QUEUE_MESSAGES: list[str] = []
 _COUNT_LOCK = threading.Lock()  # the load test verifies links from several threads
 
 #: The printed rows: (label, counter names summed).
@@ -28,6 +30,11 @@ REPORT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files lost", ("files_lost",)),
     ("crashes injected (copies killed or cancelled mid-run, then resumed)", ("crashes_injected",)),
     ("duplicate downloads (two instances finishing one run)", ("duplicate_downloads",)),
+    (
+        "foreign reads tried (another caller's or deployment's run, file or blob), all refused",
+        ("foreign_reads_refused",),
+    ),
+    ("runs-queue messages checked (ids only, no URL)", ("queue_messages_checked",)),
     ("log lines scanned for secrets", ("log_lines_scanned",)),
     ("error bodies scanned for secrets", ("error_bodies_scanned",)),
     ("secrets leaked", ("secrets_leaked",)),

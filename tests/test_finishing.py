@@ -205,6 +205,7 @@ async def test_a_poisoned_run_keeps_its_caller_and_true_state_and_get_finishes_i
     assert (row.record.status, row.record.error, row.record.principal) == ("running", "finish_failed", alice)
     assert not manifest_exists(rig, response_id)
     assert (await app.get_run(response_id, caller=bob)).status == 404
+    figures.count("foreign_reads_refused")
     answer = await app.get_run(response_id, caller=alice)
     assert answer.status == 200 and [f["filename"] for f in answer.json["files"]] == ["kept.txt"], answer.body
     app.verify_answer(answer.json)

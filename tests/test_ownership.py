@@ -10,6 +10,7 @@ import uuid
 import openai
 
 from local_azure.queue_host import QueueHost
+from tests import figures
 from tests.appclient import FUNCTIONS, AppClient
 from tests.helpers import SECRET, storage_names
 from tests.helpers import signed_webhook as _signed
@@ -42,6 +43,7 @@ async def test_another_applications_run_is_not_found_everywhere_and_nothing_is_w
         assert storage_names(rig, foreign, bookkeeping=True) == []  # no manifest, no tombstone, no lock
         assert rig.emulator.run(foreign)["request"]["store"] is True  # and its response is untouched
         assert (await app.get_run(foreign)).status == 404
+        figures.count("foreign_reads_refused", 4)
 
 
 def unknown_id(reply) -> str:
@@ -93,6 +95,7 @@ async def test_behind_easy_auth_a_run_is_its_callers_only(app: AppClient, rig, c
         headers={"content-type": "application/json", **bob},
     )
     assert continued.status == 404
+    figures.count("foreign_reads_refused", 5)
     mine = await get(alice)
     assert mine.status == 200 and [f["filename"] for f in mine.json["files"]] == ["test.txt"]
     assert (await delete(alice)).status == 204
@@ -147,6 +150,7 @@ async def test_behind_easy_auth_a_function_key_caller_and_authenticated_callers_
         "delete_run", "DELETE", f"/api/runs/{keyed}", route_params={"response_id": keyed}, headers=alice
     )
     assert deleted.status == 404 and await get(key_only, keyed) == 200
+    figures.count("foreign_reads_refused", 7)
 
     configure()  # Easy Auth switched off: keys are the boundary; an authenticated caller's run stays theirs
     assert [await get(key_only, keyed), await get(alice, keyed), await get(alice, alices)] == [200, 200, 404]

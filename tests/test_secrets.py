@@ -8,6 +8,7 @@ delegation keys the app used, and every SAS signature the suite received (plain 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -62,3 +63,17 @@ def test_no_secret_in_any_log_line_or_error_body() -> None:
     )
     leaks = session_leaks()
     assert not leaks, "\n".join(leaks[:20])
+
+
+@pytest.mark.run_last
+def test_no_queue_message_of_the_session_carries_a_url_or_more_than_ids() -> None:
+    """Messages carry the run's id and an attempt number, nothing else: a callback URL (and the token
+    its query may hold) is read from the run's record, never put on the queue (issue 18)."""
+    sent = figures.QUEUE_MESSAGES
+    if not sent:
+        pytest.skip("no run was queued in this session")
+    for text in sent:
+        assert "http" not in text.lower() and "?" not in text, text
+        message = json.loads(text)
+        assert set(message) <= {"kind", "response_id", "attempt"}, message
+    figures.FIGURES["queue_messages_checked"] = len(sent)

@@ -5,7 +5,9 @@ through it); these tests show the checks can fail, and cover what one link alone
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +17,7 @@ from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
 from code_interpreter_files.services import get_services
 from local_azure.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+from local_azure.emulator_files import files_state
 from tests import figures
 from tests.appclient import AppClient
 
@@ -131,3 +134,44 @@ async def test_identity_mode_uses_no_account_key_anywhere(app: AppClient, config
     app.verify_answer(answer)
     assert (await app.delete_run(answer["response_id"])).status == 204
     assert set(keys) == {store.links.cached_key.value}
+
+
+async def test_an_input_name_cannot_read_another_callers_run(app: AppClient, rig, configure) -> None:
+    """Issue 18's attack: behind Easy Auth, caller B names blobs of caller A's run as input files
+    (`../<OUTPUT_CONTAINER>/...`, and encoded forms). Each is 400 invalid_input_name: no byte of A's
+    run reaches Azure OpenAI, nothing is uploaded, no run starts."""
+    configure(WEBSITE_AUTH_ENABLED="true")
+    alice = {"x-ms-client-principal-id": str(uuid.uuid4())}
+    bob = {"x-ms-client-principal-id": str(uuid.uuid4())}
+    secret = app.script(files=[{"path": "/mnt/data/secret.txt", "content": "alice's secret"}])
+    created = await app.call(
+        "create_run", "POST", "/api/runs", json.dumps({"prompt": secret["prompt"]}).encode(), headers=alice
+    )
+    assert created.status == 200, created.body
+    response_id, blob = created.json["response_id"], created.json["files"][0]["blob"]
+    out = rig.OUTPUT_CONTAINER
+    attacks = [
+        f"../{out}/{blob}",
+        f"../{out}/{response_id}/manifest.json",
+        f"../{out}/{response_id}/run.json",
+        f"..%2f{out}%2f{response_id}%2fmanifest.json",
+        f"%2e%2e/{out}/{blob}",
+        f"..\\{out}\\{blob}",
+        f"x/../../{out}/{blob}",
+    ]
+    bob_script = app.script()
+    before = files_state(rig.emulator)
+    for name in attacks:
+        for item in ({"blob": name}, {"blob": "ok.csv", "name": name}):
+            body = json.dumps({"prompt": bob_script["prompt"], "input_files": [item]}).encode()
+            reply = await app.call("create_run", "POST", "/api/runs", body, headers=bob)
+            assert reply.status == 400 and reply.error_code() == "invalid_input_name", (name, reply.body)
+            assert "input_files[0]" in reply.json["error"]["message"]
+    after = files_state(rig.emulator)
+    assert after["files"] == before["files"] and after["uploads"] == before["uploads"]  # nothing uploaded
+    assert rig.emulator.stats()["runs_started"]["by_script"].get(bob_script["script_id"], 0) == 0
+    seen_by_bob = await app.call(
+        "get_run", "GET", f"/api/runs/{response_id}", route_params={"response_id": response_id}, headers=bob
+    )
+    assert seen_by_bob.status == 404  # the same boundary GET keeps
+    figures.count("foreign_reads_refused", 2 * len(attacks) + 1)
