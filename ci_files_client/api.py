@@ -70,6 +70,24 @@ class Service:
         params = {"sas_ttl_minutes": str(ttl)} if ttl else None
         return self._answer(self._send("GET", path, params=params))
 
+    def list_runs(self, *, limit: int | None, cursor: str | None, status: str | None) -> dict[str, Any]:
+        """`GET /api/runs`: one page, `{"runs": [...], "next_cursor": str | None}`; parameters left out
+        take the service's defaults."""
+        given = {"limit": limit, "cursor": cursor, "status": status}
+        params = {name: str(value) for name, value in given.items() if value is not None}
+        response = self._send("GET", "/api/runs", params=params)
+        if response.status_code != 200:
+            raise self._error(response)
+        body = _json(response)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("runs"), list)
+            or not all(isinstance(run, dict) for run in body["runs"])
+            or not isinstance(body.get("next_cursor"), str | None)
+        ):
+            raise CliError("bad_answer", "HTTP 200 without a page of runs in its body")
+        return body
+
     def delete_run(self, response_id: str) -> None:
         response = self._send("DELETE", f"/api/runs/{quote(response_id, safe='')}")
         if response.status_code != 204:

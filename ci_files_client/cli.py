@@ -1,4 +1,5 @@
-"""`ci-files run|get|delete`: the old demo script's experience on top of the service, links first.
+"""`ci-files run|get|delete` (and `list`, in listing.py): the old demo script's experience on top of the
+service, links first.
 
 A run starts without holding the request open (`wait: false`): its id is on screen at once, then the client
 follows it (GET, honouring `Retry-After` and `Location`) with the time waited; Ctrl-C leaves it running and
@@ -22,6 +23,7 @@ from rich.progress import TaskID
 from ci_files_client.api import Answer, Service
 from ci_files_client.download import download, target_for
 from ci_files_client.errors import CliError, Exit
+from ci_files_client.listing import command_list
 from ci_files_client.options import INLINE_INPUT_LIMIT, parse, url_option
 from ci_files_client.render import Screen, clean, error_line
 from ci_files_client.viewer import open_paths
@@ -36,6 +38,9 @@ FIELD_OPTIONS = {
     "input_files": "--input/--input-blob",
     "collect": "--all",
 }
+# GET /api/runs's query parameters in its messages ("cursor is not one this service gave out ..."),
+# as `ci-files list`'s options.
+LIST_PARAMETERS = ("limit", "cursor", "status")
 
 
 class Progress:
@@ -58,16 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "get":
             progress.run_id = args.run_id
             return command_get(service, args)
+        if args.command == "list":
+            return command_list(service, args)
         return command_delete(service, args)
     except CliError as error:
         error = for_user(error, args)
-        if args.json:
+        if args.json and not error.streamed:
             body = error.body or {"error": {"code": error.code, "message": error.message}}
             print(json.dumps(body, indent=2))
         error_line(error.line())
         return int(error.hint.exit)
     except KeyboardInterrupt:
-        if progress.run_id is None:
+        if args.command == "list":
+            error_line("interrupted: nothing was changed")
+        elif progress.run_id is None:
             error_line("interrupted before the service named a run: nothing to come back to")
         else:
             again = f" --url {args.url}" if args.url_source == "--url" else ""
@@ -83,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 def for_user(error: CliError, args: argparse.Namespace) -> CliError:
     """The error in the user's words: the options they typed, and the fix that fits them."""
     option = url_option(args.url_source)
-    if error.code == "invalid_request":
+    if args.command == "list" and error.code in ("invalid_request", "route_not_found", "bad_answer"):
+        for_list(error, args)
+    elif error.code == "invalid_request":
         message = error.message
         for field, flag in FIELD_OPTIONS.items():
             message = message.replace(field, flag)
@@ -103,6 +114,25 @@ def for_user(error: CliError, args: argparse.Namespace) -> CliError:
         source = args.key_source or "--key"
         error.message = f"the service refused the function key given with {source}"
     return error
+
+
+def for_list(error: CliError, args: argparse.Namespace) -> None:
+    """`ci-files list`'s errors: the service's message names the option the user typed, with its value."""
+    parameter = error.message.split(" ", 1)[0]
+    if error.code == "invalid_request" and parameter in LIST_PARAMETERS:
+        value = getattr(args, parameter)
+        typed = f"--{parameter} {str(value)[:40]}" if value is not None else f"--{parameter}"
+        error.message = f"{typed}: the service says {error.message}"
+        if parameter == "cursor":
+            error.todo = (
+                "copy the cursor whole from the `more runs:` line of the last `ci-files list`, "
+                "or leave --cursor out to start from the newest run"
+            )
+    elif error.code == "route_not_found" or (error.code == "bad_answer" and error.status == 405):
+        error.todo = (
+            f"check {url_option(args.url_source)} (the function app's address, without /api); a service "
+            "deployed before `GET /api/runs` cannot list runs: deploy the current version"
+        )
 
 
 def command_run(service: Service, args: argparse.Namespace, progress: Progress) -> int:

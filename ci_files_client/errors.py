@@ -135,6 +135,7 @@ class CliError(Exception):
         self.status = status
         self.body = body  # the service's error body, printed as it is with --json
         self.todo = todo  # what to do, when it depends on what the user typed (else the hint's)
+        self.streamed = False  # stdout already holds part of the answer (--json --all): no error body after it
 
     @property
     def hint(self) -> Hint:

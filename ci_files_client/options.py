@@ -1,4 +1,4 @@
-"""The command line: `ci-files [options] run|get|delete [options] ...`, options before or after the command.
+"""The command line: `ci-files [options] run|get|list|delete [options] ...`, options before or after the command.
 
 Every option is declared once per parser with `default=SUPPRESS`, so a value given before the command is
 not overwritten by the command's parser; the defaults (and where `--url` / `--key` came from, for error
@@ -20,7 +20,10 @@ from ci_files_client.errors import CliError, exit_codes_help
 DEFAULT_URL = "http://localhost:7071"
 # The service takes bodies up to 1 MiB; base64 grows a file by a third and the prompt needs room.
 INLINE_INPUT_LIMIT = 512 * 1024
-COMMANDS = ("run", "get", "delete")
+COMMANDS = ("run", "get", "list", "delete")
+# GET /api/runs (openapi.yaml): `limit` 1-100, `status` one of RunSummary's statuses.
+MAX_LIMIT = 100
+STATUSES = ("running", "completed", "incomplete", "failed", "cancelled")
 
 EPILOG = f"""\
 environment:
@@ -35,6 +38,8 @@ examples:
   ci-files run --input data.csv --open "Plot column B of data.csv as chart.png"
   ci-files get resp_...                 fresh links, downloaded again
   ci-files get resp_... --links-only    just the links, for scripts
+  ci-files list                         your runs, newest first (find a run id again)
+  ci-files list --status failed --all   every failed run, all pages
   ci-files --url https://<app>.azurewebsites.net run "..."
   ci-files delete resp_...
 """
@@ -52,6 +57,9 @@ DEFAULTS: dict[str, object] = {
     "input": [],
     "input_blob": [],
     "continue_id": None,
+    "limit": None,
+    "status": None,
+    "cursor": None,
 }
 FILE_OPTIONS = ("out", "overwrite", "ttl", "no_download", "links_only", "open")
 
@@ -93,14 +101,15 @@ def parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     top = argparse.ArgumentParser(
         prog="ci-files",
-        description="Run Code Interpreter prompts through the Code Interpreter Files service; get the files and links.",
+        description="Run Code Interpreter prompts through the Code Interpreter Files service; get the files and links; "
+        "find your runs again (`list`).",
         epilog=EPILOG,
         formatter_class=raw,
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _common(top)
     _files(top)
-    commands = top.add_subparsers(dest="command", required=True, metavar="{run,get,delete}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
 
     run = commands.add_parser(
         "run", help="start a run, follow it, show its links, download its files", epilog=EPILOG, formatter_class=raw
@@ -146,6 +155,29 @@ def parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", default=argparse.SUPPRESS, help="do not wait for a run still going"
     )
 
+    listing = commands.add_parser(
+        "list",
+        help="your runs, newest first: when, status, files, size, prompt and run id",
+        epilog=EPILOG,
+        formatter_class=raw,
+    )
+    _common(listing)
+    listing.add_argument(
+        "--limit", metavar="N", default=argparse.SUPPRESS, help=f"runs per page, 1 to {MAX_LIMIT} (default 20)"
+    )
+    listing.add_argument(
+        "--status", metavar="STATUS", default=argparse.SUPPRESS, help="only runs with it: " + ", ".join(STATUSES)
+    )
+    listing.add_argument(
+        "--cursor", default=argparse.SUPPRESS, help="the next page: the cursor a `more runs:` line printed, as it came"
+    )
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"follow every page to the last (pages of --limit, default {MAX_LIMIT}); with --json, one list",
+    )
+
     delete = commands.add_parser("delete", help="cancel a run if it runs, delete its files")
     _common(delete)
     delete.add_argument("run_id")
@@ -157,11 +189,11 @@ def parse(argv: list[str] | None, environ: dict[str, str] | None = None) -> argp
     environ = dict(os.environ if environ is None else environ)
     args = parser().parse_args(argv)
     given = set(vars(args))
-    if args.command == "delete":
+    if args.command in ("list", "delete"):
         wrong = [name for name in FILE_OPTIONS if name in given]
         if wrong:
             option = "--" + wrong[0].replace("_", "-")
-            raise CliError("option_not_for_command", f"{option} applies to `run` and `get`, not `delete`")
+            raise CliError("option_not_for_command", f"{option} applies to `run` and `get`, not `{args.command}`")
     for name, value in DEFAULTS.items():
         if name not in given:
             setattr(args, name, list(value) if isinstance(value, list) else value)
@@ -174,7 +206,37 @@ def parse(argv: list[str] | None, environ: dict[str, str] | None = None) -> argp
     check_url(args.url, args.url_source)
     if args.ttl is not None and args.ttl < 1:
         raise CliError("invalid_request", f"--ttl {args.ttl}: links live at least 1 minute", todo="pass --ttl 60")
+    args.limit = check_limit(args.limit)
+    args.status = check_status(args.status)
     return args
+
+
+def check_limit(value: str | None) -> int | None:
+    """`--limit N`: a whole number from 1 to MAX_LIMIT (checked here, so the line names the option)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+        raise CliError(
+            "invalid_request",
+            f"--limit {value[:40]}: a page holds 1 to {MAX_LIMIT} runs",
+            todo="pass e.g. --limit 20, or --all to follow every page",
+        )
+    return int(text)
+
+
+def check_status(value: str | None) -> str | None:
+    """`--status S`: one of the statuses a listed run can have (any case)."""
+    if value is None:
+        return None
+    status = value.strip().lower()
+    if status not in STATUSES:
+        raise CliError(
+            "invalid_request",
+            f"--status {value[:40]}: a run's status is one of {', '.join(STATUSES)}",
+            todo="pass one of them, e.g. --status failed, or leave --status out to list every run",
+        )
+    return status
 
 
 def url_option(source: str | None) -> str:

@@ -1,8 +1,8 @@
-"""What the user sees: numbered steps, a spinner, the files table and their links, download bars (rich).
+"""What the user sees: numbered steps, a spinner, the files and runs tables, links, download bars (rich).
 
 Everything the service or the model wrote is shown as plain text: markup is escaped and control
-characters (terminal escape sequences included) are dropped. The table fits 100 columns; each link is
-printed whole on a line of its own below it (never folded), so it can be copied.
+characters (terminal escape sequences included) are dropped. The tables fit 100 columns; each link and
+run id is printed whole on a line of its own below its table (never folded), so it can be copied.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ from rich.table import Column, Table
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 ORIGIN_LABELS = {"cited": "cited", "listed": "listed", "image_output": "image"}
+STATUS_STYLES = {
+    "completed": "green",
+    "running": "cyan",
+    "failed": "red",
+    "incomplete": "yellow",
+    "cancelled": "yellow",
+}
 
 
 def clean(value: object, *, newlines: bool = False) -> str:
@@ -89,6 +96,36 @@ class Screen:
             table.add_row("-", name, "-", "-", f"failed: {clean(file.get('code', ''))}", "-")
         self.console.print(table)
 
+    def runs_table(self, runs: list[dict[str, Any]], first: int) -> None:
+        """One page of runs, numbered from `first`, then each run id whole on its own line: `#1 resp_...`.
+
+        A run id (55 characters from Azure OpenAI) and a readable prompt do not both fit 100 columns, so the
+        ids go below the table, as the links do; the prompt is cut to the room left, on one line."""
+        now = datetime.now().astimezone()
+        table = Table(show_lines=False, header_style="bold", width=min(100, self.console.width))
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column(f"when ({now.tzname()})", no_wrap=True, min_width=12)
+        table.add_column("status", no_wrap=True, min_width=10)
+        table.add_column("files", justify="right", no_wrap=True)
+        table.add_column("size", justify="right", no_wrap=True, min_width=9)
+        table.add_column("prompt", no_wrap=True, overflow="ellipsis", ratio=1)
+        for n, run in enumerate(runs, first):
+            status = clean(run.get("status", ""))
+            style = STATUS_STYLES.get(status, "default")
+            going = status == "running"  # its files are counted when it ends
+            table.add_row(
+                str(n),
+                clean(when(run.get("created_at"), now)),
+                f"[{style}]{status}[/{style}]",
+                "-" if going else str(_count(run.get("files"))),
+                "-" if going else decimal(_count(run.get("bytes"))),
+                _prompt_cell(run),
+            )
+        self.console.print(table)
+        self.info("run ids (`ci-files get ID` downloads a run's files again, with fresh links):")
+        for n, run in enumerate(runs, first):
+            self.console.print(f"      #{n} {clean(run.get('response_id', ''))}", overflow="ignore", crop=False)
+
     def links(self, answer: dict[str, Any]) -> None:
         """Each file's link, whole, on its own line: `#1 <url>`."""
         files = answer.get("files") or []
@@ -123,6 +160,32 @@ def expiry(value: object, now: datetime, *, relative: bool = True) -> str:
     )
     when = at.strftime("%H:%M UTC") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M UTC")
     return f"{when} (in {left})" if relative else when
+
+
+def when(value: object, now: datetime) -> str:
+    """A run's `created_at` in local time, short: `today 09:12`, `Dec 07 09:12`, or `2025-12-07` (another year)."""
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)[:16]
+    at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(now.tzinfo)
+    if at.date() == now.date():
+        return at.strftime("today %H:%M")
+    return at.strftime("%b %d %H:%M") if at.year == now.year else at.strftime("%Y-%m-%d")
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _prompt_cell(run: dict[str, Any]) -> str:
+    """The prompt on one line; how the run ended without its files first (`container_expired: ...`), unless
+    the status says it already (`failed` and `run_failed`)."""
+    prompt = clean(" ".join(str(run.get("prompt") or "").split()))
+    error = run.get("error")
+    if not error or error == f"run_{run.get('status')}":
+        return prompt
+    return f"[yellow]{clean(error)}:[/yellow] {prompt}"
 
 
 def error_line(text: str) -> None:

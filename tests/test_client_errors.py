@@ -5,6 +5,7 @@ through the minimal host and the rig, and every documented error code from a sta
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -174,3 +175,52 @@ async def test_every_error_code_is_one_line_and_an_exit_code(tmp_path: Path) -> 
     finally:
         await runner.cleanup()
     assert {HINTS[code].exit for code in codes} >= {Exit.BAD_REQUEST, Exit.RUN_GONE, Exit.TRY_AGAIN}
+
+
+async def test_list_all_stops_at_a_failing_page_or_a_cursor_that_never_moves(tmp_path: Path) -> None:
+    """A stand-in service: the second page fails (`--all`: the first page stays on screen, `--json --all` leaves
+    its list open rather than pass part of the runs for all of them); one whose cursor never moves; one older
+    than `GET /api/runs`."""
+    run = {
+        "response_id": "resp_1",
+        "created_at": "2026-01-02T03:04:05Z",
+        "status": "completed",
+        "prompt": "p",
+        "files": 1,
+        "bytes": 11,
+        "previous_response_id": None,
+        "error": None,
+    }
+
+    async def failing(request: web.Request) -> web.Response:
+        if request.query.get("cursor") == "c1":
+            body = {"error": {"code": "storage_error", "message": "the runs table failed."}}
+            return web.json_response(body, status=503)
+        return web.json_response({"runs": [run], "next_cursor": "c1"})
+
+    async def looping(request: web.Request) -> web.Response:
+        return web.json_response({"runs": [run], "next_cursor": "c1"})
+
+    server = web.Application()
+    server.router.add_get("/failing/api/runs", failing)
+    server.router.add_get("/looping/api/runs", looping)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        table = await ci_files("list", "--all", url=f"{base}/failing", cwd=tmp_path)
+        streamed = await ci_files("list", "--all", "--json", url=f"{base}/failing", cwd=tmp_path)
+        first = await ci_files("list", "--json", url=f"{base}/failing", cwd=tmp_path)
+        loop = await ci_files("list", "--all", url=f"{base}/looping", cwd=tmp_path)
+        older = await ci_files("list", url=f"{base}/older", cwd=tmp_path)
+    finally:
+        await runner.cleanup()
+    assert "#1 resp_1" in table.out and "storage_error" in assert_one_error_line(table, "storage_error")
+    assert_one_error_line(streamed, "storage_error")
+    assert streamed.out.startswith("[\n  {") and "resp_1" in streamed.out and "storage_error" not in streamed.out
+    assert streamed.out.rstrip().endswith("}"), streamed.out  # the list is left open: not valid JSON
+    assert json.loads(first.out) == {"runs": [run], "next_cursor": "c1"}  # one page, as it came
+    assert "the same next_cursor twice" in assert_one_error_line(loop, "bad_answer")
+    assert "deploy the current version" in assert_one_error_line(older, "route_not_found")

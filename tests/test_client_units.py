@@ -1,19 +1,25 @@
-"""Units of the client that need no service: local file names, the POST body, the error table."""
+"""Units of the client that need no service: local file names, the POST body, the error table, `list`'s options,
+times and next-page command."""
 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+import shlex
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pathspec
 import pytest
+import yaml
 
 from ci_files_client.cli import run_payload, safe_run_folder
 from ci_files_client.download import safe_local_name, target_for
 from ci_files_client.errors import HINTS, CliError, Exit
-from ci_files_client.options import DEFAULT_URL, INLINE_INPUT_LIMIT, parse
-from ci_files_client.render import expiry
+from ci_files_client.listing import next_page
+from ci_files_client.options import DEFAULT_URL, INLINE_INPUT_LIMIT, MAX_LIMIT, STATUSES, parse
+from ci_files_client.render import expiry, when
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -118,6 +124,14 @@ def test_options_go_before_or_after_the_command_and_say_where_they_came_from(tmp
         (["get", "r", "--url", "http://h/api/runs"], {}, "invalid_url", "use --url http://h"),
         (["get", "r", "--ttl", "0"], {}, "invalid_request", "--ttl 0: links live at least 1 minute"),
         (["--open", "delete", "r"], {}, "option_not_for_command", "--open applies to `run` and `get`"),
+        (["--ttl", "5", "list"], {}, "option_not_for_command", "--ttl applies to `run` and `get`, not `list`"),
+        (["list", "--limit", "0"], {}, "invalid_request", "--limit 0: a page holds 1 to 100 runs"),
+        (["list", "--limit", "101"], {}, "invalid_request", "--limit 101: a page holds 1 to 100 runs"),
+        (["list", "--limit", "2x"], {}, "invalid_request", "--limit 2x: a page holds"),
+        (["list", "--limit", "-1"], {}, "invalid_request", "--limit -1: a page holds"),
+        (["list", "--limit", "\u0662"], {}, "invalid_request", "a page holds"),  # an Arabic-Indic 2: not ASCII
+        (["list", "--status", "done"], {}, "invalid_request", "--status done: a run's status is one of running,"),
+        (["list", "--status", "deleted"], {}, "invalid_request", "--status deleted: a run's status is one of"),
     ],
 )
 def test_options_that_cannot_work_are_refused_naming_them(
@@ -140,3 +154,40 @@ def test_run_folders_are_safe_names() -> None:
     assert safe_run_folder("resp_abc-1") == "resp_abc-1"
     assert safe_run_folder("../../etc") == "______etc"
     assert safe_run_folder("") == "run"
+
+
+def test_list_options_and_their_defaults() -> None:
+    plain = parse(["list"], {})
+    assert (plain.limit, plain.status, plain.cursor, plain.all, plain.json) == (None, None, None, False, False)
+    args = parse(["--json", "list", "--limit", " 7 ", "--status", "Failed", "--cursor", "abc", "--all"], {})
+    assert (args.limit, args.status, args.cursor, args.all, args.json) == (7, "failed", "abc", True, True)
+
+
+def test_list_options_match_the_api() -> None:
+    """The statuses and the page size `--status` and `--limit` accept are openapi.yaml's."""
+    spec = yaml.safe_load((REPO_ROOT / "openapi.yaml").read_text())
+    parameters = {p["name"]: p["schema"] for p in spec["paths"]["/api/runs"]["get"]["parameters"]}
+    assert tuple(parameters["status"]["enum"]) == STATUSES
+    assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, MAX_LIMIT)
+    assert tuple(spec["components"]["schemas"]["RunSummary"]["properties"]["status"]["enum"]) == STATUSES
+
+
+def test_when_is_local_and_short() -> None:
+    tokyo = timezone(timedelta(hours=9), "JST")
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=tokyo)
+    assert when("2026-05-01T00:30:00Z", now) == "today 09:30"
+    assert when("2026-04-30T14:59:00Z", now) == "Apr 30 23:59"  # the day before, in local time
+    assert when("2026-04-30T15:00:00Z", now) == "today 00:00"
+    assert when("2025-12-31T00:00:00Z", now) == "2025-12-31"
+    assert when("2026-05-01T00:30:00", now) == "today 09:30"  # no zone: UTC, as the service means it
+    assert when("yesterday", now) == "yesterday"
+
+
+def test_the_next_page_command_repeats_the_users_options() -> None:
+    args = parse(["list", "--url", "http://h:1", "--status", "failed", "--limit", "2"], {})
+    assert shlex.split(next_page(args, "Y3Vy")) == [
+        "ci-files", "list", "--url", "http://h:1", "--status", "failed", "--limit", "2", "--cursor", "Y3Vy"
+    ]  # fmt: skip
+    from_env = parse(["list"], {"CI_FILES_URL": "http://h:1"})
+    assert next_page(from_env, "Y3Vy") == "ci-files list --cursor Y3Vy"
+    assert shlex.split(next_page(from_env, "a b;rm")) == ["ci-files", "list", "--cursor", "a b;rm"]

@@ -1,6 +1,7 @@
 """notebooks/walkthrough.ipynb runs top to bottom (nbclient, a real IPython kernel) against the app served over
 HTTP with the rig behind it, so it cannot rot; its outputs show the annotations, the file table, an inline image,
-the downloads, never a whole SAS URL; its last cell deletes the run only when asked (the test asks)."""
+the downloads, the run found again in the list of runs, never a whole SAS URL; its last cell deletes the run only
+when asked (the test asks)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,9 @@ async def test_walkthrough_notebook(
     client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     await client.async_execute()
 
-    run_id = re.search(r"\[2/6\] run (resp_\w+) started", every_output(nb)).group(1)  # type: ignore[union-attr]
+    run_id = re.search(r"\[2/7\] run (resp_\w+) started", every_output(nb)).group(1)  # type: ignore[union-attr]
     annotations = json.loads(
-        output_text(tagged(nb, "annotations")).split("[3/6] annotations:", 1)[1].split("answer:")[0]
+        output_text(tagged(nb, "annotations")).split("[3/7] annotations:", 1)[1].split("answer:")[0]
     )
     (cited,) = annotations
     assert cited["type"] == "container_file_citation" and cited["filename"] == "test.txt"
@@ -80,6 +81,14 @@ async def test_walkthrough_notebook(
     assert (folder / "test.txt").read_bytes() == b"hello world"
     assert [p.read_bytes() for p in folder.glob("*.png")] == [chart]
     assert "sha256 verified" in output_text(tagged(nb, "download"))
+    runs = output_text(tagged(nb, "runs"))
+    assert runs.startswith("[7/7] your latest runs, newest first (local time):\n"), runs
+    (listed,) = [line for line in runs.splitlines() if run_id in line]
+    size = 11 + len(chart)
+    assert re.fullmatch(
+        rf"  \w{{3}} \d\d \d\d:\d\d  completed +2 files +{size:,} bytes  {run_id}  Create test.txt .*…", listed
+    )
+    assert f"this run: completed, 2 files, {size:,} bytes" in runs
     assert "sig=" not in every_output(nb) and "se=" not in every_output(nb), "a whole SAS URL was printed"
     deleted = output_text(tagged(nb, "delete"))
     assert "DELETE -> 204" in deleted and "GET after delete -> 404 run_not_found" in deleted
