@@ -236,12 +236,6 @@ class RunTable:
         """`row` as it is stored now (None: deleted)."""
         return await self._read(row.partition, row.row_key)
 
-    async def read_for(self, record: RunRecord) -> Row | None:
-        """The stored row of the run `record` describes (its keys follow from it)."""
-        return await self._read(
-            partition_of(record.owner, record.principal), row_key_of(record.created_at, record.response_id)
-        )
-
     async def _read(self, partition: str, row_key: str) -> Row | None:
         try:
             entity = await self._table.get_entity(partition, row_key)

@@ -51,8 +51,7 @@ async def _repair(services: Services, response_id: str, caller: str | None, *, a
     principal = metadata.get("principal")
     ownership.check_metadata(metadata, response_id, services.settings, principal if any_caller else caller)
     record = record_from_response(response, await services.store.legacy_run_info(response_id))
-    row = await services.table.read_for(record)
-    return row if row is not None else await services.table.repair(record)
+    return await services.table.repair(record)  # writes what is missing: the row, the id row, or both
 
 
 def record_from_response(response: Response, legacy: dict[str, Any]) -> RunRecord:

@@ -60,7 +60,7 @@ async def test_commit_writes_the_manifest_then_the_row_then_queues_a_callback_of
     outcome = await finishing.commit(services, claim, _outcome(row), LOG)
     rid = row.record.response_id
     assert manifest(rig, rid) == outcome.to_manifest()
-    stored = await services.table.read_for(row.record)
+    stored = await services.table.reread(row)
     assert stored is not None
     assert (stored.record.status, stored.record.files, stored.record.finisher, stored.record.finishing_until) == (
         "completed",
@@ -91,7 +91,7 @@ async def test_the_first_outcome_wins_and_is_called_back_once(rig, queue_env) ->
     services = await get_services()
     row = await _recorded_run(services, callback_url="https://cb.example/hook")
     first = await finishing.commit(services, await Claim.take(services.table, row), _outcome(row, "first"), LOG)
-    again = await services.table.read_for(row.record)
+    again = await services.table.reread(row)
     assert again is not None
     second = await finishing.commit(services, await Claim.take(services.table, again), _outcome(row, "second"), LOG)
     assert second.text == first.text == "first"
