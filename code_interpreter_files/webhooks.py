@@ -8,7 +8,7 @@ could be sent again. Each verified `webhook-id` is claimed with a create-only ma
 (If-None-Match: *) in the output container, which every instance shares, before the event is acted
 on; a second delivery of the same id is answered 200 and not acted on. The marker is released when
 acting fails, so that Azure OpenAI's own retry of that delivery is not mistaken for a replay. Markers
-are useless after the 5-minute window: a lifecycle rule may delete `_webhooks/` blobs after a day.
+are useless after the 5-minute window: the retention sweep (retention.py) deletes them after a day.
 """
 
 from __future__ import annotations

@@ -10,8 +10,17 @@
 // Storage: TWO accounts, so the app's data never shares an account with the host's secrets.
 // HOST (st<token>): the Functions host containers (host keys, leases), the deployment package
 // container and the runs queue. OUTPUT (stout<token>): the output container (with a lifecycle
-// delete rule) and the input container. All role assignments (least privilege, each with its
-// reason) live in ./rbac.bicep.
+// delete rule as a backstop), the input container and the runs table (RUNS_TABLE: run records,
+// the catalog, DELETE's tombstones). All role assignments (least privilege, each with its reason)
+// live in ./rbac.bicep.
+//
+// What removes what: the app's timer `sweep_runs` (every 10 minutes) deletes each run older than
+// runRetentionDays the way DELETE does (its blobs, its record and catalog row; a tombstone stays),
+// and webhook replay markers (_webhooks/ in the output container) after a day. The lifecycle rule
+// is only a BACKSTOP for blobs the sweep never sees (runs of versions before the catalog; files of a
+// deletion that stopped after the run's record was removed): its period, outputBackstopDays, must
+// exceed runRetentionDays, so that it never deletes a run's files while the run is still listed.
+// runRetentionDays = 0 keeps runs for ever, and then the rule is off too.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -59,9 +68,14 @@ param openAiLocation string = location
 @description('AZURE_OPENAI_API_VERSION: empty (not set) uses the GA v1 API; \'preview\' for preview features. The v1 API takes no dated versions.')
 param openAiApiVersion string = ''
 
+@minValue(0)
+@maxValue(3650)
+@description('RUN_RETENTION_DAYS: the sweep_runs timer deletes runs (files, records, catalog rows) older than this; 0 keeps them for ever.')
+param runRetentionDays int = 30
+
 @minValue(1)
-@description('Generated files are deleted from the output container this many days after they were written.')
-param outputRetentionDays int = 7
+@description('BACKSTOP: the output container\'s lifecycle rule deletes blobs this many days after they were last written; must exceed runRetentionDays (unused while runRetentionDays is 0).')
+param outputBackstopDays int = 60
 
 @description('Blob container for generated files (OUTPUT_CONTAINER).')
 param outputContainerName string = 'code-interpreter-outputs'
@@ -73,6 +87,11 @@ param inputContainerName string = 'code-interpreter-inputs'
 @maxLength(63)
 @description('Storage queue on the host account that finishes runs nobody waits for (RUNS_QUEUE).')
 param runsQueueName string = 'code-interpreter-runs'
+
+@minLength(3)
+@maxLength(63)
+@description('Table in the output account: run records, the run catalog, DELETE\'s tombstones (RUNS_TABLE; letters and digits, starting with a letter).')
+param runsTableName string = 'codeinterpreterruns'
 
 @description('AZURE_OPENAI_TOKEN_SCOPE: the Entra ID scope of the Azure OpenAI tokens.')
 param openAiTokenScope string = 'https://ai.azure.com/.default'
@@ -113,6 +132,10 @@ param runEvents string = 'stream'
 @minValue(1)
 @maxValue(600)
 param runEventsIdleSeconds int = 30
+@minValue(1)
+@maxValue(1440)
+@description('CONTAINER_LIFETIME_MINUTES: how long a run\'s Code Interpreter container can hold its files; transient faults are retried this long after the run started.')
+param containerLifetimeMinutes int = 60
 
 @description('CALLBACK_ALLOWED_HOSTS: comma-separated host names callbacks may go to; empty turns callbacks off.')
 param callbackAllowedHosts string = ''
@@ -144,6 +167,12 @@ var outputStorageAccountName = 'stout${resourceToken}'
 // Always a valid container name: lower case, and no hyphen from the app name (so never '--'
 // and never a trailing one); at most 12 + 32 + 1 + 7 = 52 characters.
 var deploymentContainerName = toLower('app-package-${take(replace(appName, '-', ''), 32)}-${take(resourceToken, 7)}')
+
+// The backstop must never delete a run's files before the sweep deletes the run (see the header).
+// fail() stops the deployment with this message (Bicep 0.33 or later; azd's preprovision hook and
+// scripts/deploy.sh check the same before anything is deployed).
+var retentionIsOn = runRetentionDays > 0
+var outputLifecycleDays = !retentionIsOn || outputBackstopDays > runRetentionDays ? outputBackstopDays : fail('outputBackstopDays (${outputBackstopDays}) must exceed runRetentionDays (${runRetentionDays}): the lifecycle rule is a backstop behind the retention sweep.')
 
 // Parse the existing Azure OpenAI resource id. With neither openAiResourceId nor createOpenAi,
 // azd's preprovision hook (scripts/preprovision.sh) stops first; a plain `az deployment` fails
@@ -227,7 +256,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
   }
 }
 
-// OUTPUT storage: generated files (deleted by a lifecycle rule) and the callers' input files.
+// OUTPUT storage: generated files, the callers' input files and the runs table.
 module outputStorage 'br/public:avm/res/storage/storage-account:0.8.3' = {
   name: 'output-storage'
   scope: rg
@@ -254,10 +283,17 @@ module outputStorage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         { name: inputContainerName, publicAccess: 'None' }
       ]
     }
+    // Created here, so the identity's role can be scoped to this one table (rbac.bicep).
+    tableServices: {
+      tables: [
+        { name: runsTableName }
+      ]
+    }
+    // The BACKSTOP (header: what removes what); off while runs are kept for ever.
     managementPolicyRules: [
       {
         name: 'delete-expired-outputs'
-        enabled: true
+        enabled: retentionIsOn
         type: 'Lifecycle'
         definition: {
           filters: {
@@ -267,7 +303,7 @@ module outputStorage 'br/public:avm/res/storage/storage-account:0.8.3' = {
           actions: {
             baseBlob: {
               delete: {
-                daysAfterModificationGreaterThan: outputRetentionDays
+                daysAfterModificationGreaterThan: outputLifecycleDays
               }
             }
           }
@@ -338,7 +374,8 @@ var runsQueueServiceUrl = 'https://${storageAccountName}.queue.${environment().s
 // Every setting the app reads and that is meant to be set in Azure (defaults spelled out).
 // Deliberately NOT set: AZURE_OPENAI_API_KEY, OUTPUT_STORAGE_CONNECTION_STRING and
 // RUNS_QUEUE_STORAGE (key-based, local-development alternatives; this deployment uses the
-// managed identity). The secrets go to app/api.bicep as secure parameters.
+// managed identity), and RUNS_TABLE_SERVICE_URL (the app derives https://<account>.table.<suffix>
+// from OUTPUT_STORAGE_ACCOUNT_URL). The secrets go to app/api.bicep as secure parameters.
 var appSettings = {
   AZURE_OPENAI_ENDPOINT: resolvedOpenAiEndpoint
   AZURE_OPENAI_DEPLOYMENT: openAiDeploymentName
@@ -357,6 +394,9 @@ var appSettings = {
   COPY_MEMORY_MB: string(copyMemoryMB)
   RUN_EVENTS: runEvents
   RUN_EVENTS_IDLE_SECONDS: string(runEventsIdleSeconds)
+  RUNS_TABLE: runsTableName
+  RUN_RETENTION_DAYS: string(runRetentionDays)
+  CONTAINER_LIFETIME_MINUTES: string(containerLifetimeMinutes)
   RUNS_QUEUE: runsQueueName
   RUNS_QUEUE_STORAGE__queueServiceUri: runsQueueServiceUrl
 }
@@ -405,6 +445,7 @@ module rbac './rbac.bicep' = {
     outputStorageAccountName: outputStorage.outputs.name
     outputContainerName: outputContainerName
     inputContainerName: inputContainerName
+    runsTableName: runsTableName
     applicationInsightsName: appInsights.outputs.name
   }
 }
@@ -435,6 +476,7 @@ output AZURE_OPENAI_ENDPOINT string = resolvedOpenAiEndpoint
 output OUTPUT_STORAGE_ACCOUNT_URL string = outputStorageAccountUrl
 output OUTPUT_CONTAINER string = outputContainerName
 output INPUT_CONTAINER string = inputContainerName
+output RUNS_TABLE string = runsTableName
 output RUNS_QUEUE string = runsQueueName
 output RUNS_QUEUE_STORAGE__queueServiceUri string = runsQueueServiceUrl
 output HOST_STORAGE_ACCOUNT_NAME string = storage.outputs.name

@@ -3,11 +3,11 @@
 // resource group (storage + monitoring) and in the Azure OpenAI account's resource group.
 // Every section is skipped when its resource name is empty.
 //
-// Least privilege: the app's data (output and input containers) lives in an account of its
-// own, where the identity holds Storage Blob Data Contributor on the output container, Storage
-// Blob Data Reader on the input container, and Storage Blob Delegator (nothing else) at account
-// scope. Data Owner is held only on the host account, which keeps the host's keys, the
-// deployment package and the runs queue.
+// Least privilege: the app's data (output and input containers, the runs table) lives in an
+// account of its own, where the identity holds Storage Blob Data Contributor on the output
+// container, Storage Blob Data Reader on the input container, Storage Table Data Contributor on
+// the runs table, and Storage Blob Delegator (nothing else) at account scope. Data Owner is held
+// only on the host account, which keeps the host's keys, the deployment package and the runs queue.
 //
 // Why the input and output containers share one account, and why the identity's access to the
 // output container cannot be used to read it through an input name: RBAC cannot close that
@@ -37,6 +37,9 @@ param outputContainerName string = 'code-interpreter-outputs'
 @description('Input container (INPUT_CONTAINER) in the output account.')
 param inputContainerName string = 'code-interpreter-inputs'
 
+@description('Runs table (RUNS_TABLE) in the output account.')
+param runsTableName string = 'codeinterpreterruns'
+
 param applicationInsightsName string = ''
 
 @description('Azure OpenAI account in THIS resource group.')
@@ -48,6 +51,7 @@ var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageBlobDelegator = 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var cognitiveServicesOpenAiUser = '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
@@ -68,6 +72,10 @@ resource outputContainer 'Microsoft.Storage/storageAccounts/blobServices/contain
 
 resource inputContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = if (!empty(outputStorageAccountName)) {
   name: '${outputAccount}/default/${inputContainerName}'
+}
+
+resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = if (!empty(outputStorageAccountName)) {
+  name: '${outputAccount}/default/${runsTableName}'
 }
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = if (!empty(applicationInsightsName)) {
@@ -127,6 +135,22 @@ resource inputContainerReader 'Microsoft.Authorization/roleAssignments@2022-04-0
   scope: inputContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Storage Table Data Contributor on the RUNS TABLE only (not the account): each run's record, the
+// run catalog (GET /api/runs) and DELETE's tombstones are entities of this one table, which the app
+// queries, inserts, updates with If-Match, upserts and deletes. No other table is read or written,
+// and no table SAS is ever signed (the links are blob SAS). The deployment creates the table, so the
+// app's create-on-first-use needs no account-level right: its answer (409 exists, or 403 from this
+// table-scoped role) is tolerated (run_table.ensure_table).
+resource runsTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(outputStorageAccountName)) {
+  name: guid(runsTable.id, principalId, storageTableDataContributor)
+  scope: runsTable
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

@@ -3,8 +3,8 @@
 #
 # Creates or updates (idempotent): resource group, user-assigned managed identity,
 # two storage accounts with shared-key access disabled (HOST: the Functions host, the
-# deployment package and the runs queue; OUTPUT: the output and input containers with a
-# lifecycle rule), Log Analytics + Application Insights (local auth disabled), the role
+# deployment package and the runs queue; OUTPUT: the output and input containers, the runs
+# table, a backstop lifecycle rule), Log Analytics + Application Insights (local auth disabled), the role
 # assignments (least privilege, see docs/deploy.md), a Flex Consumption function app
 # (Python 3.11) running as the identity, its app settings; then publishes the code with
 # Azure Functions Core Tools.
@@ -16,15 +16,21 @@
 # Usage:
 #   scripts/deploy.sh --name <app> --location <region> \
 #       --openai-resource-id /subscriptions/.../providers/Microsoft.CognitiveServices/accounts/<aoai> \
-#       [--resource-group <rg>] [--openai-deployment <name>] [--output-retention-days <n>] \
+#       [--resource-group <rg>] [--openai-deployment <name>] \
+#       [--run-retention-days <n>] [--output-backstop-days <n>] \
 #       [--openai-endpoint <url>] [--openai-api-version v1|preview|latest] \
 #       [--storage-account <host account>] [--output-storage-account <output account>] \
 #       [--callback-allowed-hosts <host,host>] [--owner-tag <tag>] [--skip-publish] [--dry-run]
 #
 # Every option can also come from the environment: AZURE_FUNCTION_APP_NAME, AZURE_LOCATION,
 # AZURE_RESOURCE_GROUP, AZURE_OPENAI_RESOURCE_ID, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT,
-# AZURE_OPENAI_API_VERSION, OUTPUT_RETENTION_DAYS, AZURE_STORAGE_ACCOUNT,
+# AZURE_OPENAI_API_VERSION, RUN_RETENTION_DAYS, OUTPUT_BACKSTOP_DAYS, AZURE_STORAGE_ACCOUNT,
 # AZURE_OUTPUT_STORAGE_ACCOUNT, CALLBACK_ALLOWED_HOSTS, OWNER_TAG.
+#
+# What removes what: the app's timer deletes each run (files, record, catalog row) after
+# --run-retention-days (default 30; 0 keeps runs for ever). The output container's lifecycle
+# rule is only a backstop for files the app never saw (runs of versions before the catalog):
+# --output-backstop-days (default 60) must be longer, and the rule is off while runs are kept.
 # Secrets come ONLY from the environment (never a command-line option, never printed):
 # CALLBACK_SIGNING_SECRET (required with --callback-allowed-hosts) and AZURE_OPENAI_WEBHOOK_SECRET.
 #
@@ -45,7 +51,8 @@ OPENAI_RESOURCE_ID=${AZURE_OPENAI_RESOURCE_ID:-}
 OPENAI_DEPLOYMENT=${AZURE_OPENAI_DEPLOYMENT:-gpt-4.1-mini}
 OPENAI_ENDPOINT=${AZURE_OPENAI_ENDPOINT:-}
 OPENAI_API_VERSION=${AZURE_OPENAI_API_VERSION:-}
-OUTPUT_RETENTION_DAYS=${OUTPUT_RETENTION_DAYS:-7}
+RUN_RETENTION_DAYS=${RUN_RETENTION_DAYS:-30}
+OUTPUT_BACKSTOP_DAYS=${OUTPUT_BACKSTOP_DAYS:-60}
 STORAGE_ACCOUNT=${AZURE_STORAGE_ACCOUNT:-}
 OUTPUT_STORAGE_ACCOUNT=${AZURE_OUTPUT_STORAGE_ACCOUNT:-}
 CALLBACK_HOSTS=${CALLBACK_ALLOWED_HOSTS:-}
@@ -65,7 +72,9 @@ while [[ $# -gt 0 ]]; do
     --openai-deployment) need_value "$@"; OPENAI_DEPLOYMENT=$2; shift 2 ;;
     --openai-endpoint) need_value "$@"; OPENAI_ENDPOINT=$2; shift 2 ;;
     --openai-api-version) need_value "$@"; OPENAI_API_VERSION=$2; shift 2 ;;
-    --output-retention-days) need_value "$@"; OUTPUT_RETENTION_DAYS=$2; shift 2 ;;
+    --run-retention-days) need_value "$@"; RUN_RETENTION_DAYS=$2; shift 2 ;;
+    --output-backstop-days) need_value "$@"; OUTPUT_BACKSTOP_DAYS=$2; shift 2 ;;
+    --output-retention-days) die "--output-retention-days is replaced: --run-retention-days (the app deletes runs; default 30) and --output-backstop-days (the lifecycle rule, a backstop; default 60, longer)" ;;
     --storage-account) need_value "$@"; STORAGE_ACCOUNT=$2; shift 2 ;;
     --output-storage-account) need_value "$@"; OUTPUT_STORAGE_ACCOUNT=$2; shift 2 ;;
     --callback-allowed-hosts) need_value "$@"; CALLBACK_HOSTS=$2; shift 2 ;;
@@ -93,7 +102,18 @@ OPENAI_ACCOUNT=${BASH_REMATCH[3]}
   || die "--openai-endpoint must look like https://<resource>.openai.azure.com"
 [[ -z $OPENAI_API_VERSION || $OPENAI_API_VERSION =~ ^(v1|preview|latest)$ ]] \
   || die "--openai-api-version must be v1, preview or latest (the v1 API takes no dated versions)"
-[[ $OUTPUT_RETENTION_DAYS =~ ^[1-9][0-9]*$ ]] || die "--output-retention-days must be a whole number >= 1"
+[[ -z ${OUTPUT_RETENTION_DAYS:-} ]] \
+  || die "OUTPUT_RETENTION_DAYS is replaced: RUN_RETENTION_DAYS (the app deletes runs; default 30) and OUTPUT_BACKSTOP_DAYS (the lifecycle rule, a backstop; default 60, longer); unset it"
+if ! [[ $RUN_RETENTION_DAYS =~ ^[0-9]{1,4}$ ]] || ((10#$RUN_RETENTION_DAYS > 3650)); then
+  die "--run-retention-days must be a whole number of days from 0 to 3650 (0 keeps runs for ever)"
+fi
+if ! [[ $OUTPUT_BACKSTOP_DAYS =~ ^[0-9]{1,5}$ ]] || ((10#$OUTPUT_BACKSTOP_DAYS < 1)); then
+  die "--output-backstop-days must be a whole number of days from 1 to 99999"
+fi
+RUN_RETENTION_DAYS=$((10#$RUN_RETENTION_DAYS))
+OUTPUT_BACKSTOP_DAYS=$((10#$OUTPUT_BACKSTOP_DAYS))
+((RUN_RETENTION_DAYS == 0 || OUTPUT_BACKSTOP_DAYS > RUN_RETENTION_DAYS)) \
+  || die "--output-backstop-days ($OUTPUT_BACKSTOP_DAYS) must exceed --run-retention-days ($RUN_RETENTION_DAYS): the lifecycle rule is a backstop behind the app's retention sweep"
 [[ -z $OWNER || $OWNER =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die "--owner-tag must be 1-64 letters, digits, '_', '.' or '-'"
 CALLBACK_HOSTS=$(printf '%s' "$CALLBACK_HOSTS" | tr '[:upper:]' '[:lower:]' | tr -d ' ')
 [[ -z $CALLBACK_HOSTS || $CALLBACK_HOSTS =~ ^[a-z0-9.-]+(,[a-z0-9.-]+)*$ ]] \
@@ -121,6 +141,8 @@ DEPLOYMENT_CONTAINER="app-package"
 OUTPUT_CONTAINER="code-interpreter-outputs"
 INPUT_CONTAINER="code-interpreter-inputs"
 RUNS_QUEUE="code-interpreter-runs"
+RUNS_TABLE="codeinterpreterruns"
+CONTAINER_LIFETIME_MINUTES=60
 # Flex Consumption instance size and HTTP concurrency: COPY_MEMORY_MB is one worker's budget of
 # copy bytes in flight, shared by all its concurrent requests (docs/deploy.md, "Memory").
 INSTANCE_MEMORY_MB=2048
@@ -203,6 +225,7 @@ capture SUBSCRIPTION_ID "<subscription-id>" az account show --query id --output 
 RG_ID="/subscriptions/$SUBSCRIPTION_ID/resourceGroups/$RESOURCE_GROUP"
 STORAGE_ID="$RG_ID/providers/Microsoft.Storage/storageAccounts/$STORAGE_ACCOUNT"
 OUTPUT_STORAGE_ID="$RG_ID/providers/Microsoft.Storage/storageAccounts/$OUTPUT_STORAGE_ACCOUNT"
+RUNS_TABLE_ID="$OUTPUT_STORAGE_ID/tableServices/default/tables/$RUNS_TABLE"
 IDENTITY_ID="$RG_ID/providers/Microsoft.ManagedIdentity/userAssignedIdentities/$IDENTITY_NAME"
 LOG_ANALYTICS_ID="$RG_ID/providers/Microsoft.OperationalInsights/workspaces/$LOG_ANALYTICS_NAME"
 APP_INSIGHTS_ID="$RG_ID/providers/Microsoft.Insights/components/$APP_INSIGHTS_NAME"
@@ -276,8 +299,15 @@ for container in "$OUTPUT_CONTAINER" "$INPUT_CONTAINER"; do
   create "container $container" az storage container-rm create --resource-group "$RESOURCE_GROUP" \
     --storage-account "$OUTPUT_STORAGE_ACCOUNT" --name "$container" --public-access off --output none
 done
-lifecycle_policy=$(printf '{"rules":[{"name":"delete-expired-outputs","enabled":true,"type":"Lifecycle","definition":{"filters":{"blobTypes":["blockBlob"],"prefixMatch":["%s/"]},"actions":{"baseBlob":{"delete":{"daysAfterModificationGreaterThan":%s}}}}}]}' \
-  "$OUTPUT_CONTAINER" "$OUTPUT_RETENTION_DAYS")
+# The runs table (run records, the catalog, tombstones), also through ARM: azure-cli has no ARM
+# command for tables (only the data-plane `az storage table`), so a PUT of the table resource.
+# Created here, not by the app, so that the identity's role can be scoped to this one table.
+create "table $RUNS_TABLE" az rest --method put --url "$RUNS_TABLE_ID?api-version=2023-05-01" --output none
+# The BACKSTOP: the app's retention sweep deletes runs; this rule only what it never saw, later.
+backstop_enabled=true
+((RUN_RETENTION_DAYS > 0)) || backstop_enabled=false # runs kept for ever: so are their files
+lifecycle_policy=$(printf '{"rules":[{"name":"delete-expired-outputs","enabled":%s,"type":"Lifecycle","definition":{"filters":{"blobTypes":["blockBlob"],"prefixMatch":["%s/"]},"actions":{"baseBlob":{"delete":{"daysAfterModificationGreaterThan":%s}}}}}]}' \
+  "$backstop_enabled" "$OUTPUT_CONTAINER" "$OUTPUT_BACKSTOP_DAYS")
 create "lifecycle rule on $OUTPUT_STORAGE_ACCOUNT" az storage account management-policy create \
   --resource-group "$RESOURCE_GROUP" --account-name "$OUTPUT_STORAGE_ACCOUNT" --policy "$lifecycle_policy" --output none
 
@@ -309,6 +339,8 @@ assign_role "Storage Queue Data Contributor" "$STORAGE_ID"
 # OUTPUT account: write/read/delete blobs in the output container, read the input container ...
 assign_role "Storage Blob Data Contributor" "$OUTPUT_STORAGE_ID/blobServices/default/containers/$OUTPUT_CONTAINER"
 assign_role "Storage Blob Data Reader" "$OUTPUT_STORAGE_ID/blobServices/default/containers/$INPUT_CONTAINER"
+# ... the runs table only (records, catalog, tombstones; no other table, no table SAS) ...
+assign_role "Storage Table Data Contributor" "$RUNS_TABLE_ID"
 # ... and the user delegation key for the read-only SAS links (an account-level action).
 assign_role "Storage Blob Delegator" "$OUTPUT_STORAGE_ID"
 # Responses API + Code Interpreter container files with Entra ID tokens, no API key.
@@ -339,7 +371,8 @@ create "scale settings of $NAME" az functionapp scale config set --resource-grou
 info "app settings"
 # The app's own settings (defaults spelled out). Deliberately NOT set: AZURE_OPENAI_API_KEY,
 # OUTPUT_STORAGE_CONNECTION_STRING and RUNS_QUEUE_STORAGE (key-based local alternatives;
-# Azure uses the identity). Optional ones are set only when given.
+# Azure uses the identity), RUNS_TABLE_SERVICE_URL (the app derives the table endpoint from
+# OUTPUT_STORAGE_ACCOUNT_URL). Optional ones are set only when given.
 app_settings=(
   "AZURE_OPENAI_ENDPOINT=$OPENAI_ENDPOINT"
   "AZURE_OPENAI_DEPLOYMENT=$OPENAI_DEPLOYMENT"
@@ -358,6 +391,9 @@ app_settings=(
   "COPY_MEMORY_MB=$COPY_MEMORY_MB"
   "RUN_EVENTS=stream"
   "RUN_EVENTS_IDLE_SECONDS=30"
+  "RUNS_TABLE=$RUNS_TABLE"
+  "RUN_RETENTION_DAYS=$RUN_RETENTION_DAYS"
+  "CONTAINER_LIFETIME_MINUTES=$CONTAINER_LIFETIME_MINUTES"
   "RUNS_QUEUE=$RUNS_QUEUE"
   "RUNS_QUEUE_STORAGE__queueServiceUri=https://$STORAGE_ACCOUNT.queue.core.windows.net"
 )

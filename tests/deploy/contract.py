@@ -16,7 +16,9 @@ class Setting:
     low: int | None = None
     high: int | None = None
     choices: tuple[str, ...] = ()
-    azure: str = "always"  # always | optional (set only when given) | never (local only) | platform
+    # always | optional (set only when given) | never (local only) | platform | derived (the app derives it
+    # from another setting in Azure: the deploy files leave it unset)
+    azure: str = "always"
     secret: bool = False
 
 
@@ -30,6 +32,10 @@ SETTINGS: dict[str, Setting] = {
     "OUTPUT_STORAGE_CONNECTION_STRING": Setting(azure="never", secret=True),
     "OUTPUT_CONTAINER": Setting("code-interpreter-outputs"),
     "INPUT_CONTAINER": Setting("code-interpreter-inputs"),
+    "RUNS_TABLE": Setting("codeinterpreterruns"),
+    "RUNS_TABLE_SERVICE_URL": Setting(azure="derived"),  # https://<account>.table.<suffix> from the account URL
+    "RUN_RETENTION_DAYS": Setting("30", 0, 3650),
+    "CONTAINER_LIFETIME_MINUTES": Setting("60", 1, 1440),
     "SAS_TTL_MINUTES": Setting("60", 1, 10015),
     "SAS_TTL_MAX_MINUTES": Setting("1440", 1, 10015),
     "MAX_FILES_PER_RUN": Setting("20", 1, 1000),
@@ -52,7 +58,7 @@ SETTINGS: dict[str, Setting] = {
 }
 SET_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "always"}
 OPTIONAL_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure == "optional"}
-NEVER_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure in ("never", "platform")}
+NEVER_IN_AZURE = {n for n, s in SETTINGS.items() if s.azure in ("never", "platform", "derived")}
 
 # Platform settings that are not the app's own but may (or must) be set.
 PLATFORM_EXACT = {
@@ -82,6 +88,7 @@ SUB = "<subscription-id>"
 RG_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}"
 STORAGE_ID = f"{RG_ID}/providers/Microsoft.Storage/storageAccounts/{STORAGE}"
 OUTPUT_STORAGE_ID = f"{RG_ID}/providers/Microsoft.Storage/storageAccounts/{OUTPUT_STORAGE}"
+RUNS_TABLE_ID = f"{OUTPUT_STORAGE_ID}/tableServices/default/tables/{SETTINGS['RUNS_TABLE'].default}"
 APPI_ID = f"{RG_ID}/providers/Microsoft.Insights/components/appi-{APP}"
 IDENTITY_ID = f"{RG_ID}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-{APP}"
 
@@ -123,6 +130,15 @@ def refused(name: str, value: str, **env: str) -> bool:
 
 RANGED = sorted(n for n, s in SETTINGS.items() if s.low is not None)
 
+# The output container's lifecycle rule is a backstop behind the retention sweep: its default period
+# (outputBackstopDays in infra/main.bicep, --output-backstop-days in scripts/deploy.sh) is longer.
+BACKSTOP_DAYS = 60
+
+
+def backstop_goes_on(retention_days: int, backstop_days: int) -> bool:
+    """Python twin of main.bicep's guard (test_bicep asserts it verbatim): retention off (0), or a longer backstop."""
+    return retention_days == 0 or backstop_days > retention_days
+
 
 # Role definition ids (Azure built-in roles) and their names: infra/rbac.bicep and docs/deploy.md use them.
 ROLES = {
@@ -131,6 +147,7 @@ ROLES = {
     "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
     "db58b8e5-c6ad-4a2a-8342-4190687cbf4a": "Storage Blob Delegator",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd": "Cognitive Services OpenAI User",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }

@@ -47,8 +47,9 @@ def test_local_settings_example_lists_every_setting():
     values = json.loads((ROOT / "local.settings.json.example").read_text())
     assert values.get("IsEncrypted") is False
     values = values["Values"]
-    # Set by the platform, or the Azure form of a local connection string: not in the example.
-    not_local = {"WEBSITE_AUTH_ENABLED", "RUNS_QUEUE_STORAGE__queueServiceUri"}
+    # Set by the platform, or the Azure form of a local connection string (UseDevelopmentStorage=true names
+    # its own table endpoint; RUNS_TABLE_SERVICE_URL is refused without OUTPUT_STORAGE_ACCOUNT_URL): not in it.
+    not_local = {"WEBSITE_AUTH_ENABLED", "RUNS_QUEUE_STORAGE__queueServiceUri", "RUNS_TABLE_SERVICE_URL"}
     missing = set(SETTINGS) - not_local - set(values)
     assert not missing, f"local.settings.json.example lacks: {sorted(missing)}"
     unknown = {n for n in values if (n not in SETTINGS or n in not_local) and not is_platform(n)}
@@ -84,6 +85,32 @@ def test_script_sets_every_setting(tmp_path):
     check_azure_settings("scripts/deploy.sh", set(plain), OPTIONAL_IN_AZURE)
 
 
+def test_the_app_takes_the_script_settings_and_derives_the_table_endpoint(tmp_path):
+    """What scripts/deploy.sh sets is a whole configuration the app accepts, and its runs table endpoint
+    follows from OUTPUT_STORAGE_ACCOUNT_URL: that is why no deploy path sets RUNS_TABLE_SERVICE_URL."""
+    from code_interpreter_files.settings import load_settings
+
+    settings = load_settings(script_settings(dry_run_commands(tmp_path)))
+    assert settings.table_service_url == "https://stciftestout.table.core.windows.net"
+    assert settings.runs_table == SETTINGS["RUNS_TABLE"].default
+    assert settings.run_retention_days == int(str(SETTINGS["RUN_RETENTION_DAYS"].default))
+    assert settings.container_lifetime_minutes == int(str(SETTINGS["CONTAINER_LIFETIME_MINUTES"].default))
+
+
+@pytest.mark.parametrize("suffix", ["core.windows.net", "core.chinacloudapi.cn", "core.usgovcloudapi.net"])
+def test_the_app_derives_the_table_endpoint_from_the_bicep_account_url(suffix):
+    """main.bicep's OUTPUT_STORAGE_ACCOUNT_URL, in each cloud's storage suffix (environment().suffixes.storage)."""
+    from code_interpreter_files.settings import table_url_for
+
+    main = MAIN.read_text()
+    assert (
+        "var outputStorageAccountUrl = 'https://${outputStorageAccountName}.blob.${environment().suffixes.storage}'"
+        in main
+    )
+    assert bicep_object_keys(main, "appSettings")["OUTPUT_STORAGE_ACCOUNT_URL"] == "outputStorageAccountUrl"
+    assert table_url_for(f"https://stoutabc123.blob.{suffix}") == f"https://stoutabc123.table.{suffix}"
+
+
 def test_bicep_defaults_and_ranges_match_the_app():
     main = MAIN.read_text()
     params = bicep_params(main)
@@ -115,7 +142,8 @@ def test_bicep_outputs_agree_with_the_settings():
     for name, expr in outputs.items():
         if name in SETTINGS:
             assert own[name] == expr, f"output {name} = {expr} but the app setting is {own[name]}"
-    assert {"OUTPUT_STORAGE_ACCOUNT_URL", "OUTPUT_CONTAINER", "INPUT_CONTAINER", "RUNS_QUEUE"} <= set(outputs)
+    wanted = {"OUTPUT_STORAGE_ACCOUNT_URL", "OUTPUT_CONTAINER", "INPUT_CONTAINER", "RUNS_TABLE", "RUNS_QUEUE"}
+    assert wanted <= set(outputs)
     assert {"RUNS_QUEUE_STORAGE__queueServiceUri", "AZURE_OPENAI_ENDPOINT"} <= set(outputs)
     assert outputs["HOST_STORAGE_ACCOUNT_NAME"] == "storage.outputs.name"
     assert outputs["OUTPUT_STORAGE_ACCOUNT_NAME"] == "outputStorage.outputs.name"

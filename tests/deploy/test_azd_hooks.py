@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import yaml
 
+from tests.deploy.contract import BACKSTOP_DAYS, SETTINGS, backstop_goes_on
 from tests.deploy.deploy_script import HOOK, OPENAI_ID, POSTDEPLOY, ROOT
 
 
@@ -30,6 +31,57 @@ def test_preprovision_hook(env, ok, message):
     )
     assert (proc.returncode == 0) is ok, proc.stderr
     assert message in (proc.stdout if ok else proc.stderr)
+
+
+def run_hook(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(HOOK)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "AZURE_OPENAI_RESOURCE_ID": OPENAI_ID, **env},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(("retention", "backstop"), [(30, 60), (30, 31), (30, 30), (60, 30), (0, 1), (3650, 3651)])
+def test_preprovision_hook_keeps_the_backstop_behind_the_retention(retention, backstop):
+    """The hook decides as main.bicep's guard does, before anything is deployed."""
+    proc = run_hook(RUN_RETENTION_DAYS=str(retention), OUTPUT_BACKSTOP_DAYS=str(backstop))
+    assert (proc.returncode == 0) is backstop_goes_on(retention, backstop), proc.stderr
+    if proc.returncode:
+        assert f"OUTPUT_BACKSTOP_DAYS ({backstop}) must exceed RUN_RETENTION_DAYS ({retention})" in proc.stderr
+    elif retention:
+        assert f"Runs: deleted after {retention} days (RUN_RETENTION_DAYS); lifecycle backstop after {backstop}" in (
+            proc.stdout
+        )
+    else:
+        assert "Runs: kept for ever (RUN_RETENTION_DAYS=0; the lifecycle backstop is off)" in proc.stdout
+
+
+def test_preprovision_hook_defaults_and_bad_retention_values():
+    ok = run_hook()
+    assert ok.returncode == 0, ok.stderr
+    retention = SETTINGS["RUN_RETENTION_DAYS"].default
+    assert f"Runs: deleted after {retention} days (RUN_RETENTION_DAYS); lifecycle backstop after {BACKSTOP_DAYS}" in (
+        ok.stdout
+    )
+    for name, value in [
+        ("RUN_RETENTION_DAYS", "3651"),
+        ("RUN_RETENTION_DAYS", "-1"),
+        ("RUN_RETENTION_DAYS", "30d"),
+        ("OUTPUT_BACKSTOP_DAYS", "0"),
+        ("OUTPUT_BACKSTOP_DAYS", "1e9"),
+    ]:
+        bad = run_hook(**{name: value})
+        assert bad.returncode == 1 and f"{name} must be a whole number of days" in bad.stderr, (name, value)
+    # The setting this replaced stops the deployment with what to set instead (its meaning changed).
+    old = run_hook(OUTPUT_RETENTION_DAYS="7")
+    assert old.returncode == 1
+    assert "OUTPUT_RETENTION_DAYS is replaced" in old.stderr and "RUN_RETENTION_DAYS" in old.stderr
+    assert "OUTPUT_BACKSTOP_DAYS" in old.stderr
+    ps1 = (ROOT / "scripts" / "preprovision.ps1").read_text()
+    for needle in ("OUTPUT_RETENTION_DAYS is replaced", "must exceed RUN_RETENTION_DAYS", "'30'", f"'{BACKSTOP_DAYS}'"):
+        assert needle in ps1, needle
 
 
 def test_azure_yaml_runs_the_hooks():

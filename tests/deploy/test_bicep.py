@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.bicep_text import API, BICEP_FILES, INFRA, MAIN, strip_bicep
-from tests.deploy.contract import ROLES
+from tests.deploy.bicep_text import API, BICEP_FILES, INFRA, MAIN, bicep_object_keys, bicep_params, strip_bicep
+from tests.deploy.contract import BACKSTOP_DAYS, ROLES, SETTINGS
 from tests.deploy.deploy_script import ROOT
 
 
@@ -52,6 +52,7 @@ def test_all_role_assignments_live_in_rbac_bicep_with_reasons():
             ("Storage Queue Data Contributor", "hostStorage"),
             ("Storage Blob Data Contributor", "outputContainer"),
             ("Storage Blob Data Reader", "inputContainer"),
+            ("Storage Table Data Contributor", "runsTable"),
             ("Storage Blob Delegator", "outputStorage"),
             ("Cognitive Services OpenAI User", "openAi"),
             ("Monitoring Metrics Publisher", "appInsights"),
@@ -59,6 +60,13 @@ def test_all_role_assignments_live_in_rbac_bicep_with_reasons():
     )
     assert "'${outputAccount}/default/${outputContainerName}'" in text
     assert "'${outputAccount}/default/${inputContainerName}'" in text
+    # The table role's scope is the one runs table, not the account.
+    assert re.search(
+        r"^resource runsTable 'Microsoft\.Storage/storageAccounts/tableServices/tables@[\d-]+' existing = "
+        r"if \(!empty\(outputStorageAccountName\)\) \{\n  name: '\$\{outputAccount\}/default/\$\{runsTableName\}'\n\}",
+        text,
+        re.M,
+    )
 
 
 def test_host_and_output_storage_are_separate_accounts():
@@ -67,15 +75,49 @@ def test_host_and_output_storage_are_separate_accounts():
     rbac = re.search(r"module rbac './rbac.bicep' = \{.*?\n\}", main, re.S).group(0)
     assert "hostStorageAccountName: storage.outputs.name" in rbac
     assert "outputStorageAccountName: outputStorage.outputs.name" in rbac
+    assert "runsTableName: runsTableName" in rbac
     host = re.search(r"module storage 'br/public:[^']+' = \{.*?\n\}", main, re.S).group(0)
     output = re.search(r"module outputStorage 'br/public:[^']+' = \{.*?\n\}", main, re.S).group(0)
     assert "outputContainerName" not in host and "inputContainerName" not in host
     assert "{ name: runsQueueName }" in host and "deploymentContainerName" in host
     assert "{ name: outputContainerName, publicAccess: 'None' }" in output
     assert "{ name: inputContainerName, publicAccess: 'None' }" in output
-    assert "daysAfterModificationGreaterThan: outputRetentionDays" in output
+    # The runs table is created in the output account (the app's role is scoped to it), never the host's.
+    assert re.search(r"tableServices: \{\s+tables: \[\s+\{ name: runsTableName \}\s+\]\s+\}", output)
+    assert "tableServices" not in host
+    assert "daysAfterModificationGreaterThan: outputLifecycleDays" in output
     for account in (host, output):
         assert "allowSharedKeyAccess: false" in account
+
+
+def test_the_runs_table_is_the_apps_setting():
+    main = MAIN.read_text()
+    params = bicep_params(main)
+    assert params["runsTableName"]["default"] == SETTINGS["RUNS_TABLE"].default
+    assert bicep_object_keys(main, "appSettings")["RUNS_TABLE"] == "runsTableName"
+    assert "RUNS_TABLE_SERVICE_URL" not in strip_bicep(main), "the app derives it from OUTPUT_STORAGE_ACCOUNT_URL"
+
+
+def test_lifecycle_rule_is_a_backstop_behind_the_retention():
+    """What removes what: the retention sweep deletes runs after RUN_RETENTION_DAYS; the lifecycle rule only
+    what it never saw, later (its period exceeds the retention), and nothing while runs are kept for ever."""
+    main = MAIN.read_text()
+    params = bicep_params(main)
+    retention, backstop = params["runRetentionDays"], params["outputBackstopDays"]
+    assert retention["default"] == SETTINGS["RUN_RETENTION_DAYS"].default
+    assert backstop["default"] == str(BACKSTOP_DAYS)
+    assert int(str(backstop["default"])) > int(str(retention["default"])), "the backstop outlasts the retention"
+    assert backstop.get("minValue") == 1
+    assert "var retentionIsOn = runRetentionDays > 0" in main
+    # backstop_goes_on (tests/deploy/contract.py) is this condition; the hook and the script are checked with it.
+    assert (
+        "var outputLifecycleDays = !retentionIsOn || outputBackstopDays > runRetentionDays ? outputBackstopDays : "
+        "fail('outputBackstopDays (${outputBackstopDays}) must exceed runRetentionDays (${runRetentionDays})"
+    ) in main
+    output = re.search(r"module outputStorage 'br/public:[^']+' = \{.*?\n\}", main, re.S).group(0)
+    rule = re.search(r"managementPolicyRules: \[.*?\n    \]", output, re.S).group(0)
+    assert "enabled: retentionIsOn" in rule and "daysAfterModificationGreaterThan: outputLifecycleDays" in rule
+    assert "prefixMatch: ['${outputContainerName}/']" in rule  # _webhooks/ markers too: the sweep removes them first
 
 
 def deployment_container_name(app_name: str, token: str) -> str:
@@ -104,7 +146,9 @@ def test_bicep_key_settings():
     main = MAIN.read_text()
     api = API.read_text()
     assert "targetScope = 'subscription'" in main
-    assert re.search(r"^param outputRetentionDays int = 7$", main, re.M)
+    assert not re.search(r"^param outputRetentionDays ", main, re.M), (
+        "replaced by runRetentionDays + outputBackstopDays"
+    )
     assert re.search(r"^param createOpenAi bool = false$", main, re.M)
     assert re.search(r"^param openAiResourceId string", main, re.M)
     assert "prefixMatch: ['${outputContainerName}/']" in main
@@ -126,7 +170,15 @@ def test_azd_files():
     assert "'azd-service-name': serviceName" in API.read_text()
     main = MAIN.read_text()
     params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
-    for name in params:
+    defaults = bicep_params(main)
+    for name, mapping in params.items():
         assert re.search(rf"^param {name} ", main, re.M), f"main.parameters.json: unknown parameter {name}"
+        # ${NAME=default}: azd's default when the environment lacks NAME must be the template's own.
+        given = re.fullmatch(r"\$\{(\w+)(?:=([^}]*))?\}", mapping["value"])
+        assert given, f"{name}: {mapping['value']}"
+        if given.group(2) is not None:
+            assert given.group(2) == defaults[name]["default"], f"{name}: azd default {given.group(2)!r}"
+    assert params["runRetentionDays"]["value"] == "${RUN_RETENTION_DAYS=30}"
+    assert params["outputBackstopDays"]["value"] == f"${{OUTPUT_BACKSTOP_DAYS={BACKSTOP_DAYS}}}"
     required = re.findall(r"^param (\w+) \w+$", main, re.M)  # no default value
     assert set(required) <= set(params), "azd must supply every parameter without a default"

@@ -28,13 +28,32 @@ def test_deploy_docs_cover_the_essentials():
         "x-functions-key",
         "func azure functionapp logstream",
         "AppTraces",
-        "outputRetentionDays",
+        "outputBackstopDays",
+        "OUTPUT_BACKSTOP_DAYS",
+        "--output-backstop-days",
+        "RUN_RETENTION_DAYS",
+        "--run-retention-days",
+        "RUNS_TABLE=codeinterpreterruns",
+        "CONTAINER_LIFETIME_MINUTES=60",
+        "## What removes what",
+        "_webhooks/",
         "perInstanceConcurrency",
         "COPY_MEMORY_MB",
         "log-analytics",
         "application-insights",
     ):
         assert needle in text, f"docs/deploy.md does not mention {needle!r}"
+
+
+def test_deploy_docs_roles_table_has_every_role_once():
+    """The roles table (one row per role, its scope and why) lists exactly the roles of tests/deploy/contract.py."""
+    text = DEPLOY_DOC.read_text()
+    section = text.split("## Identity and roles", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \| [^|]+ \|$", section, re.M)
+    roles = [role for role, _ in rows if role not in ("Role", "---")]
+    assert sorted(roles) == sorted(ROLES.values())
+    scope = dict(rows)["Storage Table Data Contributor"]
+    assert "runs table" in scope and "only" in scope
 
 
 # Columns of the workspace-based Application Insights tables (Azure Monitor Logs reference:

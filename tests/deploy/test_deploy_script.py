@@ -14,11 +14,14 @@ import pytest
 
 from tests.deploy.contract import (
     APPI_ID,
+    BACKSTOP_DAYS,
     IDENTITY_ID,
     OPTIONAL_IN_AZURE,
     OUTPUT_STORAGE_ID,
+    RUNS_TABLE_ID,
     SETTINGS,
     STORAGE_ID,
+    backstop_goes_on,
 )
 from tests.deploy.deploy_script import (
     APP,
@@ -72,6 +75,7 @@ ORDER = [
     ("az", "identity", "create"),
     ("az", "storage", "account", "create"),
     ("az", "storage", "container-rm", "create"),
+    ("az", "rest", "--method", "put"),  # the runs table, through ARM
     ("az", "storage", "account", "management-policy", "create"),
     ("az", "monitor", "log-analytics", "workspace", "create"),
     ("az", "resource", "create"),
@@ -85,7 +89,7 @@ ORDER = [
 
 
 def test_dry_run_command_sequence(tmp_path):
-    cmds = dry_run_commands(tmp_path, "--output-retention-days", "3", "--openai-deployment", "my-dep")
+    cmds = dry_run_commands(tmp_path, "--output-backstop-days", "45", "--openai-deployment", "my-dep")
     positions = []
     for prefix in ORDER:
         found = find(cmds, *prefix)
@@ -127,7 +131,7 @@ def test_dry_run_command_sequence(tmp_path):
     rule = json.loads(opt(policy_cmd, "--policy"))["rules"][0]
     assert rule["enabled"] is True and rule["type"] == "Lifecycle"
     assert rule["definition"]["filters"]["prefixMatch"] == ["code-interpreter-outputs/"]
-    assert rule["definition"]["actions"]["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": 3}
+    assert rule["definition"]["actions"]["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": 45}
 
     _, appi = one(cmds, "az", "resource", "create")
     assert opt(appi, "--resource-type") == "Microsoft.Insights/components" and "--is-full-object" in appi
@@ -176,6 +180,57 @@ def test_dry_run_command_sequence(tmp_path):
     assert not set(settings) & OPTIONAL_IN_AZURE, "optional settings are set only when given"
 
 
+def lifecycle_rule(cmds: list[list[str]]) -> dict:
+    _, policy_cmd = one(cmds, "az", "storage", "account", "management-policy", "create")
+    rules = json.loads(opt(policy_cmd, "--policy"))["rules"]
+    assert len(rules) == 1
+    return rules[0]
+
+
+def test_dry_run_creates_the_runs_table_through_arm(tmp_path):
+    """The runs table exists before the role scoped to it, created through ARM (no data-plane role needed by
+    whoever deploys), in the output account, under the name the app is given."""
+    cmds = dry_run_commands(tmp_path)
+    index, table = one(cmds, "az", "rest")
+    assert opt(table, "--method") == "put"
+    assert opt(table, "--url") == f"{RUNS_TABLE_ID}?api-version=2023-05-01"
+    assert RUNS_TABLE_ID.endswith(f"/tableServices/default/tables/{script_settings(cmds)['RUNS_TABLE']}")
+    assert not find(cmds, "az", "storage", "table"), "data-plane table commands need a data role for the deployer"
+    scopes = [(i, opt(c, "--scope")) for i, c in find(cmds, "az", "role", "assignment", "create")]
+    assert [i for i, scope in scopes if scope == RUNS_TABLE_ID] and all(index < i for i, _ in scopes)
+
+
+def test_dry_run_backstop_outlasts_the_retention(tmp_path):
+    """What removes what: the app deletes runs after RUN_RETENTION_DAYS; the lifecycle rule, a backstop, later."""
+    default = tmp_path / "default"
+    default.mkdir()
+    cmds = dry_run_commands(default)
+    rule = lifecycle_rule(cmds)
+    days = rule["definition"]["actions"]["baseBlob"]["delete"]["daysAfterModificationGreaterThan"]
+    assert rule["enabled"] is True and days == BACKSTOP_DAYS
+    assert days > int(script_settings(cmds)["RUN_RETENTION_DAYS"]) == int(str(SETTINGS["RUN_RETENTION_DAYS"].default))
+
+    forever = tmp_path / "forever"
+    forever.mkdir()
+    cmds = dry_run_commands(forever, "--run-retention-days", "0")
+    assert script_settings(cmds)["RUN_RETENTION_DAYS"] == "0"
+    assert lifecycle_rule(cmds)["enabled"] is False, "runs kept for ever: so are their files"
+
+
+@pytest.mark.parametrize(("retention", "backstop"), [(30, 60), (30, 31), (30, 30), (60, 30), (0, 1), (3650, 3651)])
+def test_script_keeps_the_backstop_behind_the_retention(tmp_path, retention, backstop):
+    """The script decides as main.bicep's guard does (contract.backstop_goes_on), before anything runs."""
+    args = ["--dry-run", *BASE_ARGS, "--run-retention-days", str(retention), "--output-backstop-days", str(backstop)]
+    proc, _ = run_script(tmp_path, args)
+    assert (proc.returncode == 0) is backstop_goes_on(retention, backstop), proc.stderr
+    if proc.returncode:
+        assert f"--output-backstop-days ({backstop}) must exceed --run-retention-days ({retention})" in proc.stderr
+        assert proc.stdout == ""
+    else:
+        assert f'"daysAfterModificationGreaterThan":{backstop}' in proc.stdout
+        assert f"RUN_RETENTION_DAYS={retention} " in proc.stdout
+
+
 def test_dry_run_role_assignments(tmp_path):
     cmds = dry_run_commands(tmp_path)
     roles = []
@@ -190,6 +245,7 @@ def test_dry_run_role_assignments(tmp_path):
             ("Storage Queue Data Contributor", STORAGE_ID),
             ("Storage Blob Data Contributor", f"{containers}/code-interpreter-outputs"),
             ("Storage Blob Data Reader", f"{containers}/code-interpreter-inputs"),
+            ("Storage Table Data Contributor", RUNS_TABLE_ID),
             ("Storage Blob Delegator", OUTPUT_STORAGE_ID),
             ("Cognitive Services OpenAI User", OPENAI_ID),
             ("Monitoring Metrics Publisher", APPI_ID),
@@ -267,13 +323,14 @@ def test_inputs_from_environment(tmp_path):
         AZURE_FUNCTION_APP_NAME=APP,
         AZURE_LOCATION="westus3",
         AZURE_OPENAI_RESOURCE_ID=OPENAI_ID,
-        OUTPUT_RETENTION_DAYS="14",
+        RUN_RETENTION_DAYS="14",
+        OUTPUT_BACKSTOP_DAYS="21",
         AZURE_OUTPUT_STORAGE_ACCOUNT="outacct",
         OWNER_TAG="from-env",
     )
     assert proc.returncode == 0, proc.stderr
     assert "--flexconsumption-location westus3" in proc.stdout
-    assert '"daysAfterModificationGreaterThan":14' in proc.stdout
+    assert '"daysAfterModificationGreaterThan":21' in proc.stdout and "RUN_RETENTION_DAYS=14 " in proc.stdout
     assert "--account-name outacct" in proc.stdout and "OWNER_TAG=from-env" in proc.stdout
 
 
@@ -284,7 +341,13 @@ def test_inputs_from_environment(tmp_path):
         (["--name", APP, "--openai-resource-id", OPENAI_ID], {}, "--location is required"),
         (["--name", APP, "--location", "eastus2"], {}, "--openai-resource-id is required"),
         ([*BASE_ARGS[:4], "--openai-resource-id", "/subscriptions/x/oops"], {}, "--openai-resource-id must look like"),
-        ([*BASE_ARGS, "--output-retention-days", "0"], {}, "--output-retention-days"),
+        ([*BASE_ARGS, "--run-retention-days", "3651"], {}, "--run-retention-days must be a whole number"),
+        ([*BASE_ARGS, "--run-retention-days", "-1"], {}, "--run-retention-days must be a whole number"),
+        ([*BASE_ARGS, "--run-retention-days", "30d"], {}, "--run-retention-days must be a whole number"),
+        ([*BASE_ARGS, "--output-backstop-days", "0"], {}, "--output-backstop-days must be a whole number"),
+        ([*BASE_ARGS, "--run-retention-days", "90"], {}, "--output-backstop-days (60) must exceed"),
+        ([*BASE_ARGS, "--output-retention-days", "7"], {}, "--output-retention-days is replaced: --run-retention-days"),
+        (BASE_ARGS, {"OUTPUT_RETENTION_DAYS": "7"}, "OUTPUT_RETENTION_DAYS is replaced: RUN_RETENTION_DAYS"),
         ([*BASE_ARGS, "--openai-api-version", "2025-04-01-preview"], {}, "v1, preview or latest"),
         ([*BASE_ARGS, "--openai-endpoint", "x.openai.azure.com"], {}, "--openai-endpoint must look like"),
         ([*BASE_ARGS, "--callback-allowed-hosts", "https://a.example.com"], SECRETS_ENV, "host names"),
@@ -353,8 +416,10 @@ def test_a_failure_later_says_what_was_created(tmp_path):
         f"storage account {STORAGE}",
         f"storage account {OUTPUT_STORAGE}",
         "container code-interpreter-inputs",
+        "table codeinterpreterruns",
         f"Application Insights appi-{APP}",
         f"role 'Storage Blob Delegator' on {OUTPUT_STORAGE}",
+        "role 'Storage Table Data Contributor' on codeinterpreterruns",
     ):
         assert f"  - {what}\n" in report, what
     assert f"function app {APP}" not in report and "app settings" not in report
