@@ -19,13 +19,13 @@
 # 3. creates .venv and installs requirements-local.txt (the app's requirements.txt, the `ci-files`
 #    client's and the offline services' libraries, pinned) and the client (again only when those
 #    files or pyproject.toml changed); Node packages (Azurite) from package-lock.json;
-# 4. without --offline: starts Azurite's blob and queue services in the background, data under
+# 4. without --offline: starts Azurite's blob, queue and table services in the background, data under
 #    .azurite/ (reuses ones already listening), and stops them when this script ends;
 # 5. --offline: runs local_azure/offline.py (it starts and stops everything); otherwise `func start`
 #    with .venv active.
 #
 # Safe to run again. --dry-run checks and prints what it would do, changing nothing. Ctrl-C stops all.
-# Ports: --port (the app's, 7071); AZURITE_BLOB_PORT and AZURITE_QUEUE_PORT (10000 and 10001; with
+# Ports: --port (the app's, 7071); AZURITE_BLOB_PORT, AZURITE_QUEUE_PORT and AZURITE_TABLE_PORT (10000, 10001, 10002; with
 # --offline free ones unless set); other ports than those of UseDevelopmentStorage=true are handed to
 # the app as connection strings.
 set -euo pipefail
@@ -64,6 +64,7 @@ fi
 
 BLOB_PORT=${AZURITE_BLOB_PORT:-10000}
 QUEUE_PORT=${AZURITE_QUEUE_PORT:-10001}
+TABLE_PORT=${AZURITE_TABLE_PORT:-10002}
 AZURITE_DIR="$ROOT/.azurite"
 NODE_BIN="$ROOT/node_modules/.bin"
 STEPS=5
@@ -87,7 +88,7 @@ stop_azurite() {
     fi
   done
   if [[ ${#STARTED_PIDS[@]} -gt 0 ]]; then
-    printf 'Stopped Azurite (blob and queue).\n'
+    printf 'Stopped Azurite (blob, queue and table).\n'
   fi
   STARTED_PIDS=()
 }
@@ -221,7 +222,7 @@ fi
 if $OFFLINE; then
   step "Azurite and Node 22 (node_modules, from package-lock.json)"
 else
-  step "Azurite (blob on $BLOB_PORT, queue on $QUEUE_PORT, data in .azurite/)"
+  step "Azurite (blob on $BLOB_PORT, queue on $QUEUE_PORT, table on $TABLE_PORT, data in .azurite/)"
 fi
 if [[ ! -x $NODE_BIN/azurite-blob ]]; then
   if $DRY_RUN; then would "npm ci --no-audit --no-fund"; else npm ci --no-audit --no-fund --loglevel=error; fi
@@ -269,10 +270,11 @@ start_azurite() { # service port
 }
 start_azurite blob "$BLOB_PORT"
 start_azurite queue "$QUEUE_PORT"
-if [[ $BLOB_PORT != 10000 || $QUEUE_PORT != 10001 ]]; then
+start_azurite table "$TABLE_PORT"  # the runs table: run records, the catalog, tombstones
+if [[ $BLOB_PORT != 10000 || $QUEUE_PORT != 10001 || $TABLE_PORT != 10002 ]]; then
   # The well-known development account of Azurite (a public, documented key).
   ACCOUNT_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-  CONNECTION="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$ACCOUNT_KEY;BlobEndpoint=http://127.0.0.1:$BLOB_PORT/devstoreaccount1;QueueEndpoint=http://127.0.0.1:$QUEUE_PORT/devstoreaccount1;"
+  CONNECTION="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$ACCOUNT_KEY;BlobEndpoint=http://127.0.0.1:$BLOB_PORT/devstoreaccount1;QueueEndpoint=http://127.0.0.1:$QUEUE_PORT/devstoreaccount1;TableEndpoint=http://127.0.0.1:$TABLE_PORT/devstoreaccount1;"
   export AzureWebJobsStorage="$CONNECTION" OUTPUT_STORAGE_CONNECTION_STRING="$CONNECTION" RUNS_QUEUE_STORAGE="$CONNECTION"
   info "other ports than UseDevelopmentStorage=true's: the app gets connection strings to them"
 fi

@@ -1,5 +1,5 @@
 """scripts/start.sh in a scratch copy of the repo, with a stand-in `func` on PATH (Core Tools cannot be
-installed here): the steps in order, Azurite's blob and queue really serving while `func` runs and
+installed here): the steps in order, Azurite's blob, queue and table really serving while `func` runs and
 stopped after, idempotent, refusing without the Azure OpenAI settings, --dry-run changing nothing."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ record = {
     "argv": sys.argv[1:],
     "blob": answers(os.environ["AZURITE_BLOB_PORT"], "?comp=list"),
     "queue": answers(os.environ["AZURITE_QUEUE_PORT"], "?comp=list"),
+    "table": answers(os.environ["AZURITE_TABLE_PORT"], "/Tables"),
     "python": shutil.which("python"),
     "virtual_env": os.environ.get("VIRTUAL_ENV"),
     "output_storage": os.environ.get("OUTPUT_STORAGE_CONNECTION_STRING", ""),
@@ -95,7 +96,7 @@ def steps(output: str) -> list[str]:
 
 
 def test_start_runs_func_with_azurite_up_then_stops_it(scratch: Path) -> None:
-    ports = {"AZURITE_BLOB_PORT": str(free_port()), "AZURITE_QUEUE_PORT": str(free_port())}
+    ports = {name: str(free_port()) for name in ("AZURITE_BLOB_PORT", "AZURITE_QUEUE_PORT", "AZURITE_TABLE_PORT")}
     settings = {
         "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
         "AZURE_OPENAI_DEPLOYMENT": "gpt-4.1",
@@ -108,15 +109,17 @@ def test_start_runs_func_with_azurite_up_then_stops_it(scratch: Path) -> None:
     assert steps(first.stdout) == ["1", "2", "3", "4", "5"]
     record = json.loads((scratch.parent / "func.jsonl").read_text())
     assert record["argv"] == ["start", "--port", "7077"]
-    # Both services answered while func ran.
+    # The three services answered while func ran.
     assert record["blob"].startswith("Azurite-Blob/") and record["queue"].startswith("Azurite-Queue/"), record
+    assert record["table"].startswith("Azurite-Table/"), record
     assert record["virtual_env"] == str(scratch / ".venv")
     assert record["python"] == str(scratch / ".venv" / "bin" / "python")
     assert (scratch / ".venv" / "bin" / "ci-files").exists()  # the client is ready for the second terminal
     assert f"BlobEndpoint=http://127.0.0.1:{ports['AZURITE_BLOB_PORT']}/" in record["output_storage"]
-    assert "Stopped Azurite (blob and queue)." in first.stdout
-    assert not serving(int(ports["AZURITE_BLOB_PORT"])) and not serving(int(ports["AZURITE_QUEUE_PORT"]))
-    assert {p.name for p in (scratch / ".azurite").iterdir()} >= {"blob.log", "queue.log"}
+    assert f"TableEndpoint=http://127.0.0.1:{ports['AZURITE_TABLE_PORT']}/" in record["output_storage"]
+    assert "Stopped Azurite (blob, queue and table)." in first.stdout
+    assert not any(serving(int(port)) for port in ports.values())
+    assert {p.name for p in (scratch / ".azurite").iterdir()} >= {"blob.log", "queue.log", "table.log"}
     created = json.loads((scratch / "local.settings.json").read_text())["Values"]
     assert created["OUTPUT_STORAGE_CONNECTION_STRING"] == created["RUNS_QUEUE_STORAGE"] == "UseDevelopmentStorage=true"
 
