@@ -6,7 +6,9 @@ chosen order by a proxy in front of Azurite's table service."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import re
 import uuid
 from typing import Any
 
@@ -14,7 +16,7 @@ from code_interpreter_files.services import get_services
 from local_azure.queue_host import QueueHost
 from tests import figures
 from tests.appclient import FUNCTIONS, AppClient
-from tests.helpers import app_settings, storage_names, until
+from tests.helpers import Receiver, app_settings, storage_names, until
 from tests.rig.faultproxy import FaultProxy
 
 
@@ -107,3 +109,36 @@ async def test_a_get_whose_read_lands_after_delete_does_not_bring_the_run_back(
         assert rid not in await _listed_ids(app)
         assert (await app.get_run(rid)).status == 404
         await _nothing_left_but_the_tombstone(rig, rid)
+
+
+# -- the callback, at least once ---------------------------------------------------------------------
+
+
+def _callback_queued(request, body: bytes) -> bool:  # type: ignore[no-untyped-def]
+    """A proxy predicate: Put Message of a callback message (its text is base64 JSON inside XML)."""
+    if request.method != "POST" or not request.path.endswith("/messages"):
+        return False
+    text = re.search(rb"<MessageText>(.*)</MessageText>", body)
+    return text is not None and b'"kind":"callback"' in base64.b64decode(text.group(1))
+
+
+async def test_a_queue_outage_when_the_callback_is_queued_does_not_lose_the_callback(
+    app: AppClient, rig, configure, queue_env, receiver: Receiver
+) -> None:
+    """Queue Storage fails (past the SDK's retries) the one request that queues a finished run's callback.
+    Before: the commit had already ended the run row, the finish was tried again later, found the run
+    finished, and nobody was ever called back (the README promises at least once). Now the callback is
+    queued before the row says the run ended, and a finish that finds the outcome committed but the row
+    not ended queues it again."""
+    async with FaultProxy(rig.azurite.queue_url, rig.tls) as proxy:
+        rule = proxy.fail(503, times=4, when=_callback_queued)  # 1 + the SDK's 3 retries
+        configure(**app_settings(queue_env), RUNS_QUEUE_STORAGE__queueServiceUri=proxy.url, OWNER_TAG=_owner_tag())
+        info = app.script(latency=0.2, files=[{"path": "/mnt/data/done.txt", "content": "done"}])
+        reply = await app.post_run(prompt=info["prompt"], wait=False, callback_url=receiver.url)
+        rid = reply.json["response_id"]
+        async with _host() as host:
+            await host.drain(within=120)
+        figures.count("faults_injected", rule.served)
+    assert rule.served == 4
+    assert [payload["response_id"] for payload in receiver.verified()] == [rid]
+    assert [f["filename"] for f in receiver.verified()[0]["files"]] == ["done.txt"]
