@@ -142,3 +142,24 @@ async def test_a_queue_outage_when_the_callback_is_queued_does_not_lose_the_call
     assert rule.served == 4
     assert [payload["response_id"] for payload in receiver.verified()] == [rid]
     assert [f["filename"] for f in receiver.verified()[0]["files"]] == ["done.txt"]
+
+
+# -- continuing a deleted run -------------------------------------------------------------------------
+
+
+async def test_a_deleted_run_cannot_be_continued(app: AppClient, rig, configure, queue_env) -> None:
+    """DELETE of a running run whose cancel lands late: Azure refuses to delete the stored response while
+    it runs, so it outlives the DELETE (logged, 204 as documented). Before: `previous_response_id` of that
+    deleted run was accepted (only the response's metadata was checked, never the tombstone), and a new
+    run went on in the deleted run's container, with its files. Now it is the same 404 as GET's."""
+    configure(**app_settings(queue_env), OWNER_TAG=_owner_tag())
+    info = app.script(latency=30, cancel_lands_after=5, delete_refused_while_running=400,
+                      files=[{"path": "/mnt/data/secret.txt", "content": "deleted"}])  # fmt: skip
+    rid = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
+    assert (await app.delete_run(rid)).status == 204
+    await until(lambda: rig.emulator.run(rid)["status"] == "cancelled", within=30)
+    assert (await app.get_run(rid)).status == 404
+    again = app.script(latency=0.2, files=[])
+    reply = await app.post_run(prompt=again["prompt"], previous_response_id=rid, wait=False)
+    assert reply.status == 404 and reply.error_code() == "run_not_found", reply.body
+    assert rig.emulator.runs_for(again["script_id"]) == []  # nothing started
