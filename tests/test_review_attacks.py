@@ -10,14 +10,21 @@ import base64
 import os
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from code_interpreter_files import finishing
+from code_interpreter_files.claims import Claim
+from code_interpreter_files.records import Outcome, RunRecord
+from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import get_services
 from local_azure.queue_host import QueueHost
 from tests import figures
 from tests.appclient import FUNCTIONS, AppClient
-from tests.helpers import Receiver, app_settings, storage_names, until
+from tests.helpers import Receiver, app_settings, peek_queue, storage_names, until
 from tests.rig.faultproxy import FaultProxy
+
+LOG = RunLog("test-review", "test")
 
 
 def _host() -> QueueHost:
@@ -163,3 +170,29 @@ async def test_a_deleted_run_cannot_be_continued(app: AppClient, rig, configure,
     reply = await app.post_run(prompt=again["prompt"], previous_response_id=rid, wait=False)
     assert reply.status == 404 and reply.error_code() == "run_not_found", reply.body
     assert rig.emulator.runs_for(again["script_id"]) == []  # nothing started
+
+
+async def test_a_commit_whose_claim_was_taken_over_still_calls_back_once(rig, queue_env) -> None:
+    """A finisher's claim ran out mid-copy (a paused worker, a clock running ahead on another instance) and
+    another took it over; the late one commits first. Before: the late one wrote the manifest but its row
+    write failed (If-Match), so it queued no callback; the new holder found the manifest written and
+    queued none either: the caller was never called back."""
+    services = await get_services()
+    row = await services.table.start(
+        RunRecord(
+            response_id="resp_" + uuid.uuid4().hex,
+            owner=services.settings.owner_tag,
+            created_at=datetime.now(UTC).replace(microsecond=0),
+            callback_url="https://cb.example/hook?token=secret",
+        )
+    )
+    rid = row.record.response_id
+    late = await Claim.take(services.table, row)
+    late.row = await services.table.update(late.row, finishing_until=datetime.now(UTC) - timedelta(seconds=1))
+    fresh = await services.table.reread(row)
+    assert fresh is not None
+    taker = await Claim.take(services.table, fresh)  # the claim ran out: taken over
+    outcome = Outcome(response_id=rid, status="completed", text="done", owner=row.record.owner)
+    await finishing.commit(services, late, outcome, LOG)  # its If-Match fails: the manifest stands
+    await finishing.commit(services, taker, outcome, LOG)
+    assert await peek_queue(rig, queue_env["RUNS_QUEUE"]) == [{"kind": "callback", "response_id": rid, "attempt": 1}]
