@@ -79,6 +79,9 @@ async def resolve_previous(services: Services, response_id: str, principal: str 
     """The previous run, if it is a finished run of this app, and whether its container lives."""
     if not is_valid_response_id(response_id):
         raise RunNotFound(valid_unicode(response_id[:130]))
+    ref = await services.table.locate(response_id)
+    if ref is not None and ref.deleted:  # its stored response may outlive DELETE (refused while it ran)
+        raise RunNotFound(response_id)
     try:
         response = await services.openai.responses.retrieve(response_id)
     except openai.NotFoundError:

@@ -13,7 +13,7 @@ import asyncio
 import openai
 
 from . import inputs, responses_api
-from .run_table import Row
+from .run_table import Row, RunRef
 from .runlog import RunLog
 from .services import Services
 
@@ -32,6 +32,22 @@ async def delete_run(services: Services, row: Row, log: RunLog, *, response_exis
         await _delete_response(services, rid, log)
     log.info("run deleted", blobs_deleted=deleted)
     return deleted
+
+
+async def finish_removal(services: Services, ref: RunRef, log: RunLog) -> None:
+    """A run whose tombstone is written: remove what a DELETE that failed half way (a storage or Azure
+    OpenAI fault after its tombstone, a crash) or a finish that wrote after it left behind. The same
+    steps as `delete_run`, each a no-op when already done: a retried DELETE and a GET that finds a
+    manifest under a tombstone both come here, so no file of a deleted run stays served."""
+    rid = ref.response_id
+    await services.finishing.cancel(rid)
+    row = await services.table.read(ref)
+    if row is not None:
+        await inputs.delete_uploaded(services, row.record.uploaded_file_ids, log)
+        await services.table.delete_row(ref.partition, ref.row_key)
+    deleted = await services.store.delete_run_blobs(rid)
+    await _delete_response(services, rid, log)
+    log.info("removal of a deleted run finished", blobs_deleted=deleted)
 
 
 async def _delete_response(services: Services, response_id: str, log: RunLog) -> None:

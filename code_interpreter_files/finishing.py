@@ -2,8 +2,8 @@
 
 A synchronous POST, GET, the queue (and through it the Azure OpenAI webhook) all finish runs with
 `finish`: under the run's claim (claims.py), find the files (finding.py), copy what an earlier attempt
-did not commit (copying.py), and `commit` the outcome: the manifest (create-only), then the run row
-(If-Match on the claim), then the callback. A run whose row DELETE removed is taken back at that
+did not commit (copying.py), and `commit` the outcome: the manifest (create-only), then the callback,
+then the run row (If-Match on the claim). A run whose row DELETE removed is taken back at that
 write, whichever path was finishing it; a run that ended without files (failed, cancelled, its
 container gone) is committed the same way, so GET answers its error and the caller is called back.
 """
@@ -78,6 +78,9 @@ async def _committed(services: Services, row: Row) -> Outcome | None:
             await services.table.update(row, **_ending(outcome))
         except (RowChanged, RowGone):
             pass  # someone else repaired it, or DELETE removed it (and takes the manifest too)
+        else:  # the commit stopped before its row: its callback may never have been queued (at least once)
+            if row.record.callback_url:
+                await services.queue.enqueue_callback(row.record.response_id, attempt=1, delay_seconds=0)
     return outcome
 
 
@@ -103,15 +106,23 @@ def _ending(outcome: Outcome) -> dict[str, object]:
 
 
 async def commit(services: Services, claim: Claim, outcome: Outcome, log: RunLog) -> Outcome:
-    """The one place a run's outcome is committed: manifest (create-only: the first outcome wins), run
-    row (If-Match: a DELETE in between makes this fail, and what was written is taken back), callback."""
+    """The one place a run's outcome is committed: manifest (create-only: the first outcome wins), callback,
+    run row (If-Match: a DELETE in between makes this fail, and what was written is taken back).
+    The callback is queued before the row says the run ended: if queueing it fails (or the worker dies)
+    the row is not ended, and the next finish, finding the manifest, queues it (`_committed`)."""
     rid = outcome.response_id
     written = await services.store.write_manifest(rid, outcome.to_manifest())
     if not written:
         log.info("another attempt committed this run first; using its outcome")
         outcome = Outcome.from_manifest(await services.store.read_manifest(rid) or outcome.to_manifest())
+    if written and claim.row.record.callback_url:  # the one who wrote the manifest calls back, through the queue
+        try:
+            await services.queue.enqueue_callback(rid, attempt=1, delay_seconds=0)
+        except BaseException:
+            await let_go(claim, log)
+            raise
     try:
-        row = await claim.release(**_ending(outcome))
+        await claim.release(**_ending(outcome))
     except RowGone:
         await services.store.delete_run_blobs(rid)
         log.info("the run was deleted while it was finished; what was written is taken back")
@@ -119,8 +130,6 @@ async def commit(services: Services, claim: Claim, outcome: Outcome, log: RunLog
     except RowChanged:  # our claim ran out and another finisher took it: it finds this manifest
         log.info("the claim ran out before the commit; the manifest stands for the next finisher")
         return outcome
-    if written and row.record.callback_url:  # the one who wrote the manifest calls back, through the queue
-        await services.queue.enqueue_callback(rid, attempt=1, delay_seconds=0)
     return outcome
 
 

@@ -166,6 +166,10 @@ async def get_run(
         outcome = Outcome.from_manifest(manifest)
         ownership.check(outcome.owner or services.settings.owner_tag, outcome.principal, response_id,
                         services.settings, principal)  # fmt: skip
+        ref = await services.table.locate(response_id)
+        if ref is not None and ref.deleted:  # a DELETE failed half way, or a finish wrote after it: finish it
+            await deleting.finish_removal(services, ref, log)
+            raise RunNotFound(response_id)
         return await answer(services, outcome, ttl, log)
     deadline = _deadline(services)
     with responses_api.deadline_of_answer(deadline):
@@ -186,6 +190,11 @@ async def delete_run(services: Services, response_id: str, log: RunLog, principa
     everywhere (deleting.py). Azure may refuse to delete a response that still runs (cancel is best
     effort): that is retried briefly and logged, never the caller's error once the files are gone."""
     log.response_id = response_id
+    ref = await services.table.locate(response_id)
+    if ref is not None and ref.deleted:  # deleted before: finish what a DELETE that failed half way left
+        ownership.check(ref.owner, ref.principal, response_id, services.settings, principal)
+        await deleting.finish_removal(services, ref, log)
+        raise RunNotFound(response_id)
     row = await runs.find_run(services, response_id, principal)
     try:
         response = await runs.retrieve(services, response_id)

@@ -200,7 +200,9 @@ class RunTable:
 
     async def repair(self, record: RunRecord) -> Row:
         """A run whose row or id row is missing (a crash at its start, or a run of an earlier version):
-        write what is missing. The caller checked the tombstone first."""
+        write what is missing. RowGone if the run was deleted, even by a DELETE that came after the
+        caller's own look at the tombstone: the id row is read again after the row is written, so
+        either that DELETE removes the row (its tombstone came later) or this repair does."""
         await self.ensure_table()
         partition = partition_of(record.owner, record.principal)
         row_key = row_key_of(record.created_at, record.response_id)
@@ -209,6 +211,10 @@ class RunTable:
         except ResourceExistsError:
             pass
         await self._write_id_row(record, partition, row_key)
+        ref = await self.locate(record.response_id)
+        if ref is not None and ref.deleted:
+            await self.delete_row(partition, row_key)
+            raise RowGone()
         row = await self._read(partition, row_key)
         if row is None:
             raise RowGone()

@@ -16,7 +16,7 @@ from openai.types.responses import Response
 from . import conversations, ownership, responses_api
 from .errors import RunNotFound
 from .records import CarriedRecord, InputRecord, RunRecord, SetupWarning
-from .run_table import Row
+from .run_table import Row, RowGone
 from .services import Services
 
 
@@ -51,7 +51,10 @@ async def _repair(services: Services, response_id: str, caller: str | None, *, a
     principal = metadata.get("principal")
     ownership.check_metadata(metadata, response_id, services.settings, principal if any_caller else caller)
     record = record_from_response(response, await services.store.legacy_run_info(response_id))
-    return await services.table.repair(record)  # writes what is missing: the row, the id row, or both
+    try:
+        return await services.table.repair(record)  # writes what is missing: the row, the id row, or both
+    except RowGone:  # DELETE came meanwhile: its tombstone stands, nothing is brought back
+        raise RunNotFound(response_id) from None
 
 
 def record_from_response(response: Response, legacy: dict[str, Any]) -> RunRecord:

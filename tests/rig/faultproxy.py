@@ -7,10 +7,14 @@ In-process, on the test's event loop:
     async with FaultProxy(rig.azurite.table_url, rig.tls) as proxy:
         proxy.fail(503, times=1, when=lambda request, body: request.method == "PATCH" and b"x" in body)
         configure(RUNS_TABLE_SERVICE_URL=proxy.url)
+
+It can also hold a chosen request back until the test lets it go (`hold`), to put two requests of two
+instances in a chosen order (a read that lands after another request's writes, as on a busy network).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,10 +39,24 @@ class Rule:
 
 
 @dataclass
+class Hold:
+    """The next request `when` matches waits (`reached` set) until `release()`; then it goes on unchanged."""
+
+    when: Predicate
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    taken: bool = False
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class FaultProxy:
     target: str  # e.g. https://127.0.0.1:10002/devstoreaccount1
     tls: TlsFiles
     rules: list[Rule] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -49,6 +67,12 @@ class FaultProxy:
         rule = Rule(status=status, times=times, when=when)
         self.rules.append(rule)
         return rule
+
+    def hold(self, when: Predicate) -> Hold:
+        """Hold back the next request `when` matches until the returned Hold is released."""
+        held = Hold(when=when)
+        self.holds.append(held)
+        return held
 
     async def __aenter__(self) -> FaultProxy:
         target = urlsplit(self.target)
@@ -71,6 +95,8 @@ class FaultProxy:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        for held in self.holds:
+            held.release()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -79,6 +105,11 @@ class FaultProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen.append((request.method, request.path))
+        for held in self.holds:
+            if not held.taken and held.when(request, body):
+                held.taken = True
+                held.reached.set()
+                await held.released.wait()
         for rule in self.rules:
             if (rule.times is None or rule.served < rule.times) and rule.when(request, body):
                 rule.served += 1
