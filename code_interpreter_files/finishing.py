@@ -21,7 +21,7 @@ from .copying import copy_files
 from .errors import CONTAINER_GONE, RunDeleted
 from .finding import find_files
 from .models import CopiedFile, RunWarning
-from .records import Outcome, RunRecord
+from .records import ENDED_STATUSES, Outcome, RunRecord
 from .run_table import Row, RowChanged, RowGone
 from .runlog import RunLog
 from .services import Services
@@ -64,7 +64,13 @@ async def finish(services: Services, row: Row, response: Response, log: RunLog, 
         log.info("files failed in a way worth retrying; nothing committed yet")
         await let_go(claim, log)
         return outcome
-    return await commit(services, claim, outcome, log)
+    try:
+        return await commit(services, claim, outcome, log)
+    except RunDeleted:
+        raise
+    except BaseException:  # a storage or queue fault at the commit: the next try may take the claim at once
+        await let_go(claim, log)
+        raise
 
 
 async def _committed(services: Services, row: Row) -> Outcome | None:
@@ -95,9 +101,10 @@ async def let_go(claim: Claim, log: RunLog) -> None:
 
 
 def _ending(outcome: Outcome) -> dict[str, object]:
-    """The run row's columns for `outcome`."""
+    """The run row's columns for `outcome` (a status Azure might add one day is recorded as `completed`:
+    the row must stay readable, and the manifest keeps the status as it came)."""
     return {
-        "status": outcome.status if outcome.status != "running" else "completed",
+        "status": outcome.status if outcome.status in ENDED_STATUSES else "completed",
         "files": len(outcome.files),
         "bytes": outcome.total_bytes,
         "ended_at": datetime.now(UTC),
@@ -116,11 +123,7 @@ async def commit(services: Services, claim: Claim, outcome: Outcome, log: RunLog
         log.info("another attempt committed this run first; using its outcome")
         outcome = Outcome.from_manifest(await services.store.read_manifest(rid) or outcome.to_manifest())
     if written and claim.row.record.callback_url:  # the one who wrote the manifest calls back, through the queue
-        try:
-            await services.queue.enqueue_callback(rid, attempt=1, delay_seconds=0)
-        except BaseException:
-            await let_go(claim, log)
-            raise
+        await services.queue.enqueue_callback(rid, attempt=1, delay_seconds=0)
     try:
         await claim.release(**_ending(outcome))
     except RowGone:

@@ -90,7 +90,12 @@ async def finish_run(services: Services, message: FinishMessage, log: RunLog) ->
         return
     final = datetime.now(UTC) >= _window_end(row.record, services)
     try:
-        response = await runs.retrieve(services, rid)
+        try:
+            response = await runs.retrieve(services, rid)
+        except RunNotFound:  # the stored response is gone before the run was finished: say so, once
+            log.warning("the run's stored response is gone before it was finished; recording finish_failed")
+            await note_finish_failed(services, row, log)
+            return
         if response.status in responses_api.RUNNING:
             response = await _follow(services, response, log)
             if response.status in responses_api.RUNNING:

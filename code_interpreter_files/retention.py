@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import deleting
+from . import deleting, responses_api, runs
+from .errors import RunNotFound
 from .invocation import invoke
 from .runlog import RunLog
 from .services import Services, get_services
@@ -61,11 +62,23 @@ async def sweep(services: Services, log: RunLog, *, now: datetime | None = None)
         await services.store.delete_blob(name)
     queued = 0
     for row in await services.table.unfinished(owner, now - UNFINISHED_AFTER, SWEEP_BATCH):
-        await services.queue.enqueue_finish(row.record.response_id)
-        queued += 1
+        if await _model_ended(services, row.record.response_id):
+            await services.queue.enqueue_finish(row.record.response_id)
+            queued += 1
     report = SweepReport(runs_deleted=deleted, markers_deleted=len(markers), finishes_queued=queued, more=more)
     log.info("retention sweep", **report.__dict__)
     return report
+
+
+async def _model_ended(services: Services, response_id: str) -> bool:
+    """Whether to queue a finish for an unfinished run: only once its model has ended (or its response is
+    gone, which the finish records). A model still running has a follower already, or gets one when a
+    later sweep finds it ended: queueing now would add a second follower every sweep."""
+    try:
+        response = await runs.retrieve(services, response_id)
+    except RunNotFound:
+        return True
+    return response.status not in responses_api.RUNNING
 
 
 async def on_timer(context: Any) -> None:

@@ -244,6 +244,7 @@ async def test_the_sweep_queues_a_run_whose_finish_was_lost(
     services = await get_services()
     row = await services.table.read(await services.table.locate(response_id))  # type: ignore[arg-type]
     assert row is not None
+    await until(lambda: app.rig.emulator.run(response_id)["status"] == "completed", within=10)  # the model ended
     report = await retention.sweep(services, LOG, now=row.record.created_at + retention.UNFINISHED_AFTER * 2)
     assert report.finishes_queued == 1 and report.runs_deleted == 0
     await host.drain(within=60)
@@ -257,3 +258,30 @@ async def test_the_timer_function_runs_a_sweep(app: AppClient, configure, caplog
     sweep = app.functions["sweep_runs"].get_user_function()
     await sweep(None, Context(function_name="sweep_runs"))
     assert any("retention sweep" in r.getMessage() and "runs_deleted=0" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_sweep_leaves_a_running_model_to_its_follower_and_ends_a_run_whose_response_is_gone(
+    app: AppClient, rig, configure, queue_env, host: QueueHost
+) -> None:
+    """A model still running after the sweep's delay is not queued again (its follower exists, or a later
+    sweep finds it ended): no second follower per sweep. A run whose stored response vanished before it
+    was finished is recorded once as finish_failed and is then left alone."""
+    configure(**app_settings(queue_env), OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}")
+    slow = app.script(latency=300, files=[])
+    running = (await app.post_run(prompt=slow["prompt"], wait=False)).json["response_id"]
+    vanished = (await app.post_run(prompt="its response goes", wait=False)).json["response_id"]
+    with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue_env["RUNS_QUEUE"]) as queue:
+        queue.clear_messages()
+    services = await get_services()
+    await services.openai.responses.delete(vanished)
+    later = (await services.table.read(await services.table.locate(vanished))).record.created_at  # type: ignore[arg-type, union-attr]
+    at = later + retention.UNFINISHED_AFTER * 2
+    first = await retention.sweep(services, LOG, now=at)
+    assert first.finishes_queued == 1  # the vanished one; the running model is left to its follower
+    await host.drain(within=60)
+    ref = await services.table.locate(vanished)
+    row = await services.table.read(ref)  # type: ignore[arg-type]
+    assert row is not None and (row.record.status, row.record.error) == ("running", "finish_failed")
+    again = await retention.sweep(services, LOG, now=at)
+    assert again.finishes_queued == 0
+    assert {r["response_id"]: r["error"] for r in await _listed(app)} == {running: None, vanished: "finish_failed"}
