@@ -12,7 +12,7 @@ from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 from code_interpreter_files import retention
-from code_interpreter_files.run_table import partition_of, row_key_of
+from code_interpreter_files.run_table import Row, partition_of, row_key_of
 from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import get_services
 from local_azure.queue_host import QueueHost
@@ -26,6 +26,15 @@ LOG = RunLog("test-catalog", "test")
 def _deployment(configure, **settings: str) -> dict[str, str]:
     """A deployment of its own on the shared storage (its OWNER_TAG): other tests' runs are not its."""
     return configure(OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}", **settings)
+
+
+async def _row(services, response_id: str) -> Row:
+    """The run's row as stored now (through its id row)."""
+    ref = await services.table.locate(response_id)
+    assert ref is not None
+    row = await services.table.read(ref)
+    assert row is not None
+    return row
 
 
 def _table(rig) -> TableClient:
@@ -170,15 +179,13 @@ async def test_a_crash_between_a_runs_record_and_its_id_row_is_repaired_by_the_n
 async def test_a_crash_between_the_manifest_and_the_row_is_repaired_by_the_next_finish(
     app: AppClient, rig, configure, queue_env, host: QueueHost
 ) -> None:
-    configure(**app_settings(queue_env), OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}")
+    _deployment(configure, **app_settings(queue_env))
     info = app.script(latency=0.2, files=[{"path": "/mnt/data/kept.txt", "content": "kept"}])
     response_id = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
     await host.drain(within=60)
     services = await get_services()
-    ref = await services.table.locate(response_id)
-    assert ref is not None
-    row = await services.table.read(ref)
-    assert row is not None and row.record.status == "completed"
+    row = await _row(services, response_id)
+    assert row.record.status == "completed"
     await services.table.update(row, status="running", files=0, bytes=0, ended_at=None)  # the crash's state
     assert [r["status"] for r in await _listed(app)] == ["running"]
     await services.queue.enqueue_finish(response_id)  # the safety net every run has
@@ -193,7 +200,7 @@ async def test_retention_deletes_exactly_the_expired_runs_and_a_late_copy_commit
     """Runs older than RUN_RETENTION_DAYS go the way DELETE takes: files, manifest, records, index rows;
     a tombstone stays. A copy of an expired run still going on commits nothing. Younger runs stay.
     (The sweep is given the time to sweep at: a day later than the young run started, less a moment.)"""
-    configure(**app_settings(queue_env), OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}", RUN_RETENTION_DAYS="1")
+    _deployment(configure, **app_settings(queue_env), RUN_RETENTION_DAYS="1")
     slow = app.script(latency=0.2, files=[{"path": "/mnt/data/slow.bin", "size": 1_000_000, "download_seconds": 8}])
     copying = (await app.post_run(prompt=slow["prompt"], wait=False)).json["response_id"]
     old = (await app.post_run(prompt="an old run", wait=False)).json["response_id"]
@@ -201,8 +208,7 @@ async def test_retention_deletes_exactly_the_expired_runs_and_a_late_copy_commit
     await services.store.create_marker("_webhooks/" + "0" * 64)  # a replay marker of that time
     await asyncio.sleep(1.1)
     young = (await app.post_run(prompt="a young run", wait=False)).json["response_id"]
-    young_row = await services.table.read(await services.table.locate(young))  # type: ignore[arg-type]
-    assert young_row is not None
+    young_row = await _row(services, young)
     finishing = asyncio.ensure_future(host.drain(within=120))
     await until(
         lambda: (
@@ -236,14 +242,13 @@ def _file_id(app: AppClient, response_id: str) -> str:
 async def test_the_sweep_queues_a_run_whose_finish_was_lost(
     app: AppClient, rig, configure, queue_env, host: QueueHost
 ) -> None:
-    configure(**app_settings(queue_env), OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}")
+    _deployment(configure, **app_settings(queue_env))
     info = app.script(latency=0.2, files=[{"path": "/mnt/data/found.txt", "content": "found"}])
     response_id = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
     with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue_env["RUNS_QUEUE"]) as queue:
         queue.clear_messages()  # the message is lost
     services = await get_services()
-    row = await services.table.read(await services.table.locate(response_id))  # type: ignore[arg-type]
-    assert row is not None
+    row = await _row(services, response_id)
     await until(lambda: app.rig.emulator.run(response_id)["status"] == "completed", within=10)  # the model ended
     report = await retention.sweep(services, LOG, now=row.record.created_at + retention.UNFINISHED_AFTER * 2)
     assert report.finishes_queued == 1 and report.runs_deleted == 0
@@ -266,7 +271,7 @@ async def test_the_sweep_leaves_a_running_model_to_its_follower_and_ends_a_run_w
     """A model still running after the sweep's delay is not queued again (its follower exists, or a later
     sweep finds it ended): no second follower per sweep. A run whose stored response vanished before it
     was finished is recorded once as finish_failed and is then left alone."""
-    configure(**app_settings(queue_env), OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}")
+    _deployment(configure, **app_settings(queue_env))
     slow = app.script(latency=300, files=[])
     running = (await app.post_run(prompt=slow["prompt"], wait=False)).json["response_id"]
     vanished = (await app.post_run(prompt="its response goes", wait=False)).json["response_id"]
@@ -274,14 +279,13 @@ async def test_the_sweep_leaves_a_running_model_to_its_follower_and_ends_a_run_w
         queue.clear_messages()
     services = await get_services()
     await services.openai.responses.delete(vanished)
-    later = (await services.table.read(await services.table.locate(vanished))).record.created_at  # type: ignore[arg-type, union-attr]
+    later = (await _row(services, vanished)).record.created_at
     at = later + retention.UNFINISHED_AFTER * 2
     first = await retention.sweep(services, LOG, now=at)
     assert first.finishes_queued == 1  # the vanished one; the running model is left to its follower
     await host.drain(within=60)
-    ref = await services.table.locate(vanished)
-    row = await services.table.read(ref)  # type: ignore[arg-type]
-    assert row is not None and (row.record.status, row.record.error) == ("running", "finish_failed")
+    row = await _row(services, vanished)
+    assert (row.record.status, row.record.error) == ("running", "finish_failed")
     again = await retention.sweep(services, LOG, now=at)
     assert again.finishes_queued == 0
     assert {r["response_id"]: r["error"] for r in await _listed(app)} == {running: None, vanished: "finish_failed"}
