@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import azure.functions as func
 
+from bench import stagerig
 from bench.plan import MIB, STAGES, Plan
 from code_interpreter_files import blob_upload, responses_api
 from code_interpreter_files.services import Services, get_services
@@ -153,7 +155,7 @@ NETWORK: dict[str, str] = {}
 def shaped_network(rig: Rig, latency_ms: float, mib_per_s: float) -> Iterator[dict[str, Any]]:
     """Every connection of the app (and of the baselines, which use its settings) to the emulator
     and to Azurite goes through one `bench.netshape` process while this is open."""
-    azurite = urlsplit(rig.azurite.account_url)
+    azurite = urlsplit(stagerig.storage_url(rig))
     emulator = urlsplit(rig.emulator_url)
     command = [sys.executable, "-m", "bench.netshape", f"--latency-ms={latency_ms}", f"--mib-per-s={mib_per_s}"]
     command += [f"--upstream={azurite.netloc}", f"--upstream={emulator.netloc}"]
@@ -193,6 +195,7 @@ def app_settings(rig: Rig, **overrides: Any) -> Iterator[dict[str, str]]:
     for name in names - {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}:
         os.environ.pop(name, None)
     env = rig.app_env("identity", "identity")
+    env.update(stagerig.STORAGE)  # the current stage's own Azurite
     env.update(NETWORK)
     env.update({name: str(value) for name, value in overrides.items()})
     os.environ.update(env)
@@ -264,10 +267,13 @@ class RigCpu:
     Azurite's share of the wall time says whether a copy ran at the transfer limit: its one
     Node.js thread busy all the time means nothing on the client side can go faster."""
 
-    NAMES = {"azurite": "azurite", "emulator": "local_azure.emulator", "proxy": "bench.netshape"}
+    NAMES = {"emulator": "local_azure.emulator", "proxy": "bench.netshape"}
 
     def __init__(self) -> None:
         self.pids = {"app": os.getpid()}
+        azurite = stagerig.current_pid()  # the stage's own Azurite, not the rig's idle one
+        if azurite is not None:
+            self.pids["azurite"] = azurite
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -618,30 +624,89 @@ async def _many_files(rig: Rig, plan: Plan, count: int, file_bytes: int, reps: i
 # -- 4. concurrent runs on one worker -------------------------------------------------------------
 
 
-async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
-    prompt, specs = script(rig, [{"path": "/mnt/data/result.csv", "content": "a,b\n1,2\n"}], plan.concurrent_latency)
-    await warm(rig)
-    walls: list[float] = []
-    latencies: list[float] = []
+async def _model_only(services: Services, prompt: str) -> str:
+    """The model's part of one run as the app does it (start in background, follow the events to
+    the end), nothing found or copied; the response id."""
+    started = await responses_api.start_response(
+        services.openai, services.settings, prompt=prompt, instructions=None, metadata={}, listen=True
+    )
+    response = await responses_api.wait_for_response(
+        services.openai, started, services.settings.run_events_idle_seconds
+    )
+    return response.id
 
-    async def one() -> float:
+
+async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """`concurrent_runs` runs of one small file posted at once, against what the rig allows for
+    them: the same runs' model part alone (`_model_only`, all at once) plus the floor of their
+    bytes (the slower of downloading every file at once and uploading every file at once)."""
+    n = plan.concurrent_runs
+    prompt, specs = script(rig, [{"path": "/mnt/data/result.csv", "content": "a,b\n1,2\n"}], plan.concurrent_latency)
+    data = content.generate(specs[0]["seed"], specs[0]["bytes"])
+    services = await warm(rig)
+    client = uploader(services)
+    container = services.settings.output_container
+    await upload_only(client, container, "bench-warm.bin", b"warm")
+    latencies: list[float] = []
+    files: list[tuple[str, str]] = []  # (container id, file id) of the model-only runs, for the download floor
+
+    async def app() -> float:
+        async def one() -> float:
+            started = time.perf_counter()
+            check_files(await post_run(prompt), specs)
+            return time.perf_counter() - started  # a few bytes a run: the stage's Azurite goes with them
+
         started = time.perf_counter()
-        check_files(await post_run(prompt), specs)
+        latencies.extend(await asyncio.gather(*(one() for _ in range(n))))
         return time.perf_counter() - started
 
-    for _ in range(plan.concurrent_reps):
+    async def model() -> float:
         started = time.perf_counter()
-        latencies += await asyncio.gather(*(one() for _ in range(plan.concurrent_runs)))
-        walls.append(time.perf_counter() - started)
-    wall = statistics.median(walls)
+        ids = await asyncio.gather(*(_model_only(services, prompt) for _ in range(n)))
+        elapsed = time.perf_counter() - started
+        runs = [rig.emulator.run(response_id) for response_id in ids]
+        files[:] = [(run["container_id"], run["files"][0]["file_id"]) for run in runs]
+        return elapsed
+
+    async def download() -> float:
+        started = time.perf_counter()
+        got = await asyncio.gather(*(download_only(services, c, f) for c, f in files))
+        if got != [len(data)] * n:
+            raise BenchError("the download-only baseline got the wrong number of bytes")
+        return time.perf_counter() - started
+
+    async def upload() -> float:
+        names = [f"bench-{uuid.uuid4().hex}/result.csv" for _ in range(n)]
+        started = time.perf_counter()
+        await asyncio.gather(*(upload_only(client, container, name, data) for name in names))
+        return time.perf_counter() - started
+
+    # model first in each rep: the download floor reads the files of its runs
+    measure = {"model_only": model, "download_only": download, "app": app, "upload_only": upload}
+    samples: dict[str, list[float]] = {name: [] for name in measure}
+    try:
+        for _ in range(plan.concurrent_reps):
+            for name, run in measure.items():
+                samples[name].append(await run())
+    finally:
+        await client.close()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    floor = max(median["download_only"], median["upload_only"])
+    best = median["model_only"] + floor
     return {
-        "runs": plan.concurrent_runs,
+        "runs": n,
         "model_latency_s": plan.concurrent_latency,
         "reps": plan.concurrent_reps,
         "statistic": "median of reps",
-        "wall_samples_s": walls,
-        "wall_s": wall,
-        "runs_per_s": plan.concurrent_runs / wall,
+        "samples_s": samples,
+        "wall_s": median["app"],
+        "model_only_s": median["model_only"],
+        "download_only_s": median["download_only"],
+        "upload_only_s": median["upload_only"],
+        "floor_s": floor,
+        "model_plus_floor_s": best,
+        "wall_vs_model_plus_floor": median["app"] / best,
+        "runs_per_s": n / median["app"],
         "run_latency_median_s": statistics.median(latencies),
         "run_latency_max_s": max(latencies),
         "overhead_past_model_median_s": statistics.median(latencies) - plan.concurrent_latency,
@@ -783,8 +848,13 @@ async def memory_budget(rig: Rig, plan: Plan) -> dict[str, Any]:
     modes = {"budget": plan.budget_memory_mb, "unlimited": UNLIMITED_COPY_MEMORY_MB}
     results: dict[str, dict[str, Any]] = {}
     for mode, megabytes in modes.items():
+        # Each mode in its own Azurite: one mode alone writes runs x files x file bytes (5 GiB at
+        # 64 MiB files), which Azurite frees only with its process (see bench.stagerig).
         # RUN_WAIT_SECONDS at its maximum: the load is meant to take long, never to answer 202.
-        with app_settings(rig, **base_settings(plan), COPY_MEMORY_MB=megabytes, RUN_WAIT_SECONDS=210):
+        with (
+            stagerig.fresh_storage(rig, f"memory_budget.{mode}"),
+            app_settings(rig, **base_settings(plan), COPY_MEMORY_MB=megabytes, RUN_WAIT_SECONDS=210),
+        ):
             results[mode] = await _run_child("bench.loadchild", args)
     budget, unlimited = results["budget"], results["unlimited"]
     total = plan.budget_runs * plan.budget_files * plan.budget_file_bytes
@@ -942,7 +1012,8 @@ async def inputs_stage(rig: Rig, plan: Plan) -> dict[str, Any]:
 
 # -- the whole run -------------------------------------------------------------------------------
 
-MEASUREMENTS: dict[str, Callable[[Rig, Plan], Awaitable[dict[str, Any]]]] = {
+Measurement = Callable[[Rig, Plan], Awaitable[dict[str, Any]]]
+MEASUREMENTS: dict[str, Measurement] = {
     "large_file": large_file,
     "memory": memory,
     "many_files": many_files,
@@ -984,16 +1055,39 @@ def tuning() -> dict[str, Any]:
     }
 
 
+async def _run_stage(
+    rig: Rig, plan: Plan, name: str, measure: Measurement, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """One stage in its own Azurite and app clients; a failure is its result, never the run's end."""
+    progress(f"[bench] {name} ...")
+    started = time.perf_counter()
+    try:
+        with stagerig.fresh_storage(rig, name), app_settings(rig, **base_settings(plan)):
+            try:
+                result = await measure(rig, plan)
+            finally:
+                await _close_services()  # no client of this stage outlives its Azurite
+    except Exception as error:  # BenchError, a child's failure, the SDKs' errors: report, go on
+        result = {"failed": True, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        progress(f"[bench] {name} FAILED after {time.perf_counter() - started:.1f} s:\n{result['traceback']}")
+    else:
+        progress(f"[bench] {name} done in {time.perf_counter() - started:.1f} s")
+    result["stage_s"] = time.perf_counter() - started
+    return result
+
+
 async def run_benchmarks(
     rig: Rig,
     plan: Plan,
     only: tuple[str, ...] = STAGES,
     progress: Callable[[str], None] = lambda line: None,
+    measurements: dict[str, Measurement] = MEASUREMENTS,
 ) -> dict[str, Any]:
-    """Every measurement in `only`, in order; the results as one JSON-able dict."""
-    from bench.report import goals
+    """Every measurement in `only`, in order, each in a fresh Azurite; the results as one JSON-able
+    dict. A stage that fails has `failed` and its `error` in its place; the others still run."""
+    from bench.goals import goals
 
-    started = time.perf_counter()
+    started, loadavg_start = time.perf_counter(), os.getloadavg()
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan": asdict(plan),
@@ -1004,21 +1098,22 @@ async def run_benchmarks(
     emulator_config = rig.emulator.config()
     rig.emulator.config(latency=0.0, chunk_size=1 << 20)  # the emulator's defaults, whatever ran before
     rig.identity.reset()
+    stagerig.MEMORY = stagerig.AzuriteMemory()
     try:
         with app_settings(rig, **base_settings(plan)):
             results["tuning"] = tuning()
-            for name in only:
-                progress(f"[bench] {name} ...")
-                stage_started = time.perf_counter()
-                results[name] = await MEASUREMENTS[name](rig, plan)
-                results[name]["stage_s"] = time.perf_counter() - stage_started
-                progress(f"[bench] {name} done in {results[name]['stage_s']:.1f} s")
+        for name in only:
+            results[name] = await _run_stage(rig, plan, name, measurements[name], progress)
     finally:
         rig.emulator.config(**emulator_config)
+        stagerig.MEMORY.close()
+    results["azurite"] = stagerig.MEMORY.figures(rig)
     results["goals"] = goals(results)
     results["duration_s"] = time.perf_counter() - started
     after, times = machine_cpu.sample(), os.times()
     children = times.children_user + times.children_system - times_before.children_user - times_before.children_system
     ours = sum(after[name] - before[name] for name in machine_cpu.pids) + children
     results["machine"]["other_load_cpus"] = max(0.0, after["busy"] - before["busy"] - ours) / results["duration_s"]
+    results["machine"]["loadavg_start"] = loadavg_start
+    results["machine"]["loadavg_end"] = os.getloadavg()
     return results
