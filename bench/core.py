@@ -504,7 +504,7 @@ async def copy_in_fresh_process(
         subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     if done.returncode != 0:
-        raise BenchError(f"bench.memchild failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise BenchError(f"bench.memchild failed ({done.returncode}): {_child_error(done.stderr)}")
     child = json.loads(done.stdout.strip().splitlines()[-1])
     await services.store.delete_run(child.pop("response_id"))
     return child
@@ -820,6 +820,15 @@ def _child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH")))))
 
 
+def _child_error(stderr: str) -> str:
+    """The child's traceback (its last one, clipped), not the warnings printed after it."""
+    start = stderr.rfind("Traceback (most recent call last)")
+    text = stderr[start:] if start >= 0 else stderr
+    # the exception's own line: the first one after the header that is not indented
+    error = next((line for line in text.splitlines()[1:] if line and not line[0].isspace()), "")
+    return f"{error}\n{text[:3000]}"
+
+
 async def _run_child(module: str, args: list[str]) -> dict[str, Any]:
     """Run `python -m <module> ...` with the current app environment; its last line as JSON."""
     done = await asyncio.to_thread(
@@ -832,7 +841,7 @@ async def _run_child(module: str, args: list[str]) -> dict[str, Any]:
         timeout=900,
     )
     if done.returncode != 0:
-        raise BenchError(f"{module} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise BenchError(f"{module} failed ({done.returncode}): {_child_error(done.stderr)}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
