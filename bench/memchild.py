@@ -1,4 +1,4 @@
-"""One copy in a fresh process, for its peak RSS (run by `bench.core.memory`, one process per size).
+"""One copy in a fresh process, for its peak RSS (run by `bench.copies.memory`, one process per size).
 
     python -m bench.memchild --warm-prompt W --prompt P --bytes N --sha256 H [--set NAME=VALUE ...]
 
@@ -93,32 +93,26 @@ def _apply(overrides: list[str]) -> dict[str, int]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.core import check_files, post_run
+    from bench.app import check_files, post_run
     from code_interpreter_files.services import get_services
 
     tuning = _apply(args.set)
 
     await post_run(args.warm_prompt)
-    gc.collect()
-    exact = _reset_peak()
-    sampler = None if exact else _Sampler()
-    if sampler is not None:
-        sampler.start()
-    before = _status_bytes("VmRSS")
-    started, cpu_started = time.perf_counter(), time.process_time()
-    answer = await post_run(args.prompt)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    peak = _status_bytes("VmHWM") if sampler is None else sampler.finish()
+    with PeakRss() as rss:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        answer = await post_run(args.prompt)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     after = _status_bytes("VmRSS")
     check_files(answer, [{"bytes": args.bytes, "sha256": args.sha256}])
     await (await get_services()).aclose()
     return {
         "bytes": args.bytes,
-        "rss_before_bytes": before,
-        "rss_peak_bytes": peak,
+        "rss_before_bytes": rss.before,
+        "rss_peak_bytes": rss.peak,
         "rss_after_bytes": after,
-        "rss_growth_bytes": peak - before,
-        "peak_from": "VmHWM after clear_refs" if exact else "VmRSS sampled every 1 ms",
+        "rss_growth_bytes": rss.growth,
+        "peak_from": rss.peak_from,
         "copy_s": elapsed,
         "cpu_s": cpu,
         "tuning": tuning,

@@ -41,7 +41,9 @@ def _name(variant: dict[str, int]) -> str:
 
 
 async def sweep(rig: Any, reps: int, size: int) -> dict[str, Any]:
-    from bench.core import app_settings, base_settings, copy_in_fresh_process, post_run, script, tuning, warm
+    from bench.app import app_settings, base_settings, post_run, script, warm
+    from bench.copies import copy_in_fresh_process
+    from bench.core import tuning
 
     results: dict[str, Any] = {"bytes": size, "reps": reps}
     with app_settings(rig, **base_settings(FULL)):

@@ -1,5 +1,5 @@
 """One streamed upload in a fresh process: the app's `upload_stream` or azure-storage-blob's own
-`upload_blob` (run by `bench.core.uploader`, one process per upload, for its peak RSS).
+`upload_blob` (run by `bench.copies.uploader_stage`, one process per upload, for its peak RSS).
 
     python -m bench.uploadchild --way ours|sdk --bytes N
 

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from bench import stagerig
-from bench.core import BenchError, cold_start, post_run, run_benchmarks, script
+from bench.app import BenchError, post_run, script
+from bench.core import run_benchmarks
 from bench.goals import AZURITE_VS_CAP, failed_stages
 from bench.plan import PLANS, STAGES, Plan
 from bench.report import table, write_results
+from bench.runs import cold_start
 from tests.rig.rig import Rig
 
 FIGURES = {
