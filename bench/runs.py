@@ -253,11 +253,13 @@ async def memory_budget(rig: Rig, plan: Plan) -> dict[str, Any]:
     modes = {"budget": plan.budget_memory_mb, "unlimited": UNLIMITED_COPY_MEMORY_MB}
     results: dict[str, dict[str, Any]] = {}
     for mode, megabytes in modes.items():
-        # Each mode in its own Azurite: one mode alone writes runs x files x file bytes (5 GiB at
-        # 64 MiB files), which Azurite frees only with its process (see bench.stagerig).
+        # Each mode in its own Azurite, its blobs on disk: one mode writes runs x files x file bytes
+        # (5 GiB at 64 MiB files). Kept in memory, that Azurite peaked at 5880 MiB RSS, 0.49 of its
+        # store's cap (full run, load 4-5); on disk at 342 MiB, and the same load took 57 s, not
+        # 110 (a quieter moment too, load 3: not separated). Measured 2026-12-07.
         # RUN_WAIT_SECONDS at its maximum: the load is meant to take long, never to answer 202.
         with (
-            stagerig.fresh_storage(rig, f"memory_budget.{mode}"),
+            stagerig.fresh_storage(rig, f"memory_budget.{mode}", on_disk=True),
             app_settings(rig, **base_settings(plan), COPY_MEMORY_MB=megabytes, RUN_WAIT_SECONDS=210),
         ):
             results[mode] = await run_child("bench.loadchild", args)

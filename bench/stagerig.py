@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,12 +137,14 @@ MEMORY = AzuriteMemory()
 
 
 @contextlib.contextmanager
-def fresh_storage(rig: Rig, label: str) -> Iterator[Instance]:
+def fresh_storage(rig: Rig, label: str, *, on_disk: bool = False) -> Iterator[Instance]:
     """A new, empty Azurite for the block: the app settings name it (`STORAGE`) until the block
-    ends; then it stops, with everything written to it, even if the block failed."""
-    azurite = Azurite(rig.tls, queue=True)
-    azurite.start()
+    ends; then it stops, with everything written to it, even if the block failed. `on_disk` keeps
+    its blobs in a temporary directory (removed after) instead of its memory."""
+    location = Path(tempfile.mkdtemp(prefix="ci-files-bench-azurite-")) if on_disk else None
+    azurite = Azurite(rig.tls, queue=True, location=location)
     try:
+        azurite.start()
         instance = Instance(label, azurite_pid(azurite))
         MEMORY.watch(instance)
         saved = dict(STORAGE)
@@ -158,6 +162,8 @@ def fresh_storage(rig: Rig, label: str) -> Iterator[Instance]:
             MEMORY.done(instance)
     finally:
         azurite.stop()
+        if location is not None:
+            shutil.rmtree(location, ignore_errors=True)
 
 
 def storage_url(rig: Rig) -> str:
