@@ -9,7 +9,7 @@ connections, as in a worker that has served a request; then the peak is reset (L
 The emulator and Azurite are other processes: their memory does not count.
 
 `--set` overrides a tuning constant in this process only (`bench.tune` compares variants):
-BLOCK_BYTES, BLOCKS_IN_FLIGHT (blob_upload) or DOWNLOAD_CHUNK_BYTES (responses_api).
+BLOCK_BYTES, BLOCKS_IN_FLIGHT, SEND_SLICE_BYTES (blob_upload) or DOWNLOAD_CHUNK_BYTES (responses_api).
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ class PeakRss:
         self.peak_from = "VmHWM after clear_refs" if self.exact else "VmRSS sampled every 1 ms"
 
 
-TUNABLE = {"BLOCK_BYTES": "blob_upload", "BLOCKS_IN_FLIGHT": "blob_upload", "DOWNLOAD_CHUNK_BYTES": "responses_api"}
+TUNABLE = {
+    "BLOCK_BYTES": "blob_upload",
+    "BLOCKS_IN_FLIGHT": "blob_upload",
+    "SEND_SLICE_BYTES": "blob_upload",
+    "DOWNLOAD_CHUNK_BYTES": "responses_api",
+}
 
 
 def _apply(overrides: list[str]) -> dict[str, int]:

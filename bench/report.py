@@ -41,6 +41,8 @@ def _large_file_rows(r: dict[str, Any]) -> list[Row]:
         (m, "download only (emulator -> discard)", f"{r['download_only_s']:.2f} s", ""),
         (m, "upload only (memory -> Azurite, same settings)", f"{r['upload_only_s']:.2f} s", ""),
         (m, "(b) floor = max(download only, upload only)", f"{r['floor_s']:.2f} s", ""),
+        (m, "(c) download only and upload only at once", f"{r['both_at_once_s']:.2f} s", ""),
+        (m, "app / (c)", f"{r['app_vs_both_at_once']:.2f}", ""),
         (m, "app: storage requests in flight, max", f"{r['app_storage_max_in_flight']}", ""),
         (m, "app: CPU busy (1.0 = one core)", _cpu(r["cpu_share_during_app"]), ""),
     ]
@@ -202,6 +204,8 @@ def _network_rows(r: dict[str, Any]) -> list[Row]:
         (m, "(a) old way: SDK download to disk, then upload", f"{large['old_way_s']:.2f} s", ""),
         (m, "download only / upload only", f"{large['download_only_s']:.2f} / {large['upload_only_s']:.2f} s", ""),
         (m, "(b) floor = max(download only, upload only)", f"{large['floor_s']:.2f} s", ""),
+        (m, "(c) download only and upload only at once", f"{large['both_at_once_s']:.2f} s", ""),
+        (m, "app / (c)", f"{large['app_vs_both_at_once']:.2f}", ""),
         (m, "app: CPU busy", _cpu(large["cpu_share_during_app"]), ""),
     ]
     m = f"8. network {shaping}: {many['files']} x {_size(many['file_bytes'])}"

@@ -29,6 +29,8 @@ CONSTANT_VARIANTS: list[dict[str, int]] = [
     {"BLOCK_BYTES": 8 * MIB},
     {"DOWNLOAD_CHUNK_BYTES": 256 * 1024},
     {"DOWNLOAD_CHUNK_BYTES": 4 * MIB},
+    {"SEND_SLICE_BYTES": 64 * 1024},
+    {"SEND_SLICE_BYTES": 1 * MIB},
 ]
 COPY_CONCURRENCY_VARIANTS = (1, 2, 4, 8)
 

@@ -39,7 +39,7 @@ BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 
 # Memory (issue 22). A block is the download's own chunks, never joined, and goes out in
 # SEND_SLICE_BYTES writes: aiohttp writes a bytes body in one call, asyncio's TLS transport then
-# encrypts all of it at once, and the process held each block about three times (the joined copy,
+# encrypts all of it at once: the process held each block two to three times over (the joined copy,
 # its ciphertext, the socket transport's buffer of what the kernel had not taken yet). Measured
 # (2026-12-07, shared 2-core machine, load 4-7), peak RSS growth of a fresh process:
 #   one copy of 64 MiB-1 GiB (bench stage 2): 52-55 MiB joined and written whole -> 15-21 MiB now;
@@ -56,13 +56,17 @@ BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 BLOCK_SLACK_BYTES = 1 * MIB
 SMALL_FILE_MEMORY_FACTOR = 2
 RESERVE_UNIT_BYTES = 64 * 1024
+# 64 KiB, 256 KiB and 1 MiB slices copied 256 MiB in the same time (2.17, 2.18, 2.18 s, median of 3,
+# `python -m bench.tune`); the smallest held the least (22.2 against 22.7 and 26.2 MiB).
 SEND_SLICE_BYTES = 64 * 1024
 # Every Put Block carries its block's MD5 (Content-MD5): Blob Storage checks it on arrival and refuses
 # a block that changed on the way (400 Md5Mismatch), and Azurite then hashes it with Node's native MD5
 # instead of its JavaScript CRC64 of every block without one (66 against 613 MiB/s, measured). Without
 # it, Azurite's single thread was the limit of the 80-copy load at 64 MiB files: it stopped answering
 # new connections, which timed out after 20 s, in 4 of 4 tries; with it, both modes copied all 5 GiB.
-# Cost: MD5 of every byte in the worker, 594 MiB/s here (sha256, which the file needs anyway: 978).
+# Cost: MD5 of every byte in the worker, 594 MiB/s here (sha256, which the file needs anyway: 978),
+# in a worker thread (`_put_block`): 256 MiB copies took 2.23 s against 2.33 s with the MD5 on the
+# event loop (median of 6, alternating, fresh processes).
 
 
 class _BlockBody:
@@ -130,6 +134,22 @@ class _Slices:
             raise StopAsyncIteration from None
 
 
+def _md5(pieces: list[bytes | memoryview]) -> bytes:
+    md5 = hashlib.md5(usedforsecurity=False)
+    for piece in pieces:
+        md5.update(piece)
+    return md5.digest()
+
+
+async def _put_block(
+    client: BlobClient, block_id: str, body: IO[bytes], size: int, pieces: list[bytes | memoryview]
+) -> None:
+    """Put Block with the block's MD5, hashed in a worker thread (hashlib lets go of the GIL for
+    large buffers): off the event loop, which sends and receives every other copy's bytes."""
+    md5 = await asyncio.to_thread(_md5, pieces)
+    await client.stage_block(block_id, body, length=size, transactional_content_md5=md5)
+
+
 @dataclass(frozen=True)
 class StoredBlob:
     bytes: int
@@ -187,12 +207,7 @@ async def upload_stream(
         staged += size
         # The SDK hands the body to azure-core and aiohttp as it is: typed as the file it reads like.
         body = cast(IO[bytes], _BlockBody(data, size))
-        md5 = hashlib.md5(usedforsecurity=False)
-        for piece in data:
-            md5.update(piece)
-        task = asyncio.ensure_future(
-            client.stage_block(block_id, body, length=size, transactional_content_md5=md5.digest())
-        )
+        task = asyncio.ensure_future(_put_block(client, block_id, body, size, data))
         task.add_done_callback(lambda _: held.release())  # runs even if cancelled before it started
         pending.add(task)
         if len(pending) >= BLOCKS_IN_FLIGHT:
