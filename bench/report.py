@@ -59,7 +59,7 @@ def _memory_rows(r: dict[str, Any]) -> list[Row]:
     rows += [
         (m, "max growth", f"{r['max_growth_MiB']:.1f} MiB", "memory.max_growth_MiB"),
         (m, "spread across sizes", f"{r['spread_MiB']:.1f} MiB", "memory.spread_MiB"),
-        (m, "expected: 2 x block x (in flight + 1) + 10", f"{r['expected_MiB']:.0f} MiB", ""),
+        (m, "budget one copy reserves: (block + 1 MiB) x (in flight + 1)", f"{r['expected_MiB']:.0f} MiB", ""),
         (
             m,
             f"app CPU per GiB copied ({_size(r['sizes'][-1]['bytes'])} run)",
