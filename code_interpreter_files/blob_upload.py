@@ -28,14 +28,14 @@ MIB = 1024 * 1024
 BLOCK_BYTES = 4 * MIB
 BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 # Why not azure-storage-blob's own `upload_blob(async_iterable, max_concurrency=4)`: measured with
-# `python -m bench --only uploader` (same 1 MiB chunks, same block size and blocks in flight, a
-# fresh process each, 256 MiB; docs/benchmarks.md): through the simulated network (20 ms, 40 MiB/s
-# per connection) ours took 9.95 s against 12.86 s (0.77x) with a 50 MiB peak against 58 MiB; on
-# loopback 8.16 s against 7.73 s (1.06x, Azurite-bound, within the noise). And the SDK cannot keep
-# the guarantees: it takes the metadata before the first byte (the sha256 would need a second
-# request after the blob is already visible), it cannot reserve and release the worker's memory
-# budget per block, and an iterable of unknown length always costs Put Block + Put Block List,
-# even for a small chart that ours sends in one Put Blob.
+# `python -m bench --only uploader` (same 1 MiB chunks, same block size, blocks in flight and block
+# MD5s, a fresh process each, 256 MiB; docs/benchmarks.md, 2026-12-07): on loopback ours took 1.70 s
+# against 1.81 s with a 19 MiB peak against 56 MiB; through the simulated network (20 ms, 40 MiB/s
+# per connection) 2.86 s against 2.90 s, 18 MiB against 53 MiB. And the SDK cannot keep the
+# guarantees: it takes the metadata before the first byte (the sha256 would need a second request
+# after the blob is already visible), it cannot reserve and release the worker's memory budget per
+# block, and an iterable of unknown length always costs Put Block + Put Block List, even for a
+# small chart that ours sends in one Put Blob.
 
 # Memory (issue 22). A block is the download's own chunks, never joined, and goes out in
 # SEND_SLICE_BYTES writes: aiohttp writes a bytes body in one call, asyncio's TLS transport then
@@ -43,16 +43,17 @@ BLOCKS_IN_FLIGHT = 4  # staged concurrently while the next block downloads
 # its ciphertext, the socket transport's buffer of what the kernel had not taken yet). Measured
 # (2026-12-07, shared 2-core machine, load 4-7), peak RSS growth of a fresh process:
 #   one copy of 64 MiB-1 GiB (bench stage 2): 52-55 MiB joined and written whole -> 15-21 MiB now;
-#   20 runs x 4 files at once, COPY_MEMORY_MB=512 (stage 7): 16 MiB files 704 MiB -> 454 MiB,
-#   64 MiB files 379 MiB (5 GiB copied; joined, that load never finished here, see below).
-# An allocator setting was not needed for the goal (COPY_MEMORY_MB + 64 MiB): with MALLOC_ARENA_MAX=2
-# or MALLOC_MMAP_THRESHOLD_=131072 in the worker's environment the 16 MiB load peaked at 338 and
-# 336 MiB (one run each), against 454 without.
+#   20 runs x 4 files at once, COPY_MEMORY_MB=512 (stage 7): 16 MiB files 704 MiB -> 454 MiB;
+#   64 MiB files 379-533 MiB over 7 runs (5 GiB copied each; joined, that load never finished here).
 # What one staged block costs against the budget: its bytes, plus BLOCK_SLACK_BYTES for what sending
 # it and reading the next one hold beside them (one slice of ciphertext per connection, the download
-# chunk being assembled by httpx). With it, the 64 MiB load above reserved at most 510 MiB and held
-# 379. A small file (one Put Blob) reserves twice its size rounded up to RESERVE_UNIT_BYTES: its bytes
-# joined, and their ciphertext (the SDK sends that body in one write).
+# chunk being assembled by httpx). The 64 MiB load then reserved at most 510 MiB and held the 379-533
+# above: what the budget counts, and the runs' own objects and connections besides (the goal allows
+# COPY_MEMORY_MB + 64 MiB). A small file (one Put Blob) reserves twice its size rounded up to
+# RESERVE_UNIT_BYTES: its bytes joined, and their ciphertext (the SDK sends that body in one write).
+# No allocator setting is needed: MALLOC_ARENA_MAX=2 in the worker's environment took the 64 MiB load
+# from 501 and 490 MiB to 469 and 476 (alternating runs); MALLOC_MMAP_THRESHOLD_=131072 or
+# MALLOC_ARENA_MAX=2 took the 16 MiB load from 454 to 336 and 338 (one run each).
 BLOCK_SLACK_BYTES = 1 * MIB
 SMALL_FILE_MEMORY_FACTOR = 2
 RESERVE_UNIT_BYTES = 64 * 1024
