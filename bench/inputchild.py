@@ -1,5 +1,5 @@
 """One blob input uploaded to Azure OpenAI in a fresh process, for its peak RSS (run by
-`bench.core.inputs_stage`, one process per size).
+`bench.runs.inputs_stage`, one process per size).
 
     python -m bench.inputchild --warm-blob W --blob B
 

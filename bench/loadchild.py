@@ -1,4 +1,4 @@
-"""Many runs at once in a fresh process, for the memory budget's peak RSS (run by `bench.core.memory_budget`).
+"""Many runs at once in a fresh process, for the memory budget's peak RSS (run by `bench.runs.memory_budget`).
 
     python -m bench.loadchild --warm-prompt W --prompt P --runs N --specs JSON
 
@@ -41,7 +41,7 @@ async def _verify(services: Any, answers: list[dict[str, Any]]) -> int:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.core import check_files, post_run, post_run_to_the_end
+    from bench.app import check_files, post_run, post_run_to_the_end
     from code_interpreter_files.services import get_services
 
     specs = json.loads(args.specs)

@@ -1,4 +1,4 @@
-"""One copy in a fresh process, for its peak RSS (run by `bench.core.memory`, one process per size).
+"""One copy in a fresh process, for its peak RSS (run by `bench.copies.memory`, one process per size).
 
     python -m bench.memchild --warm-prompt W --prompt P --bytes N --sha256 H [--set NAME=VALUE ...]
 
@@ -9,7 +9,7 @@ connections, as in a worker that has served a request; then the peak is reset (L
 The emulator and Azurite are other processes: their memory does not count.
 
 `--set` overrides a tuning constant in this process only (`bench.tune` compares variants):
-BLOCK_BYTES, BLOCKS_IN_FLIGHT (blob_upload) or DOWNLOAD_CHUNK_BYTES (responses_api).
+BLOCK_BYTES, BLOCKS_IN_FLIGHT, SEND_SLICE_BYTES (blob_upload) or DOWNLOAD_CHUNK_BYTES (responses_api).
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ class PeakRss:
         self.peak_from = "VmHWM after clear_refs" if self.exact else "VmRSS sampled every 1 ms"
 
 
-TUNABLE = {"BLOCK_BYTES": "blob_upload", "BLOCKS_IN_FLIGHT": "blob_upload", "DOWNLOAD_CHUNK_BYTES": "responses_api"}
+TUNABLE = {
+    "BLOCK_BYTES": "blob_upload",
+    "BLOCKS_IN_FLIGHT": "blob_upload",
+    "SEND_SLICE_BYTES": "blob_upload",
+    "DOWNLOAD_CHUNK_BYTES": "responses_api",
+}
 
 
 def _apply(overrides: list[str]) -> dict[str, int]:
@@ -93,32 +98,26 @@ def _apply(overrides: list[str]) -> dict[str, int]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.core import check_files, post_run
+    from bench.app import check_files, post_run
     from code_interpreter_files.services import get_services
 
     tuning = _apply(args.set)
 
     await post_run(args.warm_prompt)
-    gc.collect()
-    exact = _reset_peak()
-    sampler = None if exact else _Sampler()
-    if sampler is not None:
-        sampler.start()
-    before = _status_bytes("VmRSS")
-    started, cpu_started = time.perf_counter(), time.process_time()
-    answer = await post_run(args.prompt)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    peak = _status_bytes("VmHWM") if sampler is None else sampler.finish()
+    with PeakRss() as rss:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        answer = await post_run(args.prompt)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     after = _status_bytes("VmRSS")
     check_files(answer, [{"bytes": args.bytes, "sha256": args.sha256}])
     await (await get_services()).aclose()
     return {
         "bytes": args.bytes,
-        "rss_before_bytes": before,
-        "rss_peak_bytes": peak,
+        "rss_before_bytes": rss.before,
+        "rss_peak_bytes": rss.peak,
         "rss_after_bytes": after,
-        "rss_growth_bytes": peak - before,
-        "peak_from": "VmHWM after clear_refs" if exact else "VmRSS sampled every 1 ms",
+        "rss_growth_bytes": rss.growth,
+        "peak_from": rss.peak_from,
         "copy_s": elapsed,
         "cpu_s": cpu,
         "tuning": tuning,

@@ -1,68 +1,19 @@
-"""The goals of issues 4, 11 and 14, the printed table, and the JSON file."""
+"""The printed table and the JSON file of a benchmark run."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.plan import MIB
+from bench.goals import failed_stages
+from bench.plan import MIB, STAGES
+
+Row = tuple[str, str, str, str]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LATEST = RESULTS_DIR / "latest.json"
-
-
-def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal with its figure and whether it was met (for the stages that ran)."""
-    rows: list[dict[str, Any]] = []
-
-    def goal(figure: str, value: float, limit: float, text: str) -> None:
-        rows.append({"figure": figure, "value": value, "goal": text, "met": value <= limit})
-
-    if "large_file" in results:
-        large = results["large_file"]
-        goal("large_file.app_vs_old_way", large["app_vs_old_way"], 0.7, "<= 0.7")
-        goal("large_file.app_vs_floor", large["app_vs_floor"], 1.25, "<= 1.25")
-    if "memory" in results:
-        mem = results["memory"]
-        goal("memory.max_growth_MiB", mem["max_growth_MiB"], 64, "<= 64 MiB")
-        goal("memory.spread_MiB", mem["spread_MiB"], 16, "<= 16 MiB (flat)")
-    if "many_files" in results:
-        goal("many_files.concurrent_vs_sequential", results["many_files"]["concurrent_vs_sequential"], 0.4, "<= 0.4")
-    if "concurrent_runs" in results:
-        goal("concurrent_runs.wall_s", results["concurrent_runs"]["wall_s"], 3.0, "<= 3 s")
-    if "per_run" in results:
-        per_run = results["per_run"]
-        goal("per_run.identity_requests_after_first_run", per_run["identity_requests_after_first_run"], 0, "0")
-        goal(
-            "per_run.delegation_key_requests_after_first_run",
-            per_run["delegation_key_requests_after_first_run"],
-            0,
-            "0",
-        )
-    if "cold_start" in results:
-        goal("cold_start.app_vs_dependencies", results["cold_start"]["app_vs_dependencies"], 1.2, "<= 1.2")
-    if "memory_budget" in results:
-        budget = results["memory_budget"]
-        limit = budget["copy_memory_mb"] + 64
-        goal("memory_budget.budget_growth_MiB", budget["budget_growth_MiB"], limit, f"<= {limit} MiB")
-        goal("memory_budget.bytes_unverified", budget["bytes_unverified"], 0, "0")
-        goal("memory_budget.wall_vs_unlimited", budget["wall_vs_unlimited"], 1.2, "<= 1.2")
-    if "network" in results:
-        net = results["network"]
-        goal("network.large_file.app_vs_old_way", net["large_file"]["app_vs_old_way"], 0.6, "<= 0.6")
-        goal("network.large_file.app_vs_floor", net["large_file"]["app_vs_floor"], 1.2, "<= 1.2")
-        goal(
-            "network.many_files.concurrent_vs_sequential",
-            net["many_files"]["concurrent_vs_sequential"],
-            0.35,
-            "<= 0.35",
-        )
-    if "inputs" in results:
-        streamed = results["inputs"]
-        goal("inputs.max_growth_MiB", streamed["max_growth_MiB"], 64, "<= 64 MiB")
-        goal("inputs.spread_MiB", streamed["spread_MiB"], 16, "<= 16 MiB (flat)")
-    return rows
 
 
 def _size(n: int) -> str:
@@ -73,127 +24,146 @@ def _cpu(shares: dict[str, float]) -> str:
     return " ".join(f"{name} {share:.2f}" for name, share in shares.items())
 
 
-def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measurement, figure, value, the goal's figure or "") for the table."""
-    rows: list[tuple[str, str, str, str]] = []
-    if "large_file" in results:
-        r = results["large_file"]
-        m = f"1. large file {_size(r['bytes'])}"
-        rows += [
-            (
-                m,
-                f"app: POST /api/runs, best of {r['reps']}",
-                f"{r['app_s']:.2f} s ({r['app_MiB_per_s']:.0f} MiB/s)",
-                "",
-            ),
-            (m, "(a) old way: SDK download to disk, then upload", f"{r['old_way_s']:.2f} s", ""),
-            (m, "download only (emulator -> discard)", f"{r['download_only_s']:.2f} s", ""),
-            (m, "upload only (memory -> Azurite, same settings)", f"{r['upload_only_s']:.2f} s", ""),
-            (m, "(b) floor = max(download only, upload only)", f"{r['floor_s']:.2f} s", ""),
-            (m, "app / (a)", f"{r['app_vs_old_way']:.2f}", "large_file.app_vs_old_way"),
-            (m, "app / (b)", f"{r['app_vs_floor']:.2f}", "large_file.app_vs_floor"),
-            (m, "(b) / (a): best app / (a) this rig allows", f"{r['floor_vs_old_way']:.2f}", ""),
-            (m, "app: storage requests in flight, max", f"{r['app_storage_max_in_flight']}", ""),
-            (m, "app: CPU busy (1.0 = one core)", _cpu(r["cpu_share_during_app"]), ""),
-        ]
-    if "memory" in results:
-        r = results["memory"]
-        m = "2. memory (fresh process)"
-        rows += [
-            (m, f"peak RSS growth copying {_size(s['bytes'])}", f"{s['rss_growth_bytes'] / MIB:.1f} MiB", "")
-            for s in r["sizes"]
-        ]
-        rows += [
-            (m, "max growth", f"{r['max_growth_MiB']:.1f} MiB", "memory.max_growth_MiB"),
-            (m, "spread across sizes", f"{r['spread_MiB']:.1f} MiB", "memory.spread_MiB"),
-            (m, "expected: 2 x block x (in flight + 1) + 10", f"{r['expected_MiB']:.0f} MiB", ""),
-            (
-                m,
-                f"app CPU per GiB copied ({_size(r['sizes'][-1]['bytes'])} run)",
-                f"{r['app_cpu_s_per_GiB']:.1f} s",
-                "",
-            ),
-        ]
-    if "many_files" in results:
-        r = results["many_files"]
-        m = f"3. {r['files']} files x {_size(r['file_bytes'])}"
-        rows += [
-            (m, f"COPY_CONCURRENCY={r['copy_concurrency']}, best of {r['reps']}", f"{r['concurrent_s']:.2f} s", ""),
-            (m, "COPY_CONCURRENCY=1", f"{r['sequential_s']:.2f} s", ""),
-            (m, "upload only, same files from memory", f"{r['upload_only_s']:.2f} s", ""),
-            (
-                m,
-                "concurrent / sequential",
-                f"{r['concurrent_vs_sequential']:.2f}",
-                "many_files.concurrent_vs_sequential",
-            ),
-            (m, "concurrent / upload only", f"{r['concurrent_vs_upload_only']:.2f}", ""),
-            (m, "upload only / sequential: best this rig allows", f"{r['upload_only_vs_sequential']:.2f}", ""),
-            (
-                m,
-                "storage requests in flight, max",
-                f"{r['storage_max_in_flight']['concurrent']} (sequential {r['storage_max_in_flight']['sequential']})",
-                "",
-            ),
-            (m, "concurrent: CPU busy", _cpu(r["cpu_share"]["concurrent"]), ""),
-            (m, "sequential: CPU busy", _cpu(r["cpu_share"]["sequential"]), ""),
-        ]
-    if "concurrent_runs" in results:
-        r = results["concurrent_runs"]
-        m = f"4. {r['runs']} runs at once, model {r['model_latency_s']:g} s"
-        rows += [
-            (m, f"wall time, median of {r['reps']}", f"{r['wall_s']:.2f} s", "concurrent_runs.wall_s"),
-            (m, "runs per second", f"{r['runs_per_s']:.1f}", ""),
-            (m, "one run: median / max", f"{r['run_latency_median_s']:.2f} / {r['run_latency_max_s']:.2f} s", ""),
-            (m, "one run past the model's latency, median", f"{r['overhead_past_model_median_s'] * 1000:.0f} ms", ""),
-        ]
-    if "per_run" in results:
-        r = results["per_run"]
-        first = r["first_run"]
-        m = f"5. per run ({r['runs']} runs)"
-        rows += [
-            (m, "median time per run", f"{r['median_s'] * 1000:.0f} ms", ""),
-            (m, "model requests per run", f"{r['model_requests_per_run']:g}", ""),
-            (m, "storage requests per run", f"{r['storage_requests_per_run']:g}", ""),
-            (
-                m,
-                "identity requests after the first run",
-                f"{r['identity_requests_after_first_run']}",
-                "per_run.identity_requests_after_first_run",
-            ),
-            (
-                m,
-                "delegation key requests after the first",
-                f"{r['delegation_key_requests_after_first_run']}",
-                "per_run.delegation_key_requests_after_first_run",
-            ),
-            (
-                m,
-                "first run: identity / key / storage",
-                f"{first['identity_requests']} / {first['delegation_key_requests']} / {first['storage_requests']}",
-                "",
-            ),
-        ]
-    if "cold_start" in results:
-        r = results["cold_start"]
-        m = "6. cold start"
-        rows += [
-            (m, f"import function_app, median of {r['reps']}", f"{r['app_import_s'] * 1000:.0f} ms", ""),
-            (m, "import its dependencies alone", f"{r['dependencies_import_s'] * 1000:.0f} ms", ""),
-            (m, "app / dependencies", f"{r['app_vs_dependencies']:.2f}", "cold_start.app_vs_dependencies"),
-        ]
-    if "memory_budget" in results:
-        rows += _budget_rows(results["memory_budget"])
-    if "network" in results:
-        rows += _network_rows(results["network"])
-    if "uploader" in results:
-        rows += _uploader_rows(results["uploader"])
-    if "inputs" in results:
-        rows += _inputs_rows(results["inputs"])
+def _large_file_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    m = f"1. large file {_size(r['bytes'])}"
+    rows += [
+        (m, "app / (a) old way: the headline", f"{r['app_vs_old_way']:.2f}", ""),
+        (m, "(b) / (a): the best app / (a) this rig allows", f"{r['floor_vs_old_way']:.2f}", ""),
+        (m, "app / (b) floor", f"{r['app_vs_floor']:.2f}", "large_file.app_vs_floor"),
+        (
+            m,
+            f"app: POST /api/runs, best of {r['reps']}",
+            f"{r['app_s']:.2f} s ({r['app_MiB_per_s']:.0f} MiB/s)",
+            "",
+        ),
+        (m, "(a) old way: SDK download to disk, then upload", f"{r['old_way_s']:.2f} s", ""),
+        (m, "download only (emulator -> discard)", f"{r['download_only_s']:.2f} s", ""),
+        (m, "upload only (memory -> Azurite, same settings)", f"{r['upload_only_s']:.2f} s", ""),
+        (m, "(b) floor = max(download only, upload only)", f"{r['floor_s']:.2f} s", ""),
+        (m, "(c) download only and upload only at once", f"{r['both_at_once_s']:.2f} s", ""),
+        (m, "app / (c)", f"{r['app_vs_both_at_once']:.2f}", ""),
+        (m, "app: storage requests in flight, max", f"{r['app_storage_max_in_flight']}", ""),
+        (m, "app: CPU busy (1.0 = one core)", _cpu(r["cpu_share_during_app"]), ""),
+    ]
     return rows
 
 
-def _budget_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _memory_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    m = "2. memory (fresh process)"
+    rows += [
+        (m, f"peak RSS growth copying {_size(s['bytes'])}", f"{s['rss_growth_bytes'] / MIB:.1f} MiB", "")
+        for s in r["sizes"]
+    ]
+    rows += [
+        (m, "max growth", f"{r['max_growth_MiB']:.1f} MiB", "memory.max_growth_MiB"),
+        (m, "spread across sizes", f"{r['spread_MiB']:.1f} MiB", "memory.spread_MiB"),
+        (m, "budget one copy reserves: (block + 1 MiB) x (in flight + 1)", f"{r['expected_MiB']:.0f} MiB", ""),
+        (
+            m,
+            f"app CPU per GiB copied ({_size(r['sizes'][-1]['bytes'])} run)",
+            f"{r['app_cpu_s_per_GiB']:.1f} s",
+            "",
+        ),
+    ]
+    return rows
+
+
+def _many_files_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    m = f"3. {r['files']} files x {_size(r['file_bytes'])}"
+    rows += [
+        (
+            m,
+            "concurrent / upload only",
+            f"{r['concurrent_vs_upload_only']:.2f}",
+            "many_files.concurrent_vs_upload_only",
+        ),
+        (m, f"COPY_CONCURRENCY={r['copy_concurrency']}, best of {r['reps']}", f"{r['concurrent_s']:.2f} s", ""),
+        (m, "COPY_CONCURRENCY=1", f"{r['sequential_s']:.2f} s", ""),
+        (m, "upload only, same files from memory", f"{r['upload_only_s']:.2f} s", ""),
+        (m, "concurrent / sequential", f"{r['concurrent_vs_sequential']:.2f}", ""),
+        (m, "upload only / sequential: best this rig allows", f"{r['upload_only_vs_sequential']:.2f}", ""),
+        (
+            m,
+            "storage requests in flight, max",
+            f"{r['storage_max_in_flight']['concurrent']} (sequential {r['storage_max_in_flight']['sequential']})",
+            "",
+        ),
+        (m, "concurrent: CPU busy", _cpu(r["cpu_share"]["concurrent"]), ""),
+        (m, "sequential: CPU busy", _cpu(r["cpu_share"]["sequential"]), ""),
+    ]
+    return rows
+
+
+def _concurrent_runs_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    m = f"4. {r['runs']} runs at once, model {r['model_latency_s']:g} s"
+    rows += [
+        (
+            m,
+            "wall / (model only + floor)",
+            f"{r['wall_vs_model_plus_floor']:.2f}",
+            "concurrent_runs.wall_vs_model_plus_floor",
+        ),
+        (m, f"wall time, median of {r['reps']}", f"{r['wall_s']:.2f} s", ""),
+        (m, "model only: the same runs, nothing copied", f"{r['model_only_s']:.2f} s", ""),
+        (
+            m,
+            "floor: max(download only, upload only), all at once",
+            f"{r['floor_s']:.2f} s ({r['download_only_s']:.2f} / {r['upload_only_s']:.2f})",
+            "",
+        ),
+        (m, "runs per second", f"{r['runs_per_s']:.1f}", ""),
+        (m, "one run: median / max", f"{r['run_latency_median_s']:.2f} / {r['run_latency_max_s']:.2f} s", ""),
+        (m, "one run past the model's latency, median", f"{r['overhead_past_model_median_s'] * 1000:.0f} ms", ""),
+    ]
+    return rows
+
+
+def _per_run_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    first = r["first_run"]
+    m = f"5. per run ({r['runs']} runs)"
+    rows += [
+        (m, "median time per run", f"{r['median_s'] * 1000:.0f} ms", ""),
+        (m, "model requests per run", f"{r['model_requests_per_run']:g}", ""),
+        (m, "storage requests per run", f"{r['storage_requests_per_run']:g}", ""),
+        (
+            m,
+            "identity requests after the first run",
+            f"{r['identity_requests_after_first_run']}",
+            "per_run.identity_requests_after_first_run",
+        ),
+        (
+            m,
+            "delegation key requests after the first",
+            f"{r['delegation_key_requests_after_first_run']}",
+            "per_run.delegation_key_requests_after_first_run",
+        ),
+        (
+            m,
+            "first run: identity / key / storage",
+            f"{first['identity_requests']} / {first['delegation_key_requests']} / {first['storage_requests']}",
+            "",
+        ),
+    ]
+    return rows
+
+
+def _cold_start_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    m = "6. cold start"
+    rows += [
+        (m, f"import function_app, median of {r['reps']}", f"{r['app_import_s'] * 1000:.0f} ms", ""),
+        (m, "import its dependencies alone", f"{r['dependencies_import_s'] * 1000:.0f} ms", ""),
+        (m, "app / dependencies", f"{r['app_vs_dependencies']:.2f}", "cold_start.app_vs_dependencies"),
+    ]
+    return rows
+
+
+def _memory_budget_rows(r: dict[str, Any]) -> list[Row]:
     m = f"7. {r['runs']} runs x {r['files_per_run']} x {_size(r['file_bytes'])}"
     budget, unlimited = r["by_mode"]["budget"], r["by_mode"]["unlimited"]
     return [
@@ -222,21 +192,30 @@ def _budget_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _network_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _network_rows(r: dict[str, Any]) -> list[Row]:
     large, many = r["large_file"], r["many_files"]
     shaping = f"{r['latency_ms']:g} ms, {r['mib_per_s']:g} MiB/s"
     m = f"8. network {shaping}: {_size(large['bytes'])}"
-    rows = [
+    rows: list[Row] = [
+        (m, "app / (a) old way: the headline", f"{large['app_vs_old_way']:.2f}", ""),
+        (m, "(b) / (a): the best app / (a) this rig allows", f"{large['floor_vs_old_way']:.2f}", ""),
+        (m, "app / (b) floor", f"{large['app_vs_floor']:.2f}", "network.large_file.app_vs_floor"),
         (m, f"app, best of {large['reps']}", f"{large['app_s']:.2f} s ({large['app_MiB_per_s']:.0f} MiB/s)", ""),
         (m, "(a) old way: SDK download to disk, then upload", f"{large['old_way_s']:.2f} s", ""),
         (m, "download only / upload only", f"{large['download_only_s']:.2f} / {large['upload_only_s']:.2f} s", ""),
         (m, "(b) floor = max(download only, upload only)", f"{large['floor_s']:.2f} s", ""),
-        (m, "app / (a)", f"{large['app_vs_old_way']:.2f}", "network.large_file.app_vs_old_way"),
-        (m, "app / (b)", f"{large['app_vs_floor']:.2f}", "network.large_file.app_vs_floor"),
+        (m, "(c) download only and upload only at once", f"{large['both_at_once_s']:.2f} s", ""),
+        (m, "app / (c)", f"{large['app_vs_both_at_once']:.2f}", ""),
         (m, "app: CPU busy", _cpu(large["cpu_share_during_app"]), ""),
     ]
     m = f"8. network {shaping}: {many['files']} x {_size(many['file_bytes'])}"
-    rows += [
+    return rows + [
+        (
+            m,
+            "concurrent / upload only",
+            f"{many['concurrent_vs_upload_only']:.2f}",
+            "network.many_files.concurrent_vs_upload_only",
+        ),
         (
             m,
             f"COPY_CONCURRENCY={many['copy_concurrency']}, best of {many['reps']}",
@@ -245,20 +224,14 @@ def _network_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ),
         (m, "COPY_CONCURRENCY=1", f"{many['sequential_s']:.2f} s", ""),
         (m, "upload only, same files from memory", f"{many['upload_only_s']:.2f} s", ""),
-        (
-            m,
-            "concurrent / sequential",
-            f"{many['concurrent_vs_sequential']:.2f}",
-            "network.many_files.concurrent_vs_sequential",
-        ),
+        (m, "concurrent / sequential", f"{many['concurrent_vs_sequential']:.2f}", ""),
         (m, "upload only / sequential: best this rig allows", f"{many['upload_only_vs_sequential']:.2f}", ""),
         (m, "concurrent: CPU busy", _cpu(many["cpu_share"]["concurrent"]), ""),
     ]
-    return rows
 
 
-def _uploader_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    rows = []
+def _uploader_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
     for network, label in (("loopback", "loopback"), ("shaped", f"{r['latency_ms']:g} ms, {r['mib_per_s']:g} MiB/s")):
         if network not in r:
             continue
@@ -277,7 +250,7 @@ def _uploader_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _inputs_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _inputs_rows(r: dict[str, Any]) -> list[Row]:
     m = "10. input upload (fresh process)"
     rows = [
         (
@@ -302,15 +275,59 @@ def _inputs_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+#: The table's rows of each stage's figures, in the order of STAGES.
+STAGE_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "large_file": _large_file_rows,
+    "memory": _memory_rows,
+    "many_files": _many_files_rows,
+    "concurrent_runs": _concurrent_runs_rows,
+    "per_run": _per_run_rows,
+    "cold_start": _cold_start_rows,
+    "memory_budget": _memory_budget_rows,
+    "network": _network_rows,
+    "uploader": _uploader_rows,
+    "inputs": _inputs_rows,
+}
+assert tuple(STAGE_ROWS) == STAGES
+
+
+def _azurite_rows(r: dict[str, Any]) -> list[Row]:
+    m = "bench: its own Azurite"
+    return [
+        (
+            m,
+            f"peak RSS, largest instance ({r['peak_stage']}) / store cap",
+            f"{r['peak_MiB']:.0f} / {r['cap_MiB']:.0f} MiB = {r['peak_vs_cap']:.2f}",
+            "azurite.peak_vs_cap",
+        ),
+        (m, "peak RSS of every Azurite at once", f"{r['all_at_once_peak_MiB']:.0f} MiB", ""),
+    ]
+
+
+def _rows(results: dict[str, Any]) -> list[Row]:
+    """(measurement, figure, value, the goal's figure or "") for the table; a failed stage is one row."""
+    rows: list[Row] = []
+    for number, (name, stage_rows) in enumerate(STAGE_ROWS.items(), start=1):
+        result = results.get(name)
+        if result is None:
+            continue
+        if result.get("failed"):
+            rows.append((f"{number}. {name}", "FAILED", result["error"].splitlines()[0][:100], ""))
+        else:
+            rows += stage_rows(result)
+    if "azurite" in results:
+        rows += _azurite_rows(results["azurite"])
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as a fixed-width table, then the machine and the goals met."""
     by_figure = {g["figure"]: g for g in results.get("goals", [])}
     lines = []
     for measurement, figure, value, goal_figure in _rows(results):
         g = by_figure.get(goal_figure)
-        lines.append(
-            (measurement, figure, value, g["goal"] if g else "", ("met" if g["met"] else "MISSED") if g else "")
-        )
+        mark = ("met" if g["met"] else "MISSED") if g else ("FAILED" if figure == "FAILED" else "")
+        lines.append((measurement, figure, value, g["goal"] if g else "", mark))
     header = ("measurement", "figure", "value", "goal", "")
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
@@ -323,14 +340,18 @@ def table(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     tuning = ", ".join(f"{k}={v}" for k, v in results.get("tuning", {}).items())
     missed = [g["figure"] for g in results.get("goals", []) if not g["met"]]
+    failed = failed_stages(results)
+    load = machine.get("loadavg_start"), machine.get("loadavg_end")
     out += [
         "",
         f"machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), {machine.get('memory_GiB')} GiB RAM, "
         f"Python {machine.get('python')}, Azurite {machine.get('azurite')}; other load during the run: "
-        f"{machine.get('other_load_cpus', 0):.2f} CPUs",
+        f"{machine.get('other_load_cpus', 0):.2f} CPUs"
+        + (f"; load average {load[0][0]:.2f} at the start, {load[1][0]:.2f} at the end" if all(load) else ""),
         f"tuning: {tuning}",
         f"goals: {len(by_figure) - len(missed)} met, {len(missed)} missed"
         + (f" ({', '.join(missed)})" if missed else ""),
+        f"stages failed: {len(failed)}" + (f" ({', '.join(failed)})" if failed else ""),
         f"plan: {results['plan']['name']}, {results.get('duration_s', 0):.0f} s in all",
     ]
     return "\n".join(out)

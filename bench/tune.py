@@ -29,6 +29,8 @@ CONSTANT_VARIANTS: list[dict[str, int]] = [
     {"BLOCK_BYTES": 8 * MIB},
     {"DOWNLOAD_CHUNK_BYTES": 256 * 1024},
     {"DOWNLOAD_CHUNK_BYTES": 4 * MIB},
+    {"SEND_SLICE_BYTES": 64 * 1024},
+    {"SEND_SLICE_BYTES": 1 * MIB},
 ]
 COPY_CONCURRENCY_VARIANTS = (1, 2, 4, 8)
 
@@ -41,41 +43,47 @@ def _name(variant: dict[str, int]) -> str:
 
 
 async def sweep(rig: Any, reps: int, size: int) -> dict[str, Any]:
-    from bench.core import app_settings, base_settings, copy_in_fresh_process, post_run, script, tuning, warm
+    from bench import stagerig
+    from bench.app import app_settings, base_settings, close_services, post_run, script, warm
+    from bench.copies import copy_in_fresh_process
+    from bench.core import tuning
 
     results: dict[str, Any] = {"bytes": size, "reps": reps}
     with app_settings(rig, **base_settings(FULL)):
         results["current"] = tuning()
-        services = await warm(rig)
-        runs: dict[str, list[dict[str, Any]]] = {_name(v): [] for v in CONSTANT_VARIANTS}
-        for rep in range(reps):
+    runs: dict[str, list[dict[str, Any]]] = {_name(v): [] for v in CONSTANT_VARIANTS}
+    for rep in range(reps):  # each repetition in its own Azurite, which frees what it stored only when it stops
+        with stagerig.fresh_storage(rig, f"tune.{rep}"), app_settings(rig, **base_settings(FULL)):
+            services = await warm(rig)
             for variant in CONSTANT_VARIANTS:
                 child = await copy_in_fresh_process(rig, services, size, variant)
                 runs[_name(variant)].append(child)
                 print(f"[tune] {rep + 1}/{reps} {_name(variant)}: {child['copy_s']:.2f} s", flush=True)
-        base = statistics.median(c["copy_s"] for c in runs["current"])
-        results["constants"] = {
-            name: {
-                "copy_s": statistics.median(c["copy_s"] for c in children),
-                "copy_vs_current": statistics.median(c["copy_s"] for c in children) / base,
-                "app_cpu_s": statistics.median(c["cpu_s"] for c in children),
-                "rss_growth_MiB": statistics.median(c["rss_growth_bytes"] for c in children) / MIB,
-            }
-            for name, children in runs.items()
+            await close_services()
+    base = statistics.median(c["copy_s"] for c in runs["current"])
+    results["constants"] = {
+        name: {
+            "copy_s": statistics.median(c["copy_s"] for c in children),
+            "copy_vs_current": statistics.median(c["copy_s"] for c in children) / base,
+            "app_cpu_s": statistics.median(c["cpu_s"] for c in children),
+            "rss_growth_MiB": statistics.median(c["rss_growth_bytes"] for c in children) / MIB,
         }
+        for name, children in runs.items()
+    }
 
     files = [{"path": f"/mnt/data/part-{i:02d}.bin", "size": FULL.many_file_bytes} for i in range(FULL.many_files)]
     prompt, _ = script(rig, files)
     times: dict[int, list[float]] = {n: [] for n in COPY_CONCURRENCY_VARIANTS}
     for rep in range(reps):
-        for n in COPY_CONCURRENCY_VARIANTS:
-            with app_settings(rig, **base_settings(FULL), COPY_CONCURRENCY=n):
-                services = await warm(rig)
-                started = time.perf_counter()
-                answer = await post_run(prompt)
-                times[n].append(time.perf_counter() - started)
-                await services.store.delete_run_blobs(answer["response_id"])
-                print(f"[tune] {rep + 1}/{reps} COPY_CONCURRENCY={n}: {times[n][-1]:.2f} s", flush=True)
+        with stagerig.fresh_storage(rig, f"tune.copy_concurrency.{rep}"):
+            for n in COPY_CONCURRENCY_VARIANTS:
+                with app_settings(rig, **base_settings(FULL), COPY_CONCURRENCY=n):
+                    await warm(rig)
+                    started = time.perf_counter()
+                    await post_run(prompt)
+                    times[n].append(time.perf_counter() - started)
+                    print(f"[tune] {rep + 1}/{reps} COPY_CONCURRENCY={n}: {times[n][-1]:.2f} s", flush=True)
+            await close_services()
     base = statistics.median(times[1])
     results["copy_concurrency"] = {
         str(n): {"run_s": statistics.median(t), "vs_1": statistics.median(t) / base} for n, t in times.items()

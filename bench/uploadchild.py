@@ -1,12 +1,12 @@
 """One streamed upload in a fresh process: the app's `upload_stream` or azure-storage-blob's own
-`upload_blob` (run by `bench.core.uploader`, one process per upload, for its peak RSS).
+`upload_blob` (run by `bench.copies.uploader_stage`, one process per upload, for its peak RSS).
 
     python -m bench.uploadchild --way ours|sdk --bytes N
 
 The parent sets the app's environment (identity for storage, maybe through the shaping proxy).
 Both ways get the same source, an async iterator of 1 MiB chunks (no download: only the
 uploader differs), the same block size (BLOCK_BYTES), the same blocks in flight
-(BLOCKS_IN_FLIGHT), the app's credential and a sha256 of the bytes. A small warm-up upload first
+(BLOCKS_IN_FLIGHT), an MD5 of every block, the app's credential and a sha256 of the bytes. A small warm-up upload first
 (token, connection); then the peak is reset and the measured upload runs. Prints one JSON line.
 """
 
@@ -69,6 +69,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             source(size, hasher),
             overwrite=True,
             max_concurrency=blob_upload.BLOCKS_IN_FLIGHT,
+            validate_content=True,  # each block's MD5, as ours sends it
             content_settings=ContentSettings(content_type="application/octet-stream"),
         )
         await sdk.get_blob_client(container, blob).set_blob_metadata({"sha256": hasher.hexdigest()})

@@ -1,19 +1,27 @@
 """The benchmark's own code, run small so that it cannot rot: `python -m bench --smoke` in-process.
 
-Only that every figure is there is checked; the goals are for the full run (`python -m bench`) on
-a quiet machine, see the README's Benchmarks section.
+Only that every figure is there is checked, and that the bench cleans up after itself (each stage
+in its own Azurite, well under its store's cap, a failed stage reported while the others run); the
+goals are for the full run (`python -m bench`) on a quiet machine, see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench import stagerig
+from bench.app import BenchError, post_run, script
 from bench.core import run_benchmarks
-from bench.plan import PLANS, STAGES
+from bench.goals import AZURITE_VS_CAP, failed_stages
+from bench.plan import PLANS, STAGES, Plan
 from bench.report import table, write_results
+from bench.runs import cold_start
 from tests.rig.rig import Rig
 
 FIGURES = {
@@ -23,8 +31,10 @@ FIGURES = {
         "download_only_s",
         "upload_only_s",
         "floor_s",
+        "both_at_once_s",
         "app_vs_old_way",
         "app_vs_floor",
+        "app_vs_both_at_once",
         "floor_vs_old_way",
         "app_MiB_per_s",
         "app_storage_max_in_flight",
@@ -52,6 +62,11 @@ FIGURES = {
     ),
     "concurrent_runs": (
         "wall_s",
+        "model_only_s",
+        "download_only_s",
+        "upload_only_s",
+        "floor_s",
+        "wall_vs_model_plus_floor",
         "runs_per_s",
         "run_latency_median_s",
         "run_latency_max_s",
@@ -89,10 +104,14 @@ FIGURES = {
         "large_file.download_only_s",
         "large_file.upload_only_s",
         "large_file.app_vs_old_way",
+        "large_file.floor_vs_old_way",
         "large_file.app_vs_floor",
+        "large_file.app_vs_both_at_once",
         "many_files.concurrent_s",
         "many_files.sequential_s",
+        "many_files.upload_only_s",
         "many_files.concurrent_vs_sequential",
+        "many_files.concurrent_vs_upload_only",
     ),
     "uploader": (
         "shaped.ours_s",
@@ -103,23 +122,22 @@ FIGURES = {
     "inputs": ("max_growth_MiB", "spread_MiB", "app_MiB_per_s", "app_cpu_s_per_GiB"),
 }
 GOALS = {
-    "large_file.app_vs_old_way",
     "large_file.app_vs_floor",
     "memory.max_growth_MiB",
     "memory.spread_MiB",
-    "many_files.concurrent_vs_sequential",
-    "concurrent_runs.wall_s",
+    "many_files.concurrent_vs_upload_only",
+    "concurrent_runs.wall_vs_model_plus_floor",
     "per_run.identity_requests_after_first_run",
     "per_run.delegation_key_requests_after_first_run",
     "cold_start.app_vs_dependencies",
     "memory_budget.budget_growth_MiB",
     "memory_budget.bytes_unverified",
     "memory_budget.wall_vs_unlimited",
-    "network.large_file.app_vs_old_way",
     "network.large_file.app_vs_floor",
-    "network.many_files.concurrent_vs_sequential",
+    "network.many_files.concurrent_vs_upload_only",
     "inputs.max_growth_MiB",
     "inputs.spread_MiB",
+    "azurite.peak_vs_cap",
 }
 
 
@@ -162,6 +180,14 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
     ]
     assert all(is_figure(s["rss_growth_bytes"]) and is_figure(s["upload_s"]) for s in data["inputs"]["sizes"])
 
+    # Every stage (and each mode of stage 7) wrote into its own Azurite, stopped after it: the
+    # store of the largest stayed well under the cap, and nothing failed.
+    azurite = data["azurite"]
+    assert set(azurite["instances"]) == {*STAGES, "memory_budget.budget", "memory_budget.unlimited"}
+    assert all(peak > 0 for peak in azurite["instances"].values())
+    assert 0 < azurite["peak_vs_cap"] <= AZURITE_VS_CAP and azurite["all_at_once_peak_MiB"] >= azurite["peak_MiB"]
+    assert stagerig.MEMORY.live == {} and failed_stages(data) == []
+
     printed = table(data)
     headings = (
         "1. large file",
@@ -175,5 +201,32 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
         "9. uploader",
         "10. input upload",
     )
-    for heading in (*headings, "goals:"):
+    for heading in (*headings, "bench: its own Azurite", "goals:", "stages failed: 0"):
         assert heading in printed
+
+
+async def test_a_failed_stage_is_reported_and_the_others_still_run(rig: Rig) -> None:
+    plan = PLANS["smoke"]
+    ran: list[int] = []
+
+    async def fails_midway(rig: Rig, plan: Plan) -> dict[str, Any]:
+        prompt, _ = script(rig, [{"path": "/mnt/data/before.txt", "content": "written before the failure"}])
+        await post_run(prompt)  # the stage wrote into its Azurite and made the app's clients
+        ran.append(stagerig.current_pid() or 0)
+        raise BenchError("the emulator answered nonsense")
+
+    results = await run_benchmarks(
+        rig, plan, only=("per_run", "cold_start"), measurements={"per_run": fails_midway, "cold_start": cold_start}
+    )
+
+    assert results["per_run"]["failed"] and "BenchError: the emulator answered nonsense" in results["per_run"]["error"]
+    assert "fails_midway" in results["per_run"]["traceback"]
+    assert is_figure(results["cold_start"]["app_vs_dependencies"])  # the next stage still ran
+    assert failed_stages(results) == ["per_run"]
+    assert {g["figure"] for g in results["goals"]} == {"cold_start.app_vs_dependencies", "azurite.peak_vs_cap"}
+    [pid] = ran
+    assert "per_run" in results["azurite"]["instances"]
+    with pytest.raises(ProcessLookupError):  # the failed stage's Azurite was stopped, its data with it
+        os.kill(pid, 0)
+    printed = table(results)
+    assert "5. per_run" in printed and "FAILED" in printed and "stages failed: 1 (per_run)" in printed

@@ -160,8 +160,9 @@ async def test_a_request_larger_than_the_budget_is_cut_to_it_and_release_is_idem
 
 async def test_concurrent_runs_wait_for_the_worker_budget_and_every_byte_arrives(app: AppClient, configure) -> None:
     """COPY_MEMORY_MB=16 (the minimum) for 3 runs x 3 files x 9 MiB at once: each copy alone would
-    hold up to 40 MiB (5 blocks of 4 MiB, twice each), so copies must queue for the budget; every
-    file still arrives whole (sha256 through its link) and the budget's peak stays within it."""
+    reserve up to 25 MiB (5 blocks of 4 MiB + BLOCK_SLACK_BYTES), so copies must queue for the
+    budget; every file still arrives whole (sha256 through its link) and the budget's peak stays
+    within it."""
     from code_interpreter_files.services import get_services
 
     configure(COPY_MEMORY_MB=16, COPY_CONCURRENCY=3)
