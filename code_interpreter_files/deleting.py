@@ -1,9 +1,14 @@
 """Removing a run everywhere: the one way DELETE and the retention sweep both take.
 
 The tombstone first (the id row marked deleted, kept for good): from then on no finish on any
-instance can commit anything for the run, since its commit is an If-Match write of the run row, which
-goes next; a finish in this worker is stopped at once. Then the uploaded inputs in Azure OpenAI, every
-blob under the run's prefix, and the stored response.
+instance can commit anything for the run once its row is gone, since its commit is an If-Match write
+of the run row; a finish in this worker is stopped at once. Then the uploaded inputs in Azure OpenAI,
+every blob under the run's prefix, the run row, the blobs once more, and the stored response.
+The row goes only after the blobs: it is how the retention sweep finds an expired run, so a blob
+delete that fails leaves the row for the next sweep (before, the row went first and the files of a
+sweep that failed there stayed for good). The second blob pass takes what a finish that committed
+before the row was deleted wrote after the first pass; a finish committing later fails its If-Match
+and takes back what it wrote itself.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ async def delete_run(services: Services, row: Row, log: RunLog, *, response_exis
     await services.table.tombstone(row)
     await services.finishing.cancel(rid)  # a finish of this run in this worker stops first
     await inputs.delete_uploaded(services, row.record.uploaded_file_ids, log)
-    await services.table.delete_row(row.partition, row.row_key)
     deleted = await services.store.delete_run_blobs(rid)
+    await services.table.delete_row(row.partition, row.row_key)
+    deleted += await services.store.delete_run_blobs(rid)
     if response_exists:
         await _delete_response(services, rid, log)
     log.info("run deleted", blobs_deleted=deleted)

@@ -52,7 +52,12 @@ async def sweep(services: Services, log: RunLog, *, now: datetime | None = None)
                 more = True
                 break
             log.response_id = row.record.response_id
-            await deleting.delete_run(services, row, log, response_exists=True)
+            try:
+                await deleting.delete_run(services, row, log, response_exists=True)
+            except Exception as error:  # its row stays (deleting.py): the next sweep tries it again
+                log.warning("could not delete an expired run; the next sweep tries again", error=type(error).__name__)
+                more = True
+                continue
             deleted += 1
         log.response_id = None
         more = more or len(expired) >= SWEEP_BATCH

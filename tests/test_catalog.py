@@ -19,6 +19,7 @@ from local_azure.queue_host import QueueHost
 from tests import figures
 from tests.appclient import AppClient, Context
 from tests.helpers import app_settings, manifest_exists, storage_names, until
+from tests.rig.faultproxy import FaultProxy
 
 LOG = RunLog("test-catalog", "test")
 
@@ -289,3 +290,43 @@ async def test_the_sweep_leaves_a_running_model_to_its_follower_and_ends_a_run_w
     again = await retention.sweep(services, LOG, now=at)
     assert again.finishes_queued == 0
     assert {r["response_id"]: r["error"] for r in await _listed(app)} == {running: None, vanished: "finish_failed"}
+
+
+async def test_a_sweep_whose_blob_deletes_fail_leaves_the_next_sweep_a_way_to_finish(
+    app: AppClient, rig, configure, queue_env, host: QueueHost
+) -> None:
+    """Blob Storage fails the sweep's deletes of an expired run's blobs (past the SDK's retries). Before:
+    the run's row was deleted first, so the next sweep (which finds expired runs by their rows) never saw
+    the run again, and its manifest and files stayed for good; and the fault ended the sweep, so the runs
+    after it waited for the next one. Now the row goes only after the blobs, so the next sweep finishes
+    the job, and one run that fails does not stop the sweep for the others."""
+    async with FaultProxy(rig.azurite.account_url, rig.tls) as proxy:
+        configure(**app_settings(queue_env), OUTPUT_STORAGE_ACCOUNT_URL=proxy.url,
+                  RUNS_TABLE_SERVICE_URL=rig.azurite.table_url, OWNER_TAG=f"t-{uuid.uuid4().hex[:12]}",
+                  RUN_RETENTION_DAYS="1")  # fmt: skip
+        made = []
+        for name in ("other", "stuck"):  # the stuck one is newer: the sweep meets it first
+            info = app.script(latency=0.2, files=[{"path": f"/mnt/data/{name}.txt", "content": name}])
+            made.append((await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"])
+            await asyncio.sleep(1.05)
+        other, stuck = made
+        await host.drain(within=60)
+        assert manifest_exists(rig, other) and manifest_exists(rig, stuck)
+        services = await get_services()
+        at = (await _row(services, stuck)).record.created_at + timedelta(days=1, seconds=5)
+        rule = proxy.fail(
+            500, times=None, when=lambda request, body: request.method == "DELETE" and stuck in request.path
+        )
+        first = await retention.sweep(services, LOG, now=at)
+        rule.times = rule.served  # the outage ends
+        figures.count("faults_injected", rule.served)
+        assert (first.runs_deleted, first.more) == (1, True), first  # the other run went; the stuck one waits
+        assert storage_names(rig, other, bookkeeping=True) == []
+        assert manifest_exists(rig, stuck)
+        tombstone = await services.table.locate(stuck)
+        assert tombstone is not None and tombstone.deleted
+        second = await retention.sweep(services, LOG, now=at)
+        assert (second.runs_deleted, second.more) == (1, False), second
+        assert storage_names(rig, stuck, bookkeeping=True) == []
+        assert await services.table.read(tombstone) is None
+        assert await _listed(app) == [] and (await app.get_run(stuck)).status == 404
