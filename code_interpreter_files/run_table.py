@@ -20,6 +20,7 @@ GET or finish repairs (the id row's keys can always be derived again from the re
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from .settings import Settings
 _RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
 # Row keys sort newest first: 10 digits of (this constant - the run's epoch seconds), then the id.
 _LATEST_EPOCH = 9_999_999_999
+# Room for the principal in a partition key of 512 characters: `runs|` + an owner tag of 64 + `|` take 70.
+_MAX_PRINCIPAL_KEY = 512 - 70
 _JSON_FIELDS = {"inputs": InputRecord, "carried": CarriedRecord, "warnings": SetupWarning}
 _LIST_FIELDS = ("uploaded_file_ids",)
 # The columns a catalog page needs: a page is small on the wire whatever the records hold.
@@ -91,8 +94,15 @@ class RunRef:
 
 def partition_of(owner: str, principal: str | None) -> str:
     """The caller's partition. Principal ids are any visible ASCII (ownership.py), and keys may not hold
-    / \\ # ?: the principal is percent-encoded (an owner tag is letters, digits, `_.-` only)."""
-    return f"runs|{owner}|{quote(principal or '', safe='')}"
+    / \\ # ?: the principal is percent-encoded (an owner tag is letters, digits, `_.-` only). Keys hold
+    512 characters at most (1 KiB of UTF-16; Azurite refuses longer ones the same way), and a principal
+    of 255 characters percent-encoded may take 765: one whose encoding is longer than
+    _MAX_PRINCIPAL_KEY is named by its SHA-256 instead, after `sha256:` (a `:` is never left as it is
+    by the encoding, so no encoded principal can be named the same)."""
+    encoded = quote(principal or "", safe="")
+    if len(encoded) > _MAX_PRINCIPAL_KEY:
+        encoded = "sha256:" + hashlib.sha256(encoded.encode()).hexdigest()
+    return f"runs|{owner}|{encoded}"
 
 
 def row_key_of(created_at: datetime, response_id: str) -> str:

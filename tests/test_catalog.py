@@ -145,6 +145,25 @@ async def test_behind_easy_auth_each_caller_lists_only_their_own_whatever_the_cu
         assert reply.status == 400 and reply.error_code() == "invalid_request", params
 
 
+async def test_a_principal_of_any_allowed_length_and_characters_has_a_list_of_its_own(
+    app: AppClient, configure
+) -> None:
+    """Principal ids are any visible ASCII up to 255 characters (ownership.py). Before: one full of characters
+    that partition keys may not hold (each percent-encoded to three) made a partition key longer than the
+    512 characters Table Storage keys may have, so every POST of that caller answered 502 storage_error
+    ("try again") and its run was cancelled. Now such a caller's partition is named by a digest."""
+    _deployment(configure, WEBSITE_AUTH_ENABLED="true")
+    long, near = "!" * 255, "!" * 254 + "?"
+    mine = await app.post_run(prompt="a long principal", wait=False, caller=long)
+    assert mine.status == 202, mine.body
+    theirs = await app.post_run(prompt="a near one", wait=False, caller=near)
+    assert theirs.status == 202, theirs.body
+    assert [r["response_id"] for r in await _listed(app, caller=long)] == [mine.json["response_id"]]
+    assert [r["response_id"] for r in await _listed(app, caller=near)] == [theirs.json["response_id"]]
+    assert (await app.get_run(mine.json["response_id"], caller=near)).status == 404
+    figures.count("foreign_reads_refused")
+
+
 async def test_another_deployments_runs_on_the_same_storage_never_appear(app: AppClient, configure) -> None:
     _deployment(configure)
     ours = [(await app.post_run(prompt="ours", wait=False)).json["response_id"] for _ in range(2)]
