@@ -67,7 +67,13 @@ async def sweep(services: Services, log: RunLog, *, now: datetime | None = None)
         await services.store.delete_blob(name)
     queued = 0
     for row in await services.table.unfinished(owner, now - UNFINISHED_AFTER, SWEEP_BATCH):
-        if await _model_ended(services, row.record.response_id):
+        try:
+            ended = await _model_ended(services, row.record.response_id)
+        except Exception as error:  # Azure OpenAI failed for this run: the next sweep looks again
+            log.warning("could not look at an unfinished run", response_id=row.record.response_id,
+                        error=type(error).__name__)  # fmt: skip
+            continue
+        if ended:
             await services.queue.enqueue_finish(row.record.response_id)
             queued += 1
     report = SweepReport(runs_deleted=deleted, markers_deleted=len(markers), finishes_queued=queued, more=more)

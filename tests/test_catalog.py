@@ -18,7 +18,7 @@ from code_interpreter_files.services import get_services
 from local_azure.queue_host import QueueHost
 from tests import figures
 from tests.appclient import AppClient, Context
-from tests.helpers import app_settings, manifest_exists, storage_names, until
+from tests.helpers import app_settings, manifest_exists, peek_queue, storage_names, until
 from tests.rig.faultproxy import FaultProxy
 
 LOG = RunLog("test-catalog", "test")
@@ -349,3 +349,27 @@ async def test_a_sweep_whose_blob_deletes_fail_leaves_the_next_sweep_a_way_to_fi
         assert storage_names(rig, stuck, bookkeeping=True) == []
         assert await services.table.read(tombstone) is None
         assert await _listed(app) == [] and (await app.get_run(stuck)).status == 404
+
+
+async def test_a_run_azure_openai_fails_to_answer_for_does_not_stop_the_sweep_queueing_the_others(
+    app: AppClient, rig, configure, queue_env
+) -> None:
+    """Azure OpenAI answers 500 for one lost run's response, every time. Before: the sweep's look at that
+    run raised, the sweep ended there, and since every sweep meets that run first, no lost run after it was
+    ever queued again (their files were lost when their containers expired). Now that run is left for a
+    later sweep and the others are queued."""
+    _deployment(configure, **app_settings(queue_env))
+    good = app.script(latency=0.2, files=[{"path": "/mnt/data/found.txt", "content": "found"}])
+    good_id = (await app.post_run(prompt=good["prompt"], wait=False)).json["response_id"]
+    await asyncio.sleep(1.05)  # the failing one is newer: the sweep meets it first
+    bad = app.script(latency=0.2, files=[], fail_first=[{"status": 500, "on": "get_response", "times": None}])
+    bad_id = (await app.post_run(prompt=bad["prompt"], wait=False)).json["response_id"]
+    with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue_env["RUNS_QUEUE"]) as queue:
+        queue.clear_messages()  # both messages are lost
+    await until(lambda: app.rig.emulator.run(good_id)["status"] == "completed", within=10)
+    services = await get_services()
+    at = (await _row(services, bad_id)).record.created_at + retention.UNFINISHED_AFTER * 2
+    report = await retention.sweep(services, LOG, now=at)
+    figures.count("faults_injected")
+    assert report.finishes_queued == 1, report
+    assert await peek_queue(rig, queue_env["RUNS_QUEUE"]) == [{"kind": "finish", "response_id": good_id, "attempt": 0}]
