@@ -11,7 +11,7 @@ from typing import Any
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
-from code_interpreter_files import retention
+from code_interpreter_files import finishing, retention
 from code_interpreter_files.run_table import Row, partition_of, row_key_of
 from code_interpreter_files.runlog import RunLog
 from code_interpreter_files.services import get_services
@@ -373,3 +373,30 @@ async def test_a_run_azure_openai_fails_to_answer_for_does_not_stop_the_sweep_qu
     figures.count("faults_injected")
     assert report.finishes_queued == 1, report
     assert await peek_queue(rig, queue_env["RUNS_QUEUE"]) == [{"kind": "finish", "response_id": good_id, "attempt": 0}]
+
+
+async def test_a_finish_that_commits_while_the_sweep_deletes_the_run_leaves_nothing_behind(
+    app: AppClient, rig, configure, queue_env
+) -> None:
+    """A finisher that read the run's row before the sweep's tombstone copies its files and commits (its
+    If-Match write lands: the row is still there) after the sweep deleted the run's blobs and before it
+    deleted the row. The sweep deletes the blobs again once the row is gone, so nothing of the run stays."""
+    async with FaultProxy(rig.azurite.table_url, rig.tls) as proxy:
+        _deployment(configure, **app_settings(queue_env), RUNS_TABLE_SERVICE_URL=proxy.url, RUN_RETENTION_DAYS="1")
+        info = app.script(latency=0.2, files=[{"path": "/mnt/data/late.txt", "content": "late"}])
+        rid = (await app.post_run(prompt=info["prompt"], wait=False)).json["response_id"]
+        await until(lambda: rig.emulator.run(rid)["status"] == "completed", within=30)
+        services = await get_services()
+        row = await _row(services, rid)  # the finisher's read, before the sweep
+        held = proxy.hold(lambda request, body: request.method == "DELETE" and rid in request.path)
+        sweeping = asyncio.ensure_future(retention.sweep(services, LOG, now=row.record.created_at + timedelta(days=2)))
+        await asyncio.wait_for(held.reached.wait(), 30)  # tombstone written, blobs deleted, the row's delete held
+        response = await services.openai.responses.retrieve(rid)
+        outcome = await finishing.finish(services, row, response, LOG)
+        assert [f.filename for f in outcome.files] == ["late.txt"] and manifest_exists(rig, rid)
+        held.release()
+        report = await asyncio.wait_for(sweeping, 60)
+        figures.count("faults_injected")
+        assert await _listed(app) == []
+    assert report.runs_deleted == 1, report
+    assert storage_names(rig, rid, bookkeeping=True) == []
