@@ -67,6 +67,9 @@ async def sweep(services: Services, log: RunLog, *, now: datetime | None = None)
         await services.store.delete_blob(name)
     queued = 0
     for row in await services.table.unfinished(owner, now - UNFINISHED_AFTER, SWEEP_BATCH):
+        if asyncio.get_running_loop().time() >= deadline:  # each look may wait on Azure OpenAI
+            more = True
+            break
         try:
             ended = await _model_ended(services, row.record.response_id)
         except Exception as error:  # Azure OpenAI failed for this run: the next sweep looks again

@@ -400,3 +400,24 @@ async def test_a_finish_that_commits_while_the_sweep_deletes_the_run_leaves_noth
         assert await _listed(app) == []
     assert report.runs_deleted == 1, report
     assert storage_names(rig, rid, bookkeeping=True) == []
+
+
+async def test_a_sweep_out_of_time_leaves_the_unfinished_runs_to_the_next_one(
+    app: AppClient, rig, configure, queue_env, monkeypatch
+) -> None:
+    """The sweep's time (SWEEP_SECONDS) bounds its look at unfinished runs too, each of which asks Azure
+    OpenAI (up to three tries of two minutes when it hangs). Before: only the deletions looked at the
+    clock; a sweep out of time still asked about up to 100 unfinished runs. (The time is set to none.)"""
+    _deployment(configure, **app_settings(queue_env))
+    rid = (await app.post_run(prompt="lost", wait=False)).json["response_id"]
+    with QueueClient.from_connection_string(rig.azurite.queue_connection_string, queue_env["RUNS_QUEUE"]) as queue:
+        queue.clear_messages()
+    await until(lambda: app.rig.emulator.run(rid)["status"] == "completed", within=10)
+    services = await get_services()
+    at = (await _row(services, rid)).record.created_at + retention.UNFINISHED_AFTER * 2
+    seconds = retention.SWEEP_SECONDS
+    monkeypatch.setattr(retention, "SWEEP_SECONDS", 0)
+    report = await retention.sweep(services, LOG, now=at)
+    assert (report.finishes_queued, report.more) == (0, True), report
+    monkeypatch.setattr(retention, "SWEEP_SECONDS", seconds)
+    assert (await retention.sweep(services, LOG, now=at)).finishes_queued == 1
