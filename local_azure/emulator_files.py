@@ -1,18 +1,11 @@
-"""The emulator's Files, Uploads and container parts: what a run with input files needs.
+"""The emulator's Files and Uploads APIs (and the container object): where a run's input files come from.
 
 - Files API: ``POST /files`` (multipart: ``file``, ``purpose``, ``expires_after[...]``), ``GET /files/{id}``,
   ``GET /files/{id}/content``, ``DELETE /files/{id}``.
 - Uploads API: ``POST /uploads``, ``POST /uploads/{id}/parts`` (multipart ``data``, at most 64 MB),
   ``POST /uploads/{id}/complete`` (``part_ids``, optional ``md5``), ``POST /uploads/{id}/cancel``.
 - ``GET /containers/{id}``: the container object, ``status`` ``running`` or ``expired``.
-- ``code_interpreter`` tool: ``container: {"type": "auto", "file_ids": [...]}`` puts the files into the
-  run's new container (``source: "user"``, ``/mnt/data/<filename>``; an unknown id is a 400);
-  ``container: "<cntr id>"`` runs in that container again (expired: the service's 400).
-- ``previous_response_id``: unknown -> 404 "Previous response with id '...' not found.".
-- Scripts: a file ``{"path": "/mnt/data/out.csv", "copy_of_input": "data.csv"}`` is written with the bytes
-  of the container's file named ``data.csv`` (an input, or a file of an earlier run in that container).
-- The offline stand-in (a prompt without a script marker) reads the run's input files through
-  ``stand_in_inputs``.
+- How a run uses these files (``file_ids``, ``previous_response_id``, ``copy_of_input``): emulator_inputs.py.
 
 Uploaded bytes are streamed to a temporary directory (never whole in memory), so large inputs cost
 the emulator disk, not memory. Bodies follow the published schemas (OpenAIFile, Upload, UploadPart,
@@ -21,27 +14,24 @@ ContainerResource, DeleteFileResponse).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import posixpath
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from local_azure.standin import InputFile
+from .emulator_errors import api_error as _error
+from .emulator_model import StoredSpec
 
 if TYPE_CHECKING:
-    from local_azure.emulator import Container, Emulator, EmulatorControl, Script, ScriptFile
+    from .emulator_client import EmulatorControl
+    from .emulator_state import EmulatorState
 
 PREFIX = "/openai/v1"
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -50,24 +40,6 @@ MAX_PART_BYTES = 64 * 1024 * 1024
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024 * 1024
 UPLOAD_LIFETIME_SECONDS = 3600
 READ_BYTES = 1 << 20
-
-
-# The emulator's module: `local_azure.emulator`, or `__main__` when it runs as a process. Its classes
-# (ApiError above all, which its middleware catches) must be the ones it uses itself.
-_emulator_module: ModuleType | None = None
-
-
-def _em() -> Any:
-    if _emulator_module is None:
-        import local_azure.emulator
-
-        return local_azure.emulator
-    return _emulator_module
-
-
-def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> Exception:
-    error: Exception = _em().ApiError(status, message, param=param, code=code)
-    return error
 
 
 @dataclass
@@ -133,44 +105,16 @@ class PendingUpload:
         }
 
 
-@functools.cache
-def spec_types() -> tuple[type[Any], type[Any]]:
-    """Spec types built on the emulator's ScriptFile (imported late: emulator.py imports this module)."""
-    ScriptFile = _em().ScriptFile
-
-    @dataclass
-    class StoredSpec(ScriptFile):  # type: ignore[valid-type,misc]  # the emulator module's class, found at run time
-        """A container file whose bytes are another's: a stored file (an input), or a container file's
-        spec (a copy of an input or of an earlier run's file)."""
-
-        stored: Any = None
-
-        def chunks(self, chunk_size: int) -> Iterator[bytes]:
-            assert self.stored is not None
-            return self.stored.chunks(chunk_size)
-
-    @dataclass
-    class InputCopySpec(ScriptFile):  # type: ignore[valid-type,misc]
-        """A script file to be written with the bytes of a container file named `copy_of_input`."""
-
-        copy_of_input: str = ""
-
-    return StoredSpec, InputCopySpec
-
-
 class FilesApi:
-    """State and handlers; `Emulator` owns one and calls its hooks."""
+    """State and handlers; `Emulator` owns one (emulator_inputs.RunInputs reads its files)."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        global _emulator_module
-        _emulator_module = sys.modules[type(emulator).__module__]
+    def __init__(self, emulator: EmulatorState) -> None:
         self.emulator = emulator
         self._dir = tempfile.TemporaryDirectory(prefix="emulator-files-")
         self.root = Path(self._dir.name)
         self.files: dict[str, StoredFile] = {}
         self.uploads: dict[str, PendingUpload] = {}
         self.faults: dict[str, list[int]] = {}  # target -> statuses to answer next (see ctl_faults)
-        self.StoredSpec, self.InputCopySpec = spec_types()
         self.reset_stats()
 
     # ---- stats
@@ -346,7 +290,7 @@ class FilesApi:
         stored = self._file(request)
         stored.deleted = True
         stored_in_use = any(
-            isinstance(cf.spec, self.StoredSpec) and cf.spec.stored is stored
+            isinstance(cf.spec, StoredSpec) and cf.spec.stored is stored
             for c in self.emulator.containers.values()
             for cf in c.files
         )
@@ -503,113 +447,6 @@ class FilesApi:
             }
         )
 
-    # ---- hooks for Emulator.create_response and script parsing
-
-    def check_previous(self, body: dict[str, Any]) -> None:
-        previous = body.get("previous_response_id")
-        if previous is None:
-            return
-        run = self.emulator.runs.get(previous) if isinstance(previous, str) else None
-        if run is None or run.deleted or run.request.get("store") is False:
-            raise _error(404, f"Previous response with id '{previous}' not found.", "previous_response_id")
-
-    def container_for(self, script: Script, tools: list[Any], done_at: float) -> Container:
-        """The run's container: a new one with its input files, or an existing one by id."""
-        tool = next(t for t in tools if isinstance(t, dict) and t.get("type") == "code_interpreter")
-        spec = tool.get("container")
-        if isinstance(spec, str):
-            container = self.emulator.containers.get(spec)
-            if container is None:
-                raise _error(404, "Container not found", "tools[0].container")
-            if container.is_expired(time.time()):
-                raise _error(400, "Container is expired.")
-            container.files += self._script_files(script, container)
-            container.done_at = done_at
-            container.expires = script.container_expires
-            return container
-        file_ids = spec.get("file_ids") if isinstance(spec, dict) else None
-        file_ids = file_ids or []
-        if not isinstance(file_ids, list) or len(file_ids) > 50:
-            raise _error(400, "Invalid 'tools[0].container.file_ids': at most 50 file ids.", "tools[0].container")
-        inputs = []
-        for file_id in file_ids:
-            stored = self.live_file(file_id) if isinstance(file_id, str) else None
-            if stored is None:
-                raise _error(400, f"File {file_id} not found.", "tools[0].container.file_ids")
-            inputs.append(stored)
-        now = int(time.time())
-        container = _em().Container(
-            id="cntr_" + os.urandom(16).hex(),
-            script=script,
-            files=[],
-            expires=script.container_expires,
-            done_at=done_at,
-        )
-        for stored in inputs:
-            user_spec = self.StoredSpec(
-                path=f"/mnt/data/{stored.filename}",
-                size=stored.size,
-                sha256=stored.sha256,
-                seed=None,
-                data=None,
-                source="user",
-                cite=False,
-                stored=stored,
-            )
-            file_id = "cfile_" + os.urandom(16).hex()
-            container.files.append(_em().ContainerFile(id=file_id, spec=user_spec, created_at=now))
-        container.files += self._script_files(script, container)
-        self.emulator.containers[container.id] = container
-        return container
-
-    def _script_files(self, script: Script, container: Container) -> list[Any]:
-        """The script's files for this run, copies of container files resolved to their bytes."""
-        now = int(time.time())
-        made = []
-        for spec in script.files:
-            if isinstance(spec, self.InputCopySpec):
-                source = next(
-                    (cf.spec for cf in container.files if posixpath.basename(cf.spec.path) == spec.copy_of_input),
-                    None,
-                )
-                if source is None:
-                    raise _error(400, f"Emulator: the container has no file {spec.copy_of_input!r} to copy.")
-                spec = self.StoredSpec(
-                    path=spec.path,
-                    size=source.size,
-                    sha256=source.sha256,
-                    seed=None,
-                    data=None,
-                    cite=spec.cite,
-                    stored=source,
-                )
-            made.append(_em().ContainerFile(id="cfile_" + os.urandom(16).hex(), spec=spec, created_at=now))
-        return made
-
-    def stand_in_inputs(self, tools: list[Any], limit: int) -> list[InputFile]:
-        """The files a run's container will hold, for the offline stand-in (local_azure/standin.py): the
-        uploaded files its `file_ids` name, or the files of the container it runs in again; at most `limit`
-        bytes of each are read. Unknown ids are left to `container_for`, which answers them."""
-        tool = next((t for t in tools if isinstance(t, dict) and t.get("type") == "code_interpreter"), {})
-        spec = tool.get("container")
-        sources: list[tuple[str, Any]] = []
-        if isinstance(spec, str):
-            container = self.emulator.containers.get(spec)
-            if container is not None:
-                sources = [(posixpath.basename(cf.spec.path), cf.spec) for cf in container.present()]
-        elif isinstance(spec, dict) and isinstance(spec.get("file_ids"), list):
-            found = (self.live_file(i) for i in spec["file_ids"][:50] if isinstance(i, str))
-            sources = [(stored.filename, stored) for stored in found if stored is not None]
-        inputs = []
-        for name, source in sources:
-            data = bytearray()
-            for block in source.chunks(READ_BYTES):
-                data += block[: limit - len(data)]
-                if len(data) >= limit:
-                    break
-            inputs.append(InputFile(name=name, data=bytes(data), size=int(source.size)))
-        return inputs
-
     # ---- control
 
     async def ctl_faults(self, request: web.Request) -> web.StreamResponse:
@@ -642,17 +479,6 @@ class FilesApi:
                 **self.stats(),
             }
         )
-
-
-def parse_copy_file(index: int, raw: dict[str, Any]) -> ScriptFile:
-    """A script file `{"path", "copy_of_input": "<name>", "cite"?}` (the hook in `_parse_file`)."""
-    name = raw.get("copy_of_input")
-    if not isinstance(name, str) or not name:
-        raise _error(400, f"files[{index}].copy_of_input must be a file name", "files")
-    spec: ScriptFile = spec_types()[1](
-        path=raw["path"], size=0, sha256="", seed=None, data=b"", cite=bool(raw.get("cite", True)), copy_of_input=name
-    )
-    return spec
 
 
 def queue_fault(control: EmulatorControl, target: str, status: int, *, after: int = 0, times: int = 1) -> None:

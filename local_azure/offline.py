@@ -33,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from local_azure.azurite import Azurite, free_port
-from local_azure.emulator import start_emulator, stop_emulator
+from local_azure.emulator_client import start_emulator, stop_emulator
 from local_azure.identity_endpoint import start_identity_endpoint, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from local_azure.certs import TlsFiles, make_tls_files
 from local_azure.identity_endpoint import IdentityControl, start_identity_endpoint, stop_process
 
 if TYPE_CHECKING:
-    from local_azure.emulator import EmulatorControl
+    from local_azure.emulator_client import EmulatorControl
 
 StorageAuth = Literal["identity", "connection_string"]
 ModelAuth = Literal["identity", "key"]
@@ -72,7 +72,7 @@ class Rig:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Rig:
         """Start every piece; on failure stop whatever was started and re-raise."""
-        from local_azure.emulator import EmulatorControl, start_emulator
+        from local_azure.emulator_client import EmulatorControl, start_emulator
 
         try:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="ci-files-rig-"))
@@ -95,7 +95,7 @@ class Rig:
             self._emulator.close()
             self._emulator = None
         if self._emulator_proc is not None:
-            from local_azure.emulator import stop_emulator
+            from local_azure.emulator_client import stop_emulator
 
             stop_emulator(self._emulator_proc)
             self._emulator_proc = None

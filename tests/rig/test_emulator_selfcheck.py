@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from local_azure import openai_schemas, png
-from local_azure.emulator import EmulatorControl, schema_report, start_emulator, stop_emulator
+from local_azure.emulator_client import EmulatorControl, schema_report, start_emulator, stop_emulator
 
 KEY = "selfcheck-key"
 CI_TOOLS = [{"type": "code_interpreter", "container": {"type": "auto"}}]

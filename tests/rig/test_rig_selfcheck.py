@@ -308,7 +308,7 @@ def test_emulator_is_up(rig: Rig) -> None:
 
 def test_secrets_that_begin_with_a_dash_still_start_the_services() -> None:
     """secrets.token_urlsafe() begins with "-" once in 64 draws: argparse must not take it for an option."""
-    from local_azure.emulator import start_emulator, stop_emulator
+    from local_azure.emulator_client import start_emulator, stop_emulator
 
     proc, url = start_emulator("-looks-like-an-option")
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from code_interpreter_files import model_info
 from local_azure import chart, standin
-from local_azure.emulator import EmulatorControl, start_emulator, stop_emulator
+from local_azure.emulator_client import EmulatorControl, start_emulator, stop_emulator
 from local_azure.standin import InputFile, plan
 
 KEY = "stand-in-key"
