@@ -536,7 +536,9 @@ def test_stream_closes_before_created(client: openai.OpenAI, ctl: EmulatorContro
 def test_silent_stream_sends_only_created_and_stays_open(base_url: str, ctl: EmulatorControl) -> None:
     s = ctl.add_script({"latency": 0.1, "silent_stream": True, "files": [{"path": "/mnt/data/a.txt", "content": "a"}]})
     body = {"model": "gpt-4.1", "input": s["marker"], "tools": CI_TOOLS, "background": True, "stream": True}
-    timeout = httpx.Timeout(30.0, read=1.5)
+    # The read timeout bounds the wait for an event that must not come; it is generous so that a
+    # loaded machine delivering `response.created` late does not fail the test (it did once at 1.5 s).
+    timeout = httpx.Timeout(30.0, read=5.0)
     with httpx.Client(timeout=timeout) as http:
         with http.stream("POST", base_url + "/openai/v1/responses", json=body, headers={"api-key": KEY}) as resp:
             lines = resp.iter_lines()
@@ -544,12 +546,17 @@ def test_silent_stream_sends_only_created_and_stays_open(base_url: str, ctl: Emu
             created = json.loads(next(lines).removeprefix("data: "))
             assert created["response"]["status"] == "queued"
             assert next(lines) == ""
-            with pytest.raises(httpx.ReadTimeout):  # nothing more, though the run ends meanwhile
+            rid = created["response"]["id"]
+            deadline = time.monotonic() + 10
+            while (
+                http.get(f"{base_url}/openai/v1/responses/{rid}", headers={"api-key": KEY}).json()["status"]
+                != "completed"
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            with pytest.raises(httpx.ReadTimeout):  # nothing more, though the run has ended
                 next(lines)
             assert ctl.stats()["streams_open"] == 1
-            rid = created["response"]["id"]
-            got = httpx.get(f"{base_url}/openai/v1/responses/{rid}", headers={"api-key": KEY}).json()
-            assert got["status"] == "completed"
     deadline = time.monotonic() + 10
     while ctl.stats()["streams_open"] != 0:  # the handler notices the client left
         assert time.monotonic() < deadline
