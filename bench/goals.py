@@ -93,7 +93,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"queue_latency.{mode}.p95_vs_goal",
                 figures["p95_vs_goal"],
                 1.0,
-                f"<= 1 (p95 <= 2 s + copy {figures['copy_s'] * 1000:.0f} ms)",
+                f"<= 1 (p95 <= 2 s + copy {latency['copy_s'] * 1000:.0f} ms)",
             )
     if listed := ran("catalog"):
         goal("catalog.requests_largest_vs_smallest", listed["listing"]["requests_largest_vs_smallest"], 1.0, "1 (flat)")

@@ -2,17 +2,16 @@
 posted with `wait: false` and finished by the queue, with and without Azure OpenAI webhooks.
 
 Each run: POST /api/runs with `wait: false` and a `callback_url` (a receiver on loopback, as the
-tests' one), one small file, a model latency of `latency_model_s`. The queue triggers run in this
-process (`local_azure.queue_host`, as the tests' `host` fixture runs them), two pollers: the Functions
-host fetches the next batch while one runs (host.json batchSize 4, newBatchThreshold 2), and one
-in-process QueueHost waits for its whole batch, which would hold the webhook's message behind the
-follower's. Runs go one at a time: the figure is a run's own latency, not a queue's backlog.
+tests' one), one small file. Runs go in pairs of the same model latency (spread over the plan's
+range), one per mode, one pair at a time: the figure is a run's own latency, not a queue's backlog.
+The queue triggers run in this process (`local_azure.queue_host`, as the tests' `host` fixture runs
+them).
 
 Times, all on this machine's clock: the model's end is the emulator's (`ends_at` of its run view);
 the manifest written is when Azurite answered the app's Put Blob of `manifest.json` (seen on the
-app's blob transport, bench only); the callback is when the receiver got it. With webhooks
-(AZURE_OPENAI_WEBHOOK_SECRET set), the bench plays Azure OpenAI: at the model's end it posts a
-signed `response.completed` event to the app's webhook function.
+app's blob transport, bench only); the callback is when the receiver got it. In the webhook mode
+the bench plays Azure OpenAI: at the model's end it posts a signed `response.completed` event to the
+app's webhook function.
 
 The goal: p95 from the model's end to the callback within 2 s plus the copy time of the same file
 on this rig (downloading it from the emulator, then uploading it, through the app's clients).
@@ -26,6 +25,7 @@ import os
 import statistics
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,13 +45,14 @@ from bench.app import (
 )
 from bench.plan import Plan
 from code_interpreter_files.services import Services
-from local_azure.queue_host import QueueHost
+from local_azure.queue_host import QueueHost, QueueSettings
 from tests.helpers import SECRET, signed_webhook
 from tests.rig.rig import Rig
 
 MODES = ("queue", "webhook")
 COPY_REPS = 5
 QUEUE_POLL_SECONDS = 0.1  # the Functions host's shortest polling interval (it backs off from it when idle)
+POLLERS = 6  # at most 5 messages at once: two followers, one webhook's finish, two callbacks
 
 
 class _Receiver:
@@ -154,51 +155,77 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(values), "p95_s": p95, "max_s": max(values)}
 
 
-async def _mode(rig: Rig, plan: Plan, mode: str) -> dict[str, Any]:
+def _latencies(plan: Plan) -> list[float]:
+    """Each run's model latency, spread evenly over the plan's range: the follower polls a running model
+    0.1 s after it starts, then 1.5 times later each time, at most every 2 s (responses_api), so when a
+    run ends within that cycle decides what the polling adds; runs past ~5 s all poll every 2 s."""
+    low, high = plan.latency_model_s
+    n = plan.latency_runs
+    return [low + (high - low) * i / max(1, n - 1) for i in range(n)]
+
+
+async def _one(
+    rig: Rig, receiver: _Receiver, manifests: _ManifestTimes, prompt: str, mode: str
+) -> tuple[str, float, float]:
+    """Post one run with wait false and a callback; (its id, model end to callback, to manifest)."""
+    body = json.dumps({"prompt": prompt, "wait": False, "callback_url": receiver.url}).encode()
+    status, answer = await call("create_run", "POST", "/api/runs", body)
+    if status != 202:
+        raise BenchError(f"POST /api/runs with wait false answered {status}: {json.dumps(answer)[:300]}")
+    rid = answer["response_id"]
+    webhook = asyncio.create_task(_webhook_at_end(rig, rid)) if mode == "webhook" else None
+    arrived = await receiver.wait(rid, within=120)
+    if webhook is not None:
+        await webhook
+    ends_at = rig.emulator.run(rid)["ends_at"]
+    return rid, arrived - ends_at, manifests.written[rid] - ends_at
+
+
+async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
+    """Each pair of runs (same model latency) at once: one finished by the queue alone, one whose end
+    Azure OpenAI announces with a webhook. One set of app settings for both, AZURE_OPENAI_WEBHOOK_SECRET
+    included: the secret changes nothing for a run no webhook comes for (only the webhook route reads it).
+
+    Pollers: `POLLERS` queue hosts of one message each, so a message never waits behind another's
+    invocation (the Functions host takes new messages while one runs: host.json batchSize 4,
+    newBatchThreshold 2; an in-process QueueHost waits for its whole batch before it polls again)."""
     settings: dict[str, Any] = {
         **base_settings(plan),
-        "RUNS_QUEUE": f"bench{mode}{uuid.uuid4().hex[:8]}",
+        "RUNS_QUEUE": f"benchlatency{uuid.uuid4().hex[:8]}",
         "CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
         "CALLBACK_SIGNING_SECRET": SECRET,
+        "AZURE_OPENAI_WEBHOOK_SECRET": SECRET,
     }
-    if mode == "webhook":
-        settings["AZURE_OPENAI_WEBHOOK_SECRET"] = SECRET
     content = "a,b\n1,2\n"
-    prompt, specs = script(rig, [{"path": "/mnt/data/result.csv", "content": content}], plan.latency_model_s)
+    files = [{"path": "/mnt/data/result.csv", "content": content}]
+    runs = [script(rig, files, latency) for latency in _latencies(plan)]
     receiver = _Receiver()
+    samples: dict[str, dict[str, list[float]]] = {m: {"to_callback": [], "to_manifest": []} for m in MODES}
     with app_settings(rig, **settings):
         services = await warm(rig)
         await receiver.start()
         manifests = _ManifestTimes(services)
         stop = asyncio.Event()
-        hosts = [QueueHost(functions().values(), environ=os.environ, poll_seconds=QUEUE_POLL_SECONDS) for _ in range(2)]
+        one_at_a_time = replace(QueueSettings.from_host_json(), batch_size=1)
+        hosts = [
+            QueueHost(functions().values(), environ=os.environ, settings=one_at_a_time, poll_seconds=QUEUE_POLL_SECONDS)
+            for _ in range(POLLERS)
+        ]
         pollers = [asyncio.create_task(h.run_forever(stop)) for h in hosts]
-        to_callback: list[float] = []
-        to_manifest: list[float] = []
-        rids: list[str] = []
         try:
-            body = json.dumps({"prompt": prompt, "wait": False, "callback_url": receiver.url}).encode()
-            for _ in range(plan.latency_runs):
-                status, answer = await call("create_run", "POST", "/api/runs", body)
-                if status != 202:
-                    raise BenchError(f"POST /api/runs with wait false answered {status}: {json.dumps(answer)[:300]}")
-                rid = answer["response_id"]
-                webhook = asyncio.create_task(_webhook_at_end(rig, rid)) if mode == "webhook" else None
-                arrived = await receiver.wait(rid, within=60 + plan.latency_model_s)
-                if webhook is not None:
-                    await webhook
-                ends_at = rig.emulator.run(rid)["ends_at"]
-                to_callback.append(arrived - ends_at)
-                to_manifest.append(manifests.written[rid] - ends_at)
-                rids.append(rid)
-            status, answer = await call(
-                "get_run", "GET", f"/api/runs/{rids[-1]}", route_params={"response_id": rids[-1]}
-            )
+            for prompt, _specs in runs:
+                pair = await asyncio.gather(*(_one(rig, receiver, manifests, prompt, mode) for mode in MODES))
+                for mode, (_rid, to_callback, to_manifest) in zip(MODES, pair, strict=True):
+                    samples[mode]["to_callback"].append(to_callback)
+                    samples[mode]["to_manifest"].append(to_manifest)
+            last = pair[-1][0]
+            specs = runs[-1][1]
+            status, answer = await call("get_run", "GET", f"/api/runs/{last}", route_params={"response_id": last})
             if status != 200 or [(f["bytes"], f["sha256"]) for f in answer["files"]] != [
                 (specs[0]["bytes"], specs[0]["sha256"])
             ]:
                 raise BenchError(f"the last run answered {status} without its file")
-            copy_s = await _copy_time(services, rig, rids[-1], content.encode())
+            copy_s = await _copy_time(services, rig, last, content.encode())
         finally:
             stop.set()
             await asyncio.gather(*pollers, return_exceptions=True)
@@ -206,19 +233,19 @@ async def _mode(rig: Rig, plan: Plan, mode: str) -> dict[str, Any]:
                 await host.close()
             manifests.remove()
             await receiver.stop()
-    callback, manifest = _percentiles(to_callback), _percentiles(to_manifest)
-    return {
+    results: dict[str, Any] = {
         "runs": plan.latency_runs,
-        "model_latency_s": plan.latency_model_s,
-        "to_callback": callback,
-        "to_manifest": manifest,
+        "model_latency_s": list(plan.latency_model_s),
+        "queue_poll_s": QUEUE_POLL_SECONDS,
         "copy_s": copy_s,
         "goal_s": 2.0 + copy_s,
-        "p95_vs_goal": callback["p95_s"] / (2.0 + copy_s),
-        "samples_to_callback_s": to_callback,
     }
-
-
-async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
-    results = {mode: await _mode(rig, plan, mode) for mode in MODES}
-    return {**results, "queue_poll_s": QUEUE_POLL_SECONDS}
+    for mode in MODES:
+        callback = _percentiles(samples[mode]["to_callback"])
+        results[mode] = {
+            "to_callback": callback,
+            "to_manifest": _percentiles(samples[mode]["to_manifest"]),
+            "p95_vs_goal": callback["p95_s"] / (2.0 + copy_s),
+            "samples_to_callback_s": samples[mode]["to_callback"],
+        }
+    return results

@@ -52,7 +52,7 @@ class Plan:
     uploader_networks: tuple[str, ...]  # ... on these: "loopback", "shaped" (through the proxy)
     input_sizes: tuple[int, ...]  # 10. one blob input uploaded to Azure OpenAI, a fresh process per size
     latency_runs: int  # 11. runs posted with wait false, finished by the queue, one at a time, per mode ...
-    latency_model_s: float  # ... with this model latency
+    latency_model_s: tuple[float, float]  # ... with model latencies spread over this range
     catalog_sizes: tuple[int, ...]  # 12. one caller's runs stored, a page listed at each size ...
     retention_expired: int  # ... and a retention sweep of this many expired runs ...
     retention_fresh: int  # ... among this many fresh ones
@@ -105,7 +105,7 @@ FULL = Plan(
     uploader_networks=("loopback", "shaped"),
     input_sizes=(64 * MIB, 256 * MIB, GIB),
     latency_runs=50,
-    latency_model_s=1.0,
+    latency_model_s=(1.0, 7.0),
     catalog_sizes=(10, 1000, 10_000),
     retention_expired=300,
     retention_fresh=50,
@@ -141,7 +141,7 @@ PLANS = {
         uploader_networks=("shaped",),  # a fresh process per upload: the smoke run keeps it to two
         input_sizes=(5 * MIB, 9 * MIB),  # over one 4 MiB part: the Uploads API's path, as the full sizes
         latency_runs=3,
-        latency_model_s=0.3,
+        latency_model_s=(0.2, 0.4),
         catalog_sizes=(10, 150),  # over one page of 100 (the largest limit): a cursor page at each size
         retention_expired=12,
         retention_fresh=4,
