@@ -253,7 +253,7 @@ class StorageCounter:
         self.counts: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
-        self._wrapped: list[Any] = []
+        self._replaced: list[tuple[Any, Any]] = []
         self._wrap(services.store._service._pipeline._transport, "blob")
         self._wrap(services.table._table._client._client._pipeline._transport, "table")
         queue = services.queue
@@ -263,6 +263,7 @@ class StorageCounter:
 
     def _wrap(self, transport: Any, service: str) -> None:
         send = transport.send
+        self._replaced.append((transport, vars(transport).get("send")))  # another wrapper's, if any
 
         async def counting_send(request: Any, **kwargs: Any) -> Any:
             self.counts[_storage_operation(service, request)] += 1
@@ -276,15 +277,18 @@ class StorageCounter:
                 self.in_flight -= 1
 
         transport.send = counting_send
-        self._wrapped.append(transport)
 
     def take(self) -> Counter[str]:
         counts, self.counts, self.max_in_flight = self.counts, Counter(), 0
         return counts
 
     def remove(self) -> None:
-        for transport in self._wrapped:
-            del transport.send
+        """Undo the wrapping (after any wrapper put on since is removed: last on, first off)."""
+        for transport, previous in self._replaced:
+            if previous is None:
+                del transport.send
+            else:
+                transport.send = previous
 
 
 class RigCpu:

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from bench.app import (
     BenchError,
+    StorageCounter,
     app_settings,
     base_settings,
     call,
@@ -205,6 +206,7 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
         services = await warm(rig)
         await receiver.start()
         manifests = _ManifestTimes(services)
+        counter = StorageCounter(services)  # the app's own requests (the pollers have their own clients)
         stop = asyncio.Event()
         one_at_a_time = replace(QueueSettings.from_host_json(), batch_size=1)
         hosts = [
@@ -219,6 +221,7 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
                     samples[mode]["to_callback"].append(to_callback)
                     samples[mode]["to_manifest"].append(to_manifest)
             last = pair[-1][0]
+            counts = counter.take()
             specs = runs[-1][1]
             status, answer = await call("get_run", "GET", f"/api/runs/{last}", route_params={"response_id": last})
             if status != 200 or [(f["bytes"], f["sha256"]) for f in answer["files"]] != [
@@ -231,6 +234,7 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
             await asyncio.gather(*pollers, return_exceptions=True)
             for host in hosts:
                 await host.close()
+            counter.remove()  # put on last, taken off first
             manifests.remove()
             await receiver.stop()
     results: dict[str, Any] = {
@@ -239,6 +243,9 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
         "queue_poll_s": QUEUE_POLL_SECONDS,
         "copy_s": copy_s,
         "goal_s": 2.0 + copy_s,
+        # both modes together (their runs overlap): the webhook's marker, message and second finish included
+        "storage_requests_per_run": sum(counts.values()) / (2 * plan.latency_runs),
+        "storage_requests_by_kind_per_run": {k: v / (2 * plan.latency_runs) for k, v in sorted(counts.items())},
     }
     for mode in MODES:
         callback = _percentiles(samples[mode]["to_callback"])

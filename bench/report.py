@@ -176,6 +176,7 @@ def _queue_latency_rows(r: dict[str, Any]) -> list[Row]:
     rows += [
         (m, "model latencies (spread evenly)", f"{low:g} to {high:g} s", ""),
         (m, "copy time of the file (download, upload)", f"{r['copy_s'] * 1000:.0f} ms", ""),
+        (m, "storage requests per run (both modes)", f"{r['storage_requests_per_run']:g}", ""),
     ]
     return rows
 
