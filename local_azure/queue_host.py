@@ -15,6 +15,8 @@ What the host does (Microsoft.Azure.WebJobs.Extensions.Storage.Queues) and this 
   (host.json, default 0). A message fetched with a dequeue count already above the limit (its
   earlier holders crashed) is poisoned without running;
 - the poison queue is an ordinary queue: a function triggered on `<queue>-poison` gets its messages.
+Not copied: the host's polling backs off while a queue is empty, up to `maxPollingInterval`
+(host.json); this one polls every `poll_seconds`.
 
 A host that is cancelled mid-invocation (a crash) neither deletes nor releases its messages: they
 come back when their lease runs out, as after a worker crash in Azure.
