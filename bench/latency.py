@@ -25,7 +25,6 @@ import os
 import statistics
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,8 +51,7 @@ from tests.rig.rig import Rig
 
 MODES = ("queue", "webhook")
 COPY_REPS = 5
-QUEUE_POLL_SECONDS = 0.1  # the Functions host's shortest polling interval (it backs off from it when idle)
-POLLERS = 6  # at most 5 messages at once: two followers, one webhook's finish, two callbacks
+QUEUE_POLL_SECONDS = 0.1  # the Functions host polls 0.1 s after a message, backing off to maxPollingInterval
 
 
 class _Receiver:
@@ -187,9 +185,9 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
     Azure OpenAI announces with a webhook. One set of app settings for both, AZURE_OPENAI_WEBHOOK_SECRET
     included: the secret changes nothing for a run no webhook comes for (only the webhook route reads it).
 
-    Pollers: `POLLERS` queue hosts of one message each, so a message never waits behind another's
-    invocation (the Functions host takes new messages while one runs: host.json batchSize 4,
-    newBatchThreshold 2; an in-process QueueHost waits for its whole batch before it polls again)."""
+    The queue triggers: one QueueHost listening as the Functions host does (`QueueHost.listen`): a new
+    batch while at most newBatchThreshold messages run, polling backed off up to maxPollingInterval
+    (host.json) while the queues are empty: a message queued during a long run waits for that poll."""
     settings: dict[str, Any] = {
         **base_settings(plan),
         "RUNS_QUEUE": f"benchlatency{uuid.uuid4().hex[:8]}",
@@ -206,14 +204,10 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
         services = await warm(rig)
         await receiver.start()
         manifests = _ManifestTimes(services)
-        counter = StorageCounter(services)  # the app's own requests (the pollers have their own clients)
+        counter = StorageCounter(services)  # the app's own requests (the queue host has its own clients)
         stop = asyncio.Event()
-        one_at_a_time = replace(QueueSettings.from_host_json(), batch_size=1)
-        hosts = [
-            QueueHost(functions().values(), environ=os.environ, settings=one_at_a_time, poll_seconds=QUEUE_POLL_SECONDS)
-            for _ in range(POLLERS)
-        ]
-        pollers = [asyncio.create_task(h.run_forever(stop)) for h in hosts]
+        host = QueueHost(functions().values(), environ=os.environ, poll_seconds=QUEUE_POLL_SECONDS)
+        listener = asyncio.create_task(host.listen(stop))
         try:
             for prompt, _specs in runs:
                 pair = await asyncio.gather(*(_one(rig, receiver, manifests, prompt, mode) for mode in MODES))
@@ -231,16 +225,15 @@ async def queue_latency(rig: Rig, plan: Plan) -> dict[str, Any]:
             copy_s = await _copy_time(services, rig, last, content.encode())
         finally:
             stop.set()
-            await asyncio.gather(*pollers, return_exceptions=True)
-            for host in hosts:
-                await host.close()
+            await asyncio.gather(listener, return_exceptions=True)
+            await host.close()
             counter.remove()  # put on last, taken off first
             manifests.remove()
             await receiver.stop()
     results: dict[str, Any] = {
         "runs": plan.latency_runs,
         "model_latency_s": list(plan.latency_model_s),
-        "queue_poll_s": QUEUE_POLL_SECONDS,
+        "queue_poll_s": [QUEUE_POLL_SECONDS, QueueSettings.from_host_json().max_polling_interval_seconds],
         "copy_s": copy_s,
         "goal_s": 2.0 + copy_s,
         # both modes together (their runs overlap): the webhook's marker, message and second finish included
