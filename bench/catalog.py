@@ -141,7 +141,7 @@ async def _listing(services: Services, plan: Plan) -> dict[str, Any]:
 
 async def _stored_run(services: Services, record: RunRecord) -> None:
     """A finished run as the app leaves it: its row and id row, its file, its manifest."""
-    row = await services.table.start(record)
+    await services.table.start(record)
     rid = record.response_id
     blob = blob_name(rid, "cfile_bench0001", "result.csv")
     await services.store.file_client(blob).upload_blob(b"a,b\n1,2\n3,4\n", overwrite=True)
@@ -161,7 +161,6 @@ async def _stored_run(services: Services, record: RunRecord) -> None:
     ]
     if not await services.store.write_manifest(rid, outcome.to_manifest()):
         raise BenchError("a manifest of the retention runs existed already")
-    del row
 
 
 async def _remaining(services: Services, records: list[RunRecord]) -> tuple[int, int]:
