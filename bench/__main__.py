@@ -5,8 +5,8 @@ runs every measurement through the app's real code path, prints a table and writ
 to bench/results/latest.json (git-ignored). Each stage runs against its own fresh Azurite
 (`bench.stagerig`); a stage that fails prints its error, is marked FAILED in the table, and the
 others still run; the exit code is 1 if any stage failed. Stage 8 and 9 run the app and its
-baselines through a shaping proxy (`bench.netshape`, `--latency-ms`, `--mib-per-s`). About 17
-minutes on 2 busy cores; `--smoke` takes about a minute.
+baselines through a shaping proxy (`bench.netshape`, `--latency-ms`, `--mib-per-s`). About 22
+minutes on 2 busy cores; `--smoke` takes about a minute and a half.
 """
 
 from __future__ import annotations

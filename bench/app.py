@@ -74,14 +74,20 @@ class Context:
 
 
 async def call(
-    name: str, method: str, path: str, body: bytes = b"", route_params: dict[str, str] | None = None
+    name: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    route_params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     request = func.HttpRequest(
         method=method,
         url=f"http://localhost:7071{path}",
         body=body,
-        headers={"content-type": "application/json"},
-        params={},
+        headers={"content-type": "application/json", **(headers or {})},
+        params=params or {},
         route_params=route_params or {},
     )
     response = await functions()[name].get_user_function()(request, Context(function_name=name))
@@ -208,28 +214,61 @@ def blob_client(services: Services, blob: str) -> Any:
     return services.store._service.get_blob_client(services.settings.output_container, blob)
 
 
-def _storage_operation(request: Any) -> str:
-    query = parse_qs(urlsplit(request.url).query)
-    what = query.get("comp", query.get("restype", ["blob"]))[0]
-    return f"{request.method} {what}"
+def _storage_operation(service: str, request: Any) -> str:
+    """`<service> <method> <what>`: what a request does, e.g. `blob PUT blob`, `table PATCH row`,
+    `queue POST messages`."""
+    parts = urlsplit(request.url)
+    if service == "blob":
+        query = parse_qs(parts.query)
+        what = query.get("comp", query.get("restype", ["blob"]))[0]
+    elif service == "table":  # /<account>/<table>(PartitionKey=..,RowKey=..), /<account>/<table>(), /Tables
+        last = parts.path.rstrip("/").rsplit("/", 1)[-1]
+        what = (
+            "tables"
+            if last.startswith("Tables")
+            else "batch"
+            if last == "$batch"
+            else "row"
+            if "(P" in last
+            else "runs"
+        )
+    else:  # /<account>/<queue>/messages, /<account>/<queue>
+        what = "messages" if parts.path.rstrip("/").endswith("/messages") else "queue"
+    return f"{service} {request.method} {what}"
 
 
 class StorageCounter:
-    """Counts every request the app's blob clients put on the wire (retries included), and the
-    most that were in flight at once.
+    """Counts every request the app's storage clients put on the wire (retries included), by kind
+    (`blob ...`, `table ...`, `queue ...`), and the most blob requests that were in flight at once.
 
-    Wraps `send` of the transport that the app's BlobServiceClient and every container and blob
-    client made from it share (private: `_pipeline._transport`). Bench only; removed after."""
+    Wraps `send` of the three transports the app's clients use (private attributes, bench only;
+    removed after): the BlobServiceClient's (shared by every container and blob client made from
+    it, `_pipeline._transport`), the runs TableClient's (`_client._client._pipeline._transport`) and
+    the runs QueueClient's (`_pipeline._transport`), which RunQueue makes on first use: made here
+    if not yet (as RunQueue makes it; no request), so its first use (Create Queue) is counted too."""
 
     def __init__(self, services: Services) -> None:
+        from code_interpreter_files.run_queue import build_queue_client
+
         self.counts: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
-        self._transport = services.store._service._pipeline._transport
-        send = self._transport.send
+        self._replaced: list[tuple[Any, Any]] = []
+        self._wrap(services.store._service._pipeline._transport, "blob")
+        self._wrap(services.table._table._client._client._pipeline._transport, "table")
+        queue = services.queue
+        if queue._client is None:
+            queue._client = build_queue_client(queue._settings, queue._credential, queue.name)
+        self._wrap(queue._client._pipeline._transport, "queue")
+
+    def _wrap(self, transport: Any, service: str) -> None:
+        send = transport.send
+        self._replaced.append((transport, vars(transport).get("send")))  # another wrapper's, if any
 
         async def counting_send(request: Any, **kwargs: Any) -> Any:
-            self.counts[_storage_operation(request)] += 1
+            self.counts[_storage_operation(service, request)] += 1
+            if service != "blob":
+                return await send(request, **kwargs)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
@@ -237,14 +276,19 @@ class StorageCounter:
             finally:
                 self.in_flight -= 1
 
-        self._transport.send = counting_send  # type: ignore[method-assign]
+        transport.send = counting_send
 
     def take(self) -> Counter[str]:
         counts, self.counts, self.max_in_flight = self.counts, Counter(), 0
         return counts
 
     def remove(self) -> None:
-        del self._transport.send
+        """Undo the wrapping (after any wrapper put on since is removed: last on, first off)."""
+        for transport, previous in self._replaced:
+            if previous is None:
+                del transport.send
+            else:
+                transport.send = previous
 
 
 class RigCpu:

@@ -20,7 +20,9 @@ from typing import Any
 
 from bench import stagerig
 from bench.app import REPO_ROOT, RigCpu, app_settings, base_settings, close_services
+from bench.catalog import catalog
 from bench.copies import large_file, many_files, memory, network, uploader_stage
+from bench.latency import queue_latency
 from bench.plan import STAGES, Plan
 from bench.runs import cold_start, concurrent_runs, inputs_stage, memory_budget, per_run
 from code_interpreter_files import blob_upload, responses_api
@@ -41,6 +43,8 @@ MEASUREMENTS: dict[str, Measurement] = {
     "network": network,
     "uploader": uploader_stage,
     "inputs": inputs_stage,
+    "queue_latency": queue_latency,
+    "catalog": catalog,
 }
 assert tuple(MEASUREMENTS) == STAGES
 

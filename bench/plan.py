@@ -19,6 +19,8 @@ STAGES = (
     "network",
     "uploader",
     "inputs",
+    "queue_latency",
+    "catalog",
 )
 
 
@@ -49,6 +51,11 @@ class Plan:
     uploader_reps: int  # ... best of this many ...
     uploader_networks: tuple[str, ...]  # ... on these: "loopback", "shaped" (through the proxy)
     input_sizes: tuple[int, ...]  # 10. one blob input uploaded to Azure OpenAI, a fresh process per size
+    latency_runs: int  # 11. runs posted with wait false, finished by the queue, one at a time, per mode ...
+    latency_model_s: tuple[float, float]  # ... with model latencies spread over this range
+    catalog_sizes: tuple[int, ...]  # 12. one caller's runs stored, a page listed at each size ...
+    retention_expired: int  # ... and a retention sweep of this many expired runs ...
+    retention_fresh: int  # ... among this many fresh ones
     latency_ms: float = 20.0  # the simulated network (`bench.netshape`): round trip added per exchange ...
     mib_per_s: float = 40.0  # ... and bandwidth per connection and direction
 
@@ -97,6 +104,11 @@ FULL = Plan(
     uploader_reps=2,
     uploader_networks=("loopback", "shaped"),
     input_sizes=(64 * MIB, 256 * MIB, GIB),
+    latency_runs=50,
+    latency_model_s=(1.0, 7.0),
+    catalog_sizes=(10, 1000, 10_000),
+    retention_expired=300,
+    retention_fresh=50,
 )
 
 PLANS = {
@@ -128,5 +140,10 @@ PLANS = {
         uploader_reps=1,
         uploader_networks=("shaped",),  # a fresh process per upload: the smoke run keeps it to two
         input_sizes=(5 * MIB, 9 * MIB),  # over one 4 MiB part: the Uploads API's path, as the full sizes
+        latency_runs=3,
+        latency_model_s=(0.2, 0.4),
+        catalog_sizes=(10, 150),  # over one page of 100 (the largest limit): a cursor page at each size
+        retention_expired=12,
+        retention_fresh=4,
     ),
 }

@@ -129,7 +129,14 @@ def _per_run_rows(r: dict[str, Any]) -> list[Row]:
     rows += [
         (m, "median time per run", f"{r['median_s'] * 1000:.0f} ms", ""),
         (m, "model requests per run", f"{r['model_requests_per_run']:g}", ""),
-        (m, "storage requests per run", f"{r['storage_requests_per_run']:g}", ""),
+        (m, "storage requests per run", f"{r['storage_requests_per_run']:g}", "per_run.storage_requests_per_run"),
+        (
+            m,
+            "  blob / table / queue",
+            " / ".join(f"{v:g}" for v in r["storage_requests_by_service_per_run"].values()),
+            "",
+        ),
+        *((m, f"  {kind}", f"{count:g}", "") for kind, count in r["storage_requests_by_kind_per_run"].items()),
         (
             m,
             "identity requests after the first run",
@@ -149,6 +156,54 @@ def _per_run_rows(r: dict[str, Any]) -> list[Row]:
             "",
         ),
     ]
+    return rows
+
+
+def _queue_latency_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    low, high = r["model_latency_s"]
+    for mode in ("queue", "webhook"):
+        f = r[mode]
+        m = f"11. wait false, {'queue + webhook' if mode == 'webhook' else 'queue'}"
+        rows += [
+            (m, f"model end -> callback, median / p95 of {r['runs']}",
+             f"{f['to_callback']['median_s'] * 1000:.0f} / {f['to_callback']['p95_s'] * 1000:.0f} ms", ""),
+            (m, "p95 / (2 s + copy time)", f"{f['p95_vs_goal']:.2f}", f"queue_latency.{mode}.p95_vs_goal"),
+            (m, "model end -> manifest written, median / p95",
+             f"{f['to_manifest']['median_s'] * 1000:.0f} / {f['to_manifest']['p95_s'] * 1000:.0f} ms", ""),
+        ]  # fmt: skip
+    m = "11. wait false"
+    rows += [
+        (m, "model latencies (spread evenly)", f"{low:g} to {high:g} s", ""),
+        (m, "copy time of the file (download, upload)", f"{r['copy_s'] * 1000:.0f} ms", ""),
+        (m, "storage requests per run (both modes)", f"{r['storage_requests_per_run']:g}", ""),
+    ]
+    return rows
+
+
+def _catalog_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    listing, sweep = r["listing"], r["retention"]
+    m = "12. catalog"
+    for size in listing["sizes"]:
+        pages = [size[p] for p in ("first_page", "cursor_page") if p in size]
+        rows.append(
+            (m, f"{size['runs_stored']} runs: requests per page (first, cursor)",
+             " / ".join(f"{p['requests']:g}" for p in pages) + "  "
+             + " / ".join(f"{p['median_ms']:.0f} ms" for p in pages), "")
+        )  # fmt: skip
+    rows.append(
+        (m, "requests per page, largest / smallest", f"{listing['requests_largest_vs_smallest']:g}",
+         "catalog.requests_largest_vs_smallest")
+    )  # fmt: skip
+    m = f"12. retention {sweep['expired']} expired"
+    rows += [
+        (m, "invocations (runs deleted each)", f"{sweep['invocations']} ({sweep['runs_deleted_per_invocation']})", ""),
+        (m, "time per invocation, max", f"{sweep['invocation_s_max']:.1f} s", ""),
+        (m, "per deleted run: time, storage requests",
+         f"{sweep['ms_per_deleted_run']:.0f} ms, {sweep['storage_requests_per_deleted_run']:g}", ""),
+        (m, "fresh runs kept", f"{sweep['fresh_kept']} of {sweep['fresh']}", ""),
+    ]  # fmt: skip
     return rows
 
 
@@ -287,6 +342,8 @@ STAGE_ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "network": _network_rows,
     "uploader": _uploader_rows,
     "inputs": _inputs_rows,
+    "queue_latency": _queue_latency_rows,
+    "catalog": _catalog_rows,
 }
 assert tuple(STAGE_ROWS) == STAGES
 

@@ -142,6 +142,17 @@ async def concurrent_runs(rig: Rig, plan: Plan) -> dict[str, Any]:
 # -- 5. per-run cost -----------------------------------------------------------------------------
 
 
+DELEGATION_KEY = "blob POST userdelegationkey"
+
+
+def _by_service(counts: Counter[str], runs: int) -> dict[str, float]:
+    """Requests per run of each storage service (blob, table, queue)."""
+    services: Counter[str] = Counter()
+    for kind, count in counts.items():
+        services[kind.split(" ", 1)[0]] += count
+    return {name: services[name] / runs for name in ("blob", "table", "queue")}
+
+
 def _model_requests(rig: Rig) -> Counter[str]:
     return Counter({k: v for k, v in rig.emulator.stats()["requests"].items() if v})
 
@@ -183,15 +194,16 @@ async def per_run(rig: Rig, plan: Plan) -> dict[str, Any]:
         "model_requests_per_run": sum(model.values()) / runs,
         "model_requests_by_kind_per_run": {k: v / runs for k, v in sorted(model.items())},
         "storage_requests_per_run": sum(storage_counts.values()) / runs,
+        "storage_requests_by_service_per_run": _by_service(storage_counts, runs),
         "storage_requests_by_kind_per_run": {k: v / runs for k, v in sorted(storage_counts.items())},
         "identity_requests_after_first_run": identity,
-        "delegation_key_requests_after_first_run": storage_counts["POST userdelegationkey"],
+        "delegation_key_requests_after_first_run": storage_counts[DELEGATION_KEY],
         "first_run": {
             "model_requests": sum(first["model"].values()),
             "identity_requests": first["identity"],
             "storage_requests": sum(first["storage"].values()),
             "storage_requests_by_kind": dict(sorted(first["storage"].items())),
-            "delegation_key_requests": first["storage"]["POST userdelegationkey"],
+            "delegation_key_requests": first["storage"][DELEGATION_KEY],
         },
     }
 

@@ -152,6 +152,7 @@ def fresh_storage(rig: Rig, label: str, *, on_disk: bool = False) -> Iterator[In
             {
                 "OUTPUT_STORAGE_ACCOUNT_URL": azurite.account_url,
                 "RUNS_QUEUE_STORAGE__queueServiceUri": azurite.queue_url,
+                "RUNS_TABLE_SERVICE_URL": azurite.table_url,  # else the runs table is the rig's Azurite's
             }
         )
         try:

@@ -46,6 +46,10 @@ class ControlApi(EmulatorState):
                 "response_id": run.id,
                 "script_id": run.script.id,
                 "status": run.status(time.time()),
+                # the model's start and end on this machine's clock (epoch seconds, not rounded): the
+                # bench times what follows the model's end from here
+                "created_at": run.created,
+                "ends_at": run.created + run.latency,
                 "deleted": run.deleted,
                 "container_id": c.id if c else None,
                 "code_interpreter_call_id": run.ci_id if c else None,

@@ -15,6 +15,11 @@ What the host does (Microsoft.Azure.WebJobs.Extensions.Storage.Queues) and this 
   (host.json, default 0). A message fetched with a dequeue count already above the limit (its
   earlier holders crashed) is poisoned without running;
 - the poison queue is an ordinary queue: a function triggered on `<queue>-poison` gets its messages.
+`run_once`, `drain` and `run_forever` poll every `poll_seconds` and wait for a whole batch before the
+next poll (what tests want: every message handled, in a known order). `listen` copies the host's
+listener instead (the bench's latency stage): a new batch whenever at most `newBatchThreshold`
+messages are in flight, and polling that backs off while the queues are empty, doubling from
+`poll_seconds` up to `maxPollingInterval` (the host adds jitter; this does not).
 
 A host that is cancelled mid-invocation (a crash) neither deletes nor releases its messages: they
 come back when their lease runs out, as after a worker crash in Azure.
@@ -30,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import importlib
 import inspect
 import json
@@ -72,6 +78,8 @@ class QueueSettings:
     visibility_timeout_seconds: float = 0.0
     batch_size: int = 16
     message_encoding: Literal["base64", "none"] = "base64"
+    new_batch_threshold: int = 8  # the host's default: batchSize / 2 (per core; one here)
+    max_polling_interval_seconds: float = 60.0
 
     @classmethod
     def from_host_json(cls, path: Path = HOST_JSON) -> QueueSettings:
@@ -84,6 +92,8 @@ class QueueSettings:
             visibility_timeout_seconds=parse_timespan(str(queues.get("visibilityTimeout", "00:00:00"))),
             batch_size=int(queues.get("batchSize", 16)),
             message_encoding="base64" if encoding == "base64" else "none",
+            new_batch_threshold=int(queues.get("newBatchThreshold", int(queues.get("batchSize", 16)) // 2)),
+            max_polling_interval_seconds=parse_timespan(str(queues.get("maxPollingInterval", "00:01:00"))),
         )
 
 
@@ -299,6 +309,36 @@ class QueueHost:
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
                 except TimeoutError:
                     pass
+
+    async def listen(self, stop: asyncio.Event) -> None:
+        """The host's listener until `stop` is set: messages handled as they come, a new batch while at
+        most `newBatchThreshold` are in flight, polling backed off while the queues stay empty."""
+        in_flight: set[asyncio.Task[None]] = set()
+        delay = self.poll_seconds
+        try:
+            while not stop.is_set():
+                if len(in_flight) > self.settings.new_batch_threshold:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                received = 0
+                for function in self.functions:
+                    client = await self._queue(function.connection, function.queue_name)
+                    async for message in client.receive_messages(
+                        max_messages=self.settings.batch_size, visibility_timeout=self.lease_seconds
+                    ):
+                        task = asyncio.create_task(self._handle(function, client, message))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                        received += 1
+                wait, delay = (
+                    (self.poll_seconds, self.poll_seconds)
+                    if received
+                    else (delay, min(delay * 2, self.settings.max_polling_interval_seconds))
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+        finally:
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def counts(self) -> dict[str, int]:
         """Approximate message counts of the watched queues (visible and invisible)."""

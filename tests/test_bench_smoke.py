@@ -120,6 +120,32 @@ FIGURES = {
         "shaped.sdk_growth_MiB",
     ),
     "inputs": ("max_growth_MiB", "spread_MiB", "app_MiB_per_s", "app_cpu_s_per_GiB"),
+    "queue_latency": (
+        "copy_s",
+        "storage_requests_per_run",
+        *(
+            f"{mode}.{name}"
+            for mode in ("queue", "webhook")
+            for name in (
+                "to_callback.median_s",
+                "to_callback.p95_s",
+                "to_manifest.median_s",
+                "to_manifest.p95_s",
+                "p95_vs_goal",
+            )
+        ),
+    ),
+    "catalog": (
+        "listing.requests_per_page_smallest",
+        "listing.requests_per_page_largest",
+        "listing.requests_largest_vs_smallest",
+        "listing.page_ms_smallest",
+        "listing.page_ms_largest",
+        "retention.invocations",
+        "retention.invocation_s_max",
+        "retention.ms_per_deleted_run",
+        "retention.storage_requests_per_deleted_run",
+    ),
 }
 GOALS = {
     "large_file.app_vs_floor",
@@ -127,6 +153,7 @@ GOALS = {
     "memory.spread_MiB",
     "many_files.concurrent_vs_upload_only",
     "concurrent_runs.wall_vs_model_plus_floor",
+    "per_run.storage_requests_per_run",
     "per_run.identity_requests_after_first_run",
     "per_run.delegation_key_requests_after_first_run",
     "cold_start.app_vs_dependencies",
@@ -137,6 +164,9 @@ GOALS = {
     "network.many_files.concurrent_vs_upload_only",
     "inputs.max_growth_MiB",
     "inputs.spread_MiB",
+    "queue_latency.queue.p95_vs_goal",
+    "queue_latency.webhook.p95_vs_goal",
+    "catalog.requests_largest_vs_smallest",
     "azurite.peak_vs_cap",
 }
 
@@ -179,6 +209,17 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
         (size, -(-size // data["inputs"]["part_bytes"])) for size in plan.input_sizes
     ]
     assert all(is_figure(s["rss_growth_bytes"]) and is_figure(s["upload_s"]) for s in data["inputs"]["sizes"])
+    # one storage request of each kind a one-file run needs, counted on all three services
+    assert data["per_run"]["storage_requests_by_service_per_run"] == {"blob": 2, "table": 3, "queue": 1}
+    # every run was finished by the queue and called back, and each mode timed them all
+    for mode in ("queue", "webhook"):
+        assert len(data["queue_latency"][mode]["samples_to_callback_s"]) == plan.latency_runs
+    # a page at each size, from a cursor where there was more than a page; the sweep kept the fresh runs
+    listing = data["catalog"]["listing"]
+    assert [s["runs_stored"] for s in listing["sizes"]] == list(plan.catalog_sizes)
+    assert "cursor_page" in listing["sizes"][-1] and listing["sizes"][-1]["cursor_page"]["runs_on_page"] > 0
+    retention = data["catalog"]["retention"]
+    assert retention["expired"] == plan.retention_expired and retention["fresh_kept"] == plan.retention_fresh
 
     # Every stage (and each mode of stage 7) wrote into its own Azurite, stopped after it: the
     # store of the largest stayed well under the cap, and nothing failed.
@@ -200,6 +241,10 @@ async def test_the_smoke_run_reports_every_figure(rig: Rig, tmp_path: Path) -> N
         "8. network",
         "9. uploader",
         "10. input upload",
+        "11. wait false, queue",
+        "11. wait false, queue + webhook",
+        "12. catalog",
+        "12. retention",
     )
     for heading in (*headings, "bench: its own Azurite", "goals:", "stages failed: 0"):
         assert heading in printed

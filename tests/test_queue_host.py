@@ -31,6 +31,7 @@ from local_azure.queue_host import (
     queue_functions,
     resolve_setting_references,
 )
+from tests.helpers import until
 from tests.rig.rig import Rig
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,6 +41,8 @@ app = func.FunctionApp()
 SEEN: list[tuple[str, str, int, str, bool]] = []
 #: Set when an invocation starts (in this process).
 STARTED = asyncio.Event()
+#: Set by a `resp_release*` message; a `resp_waitfor*` invocation waits for it.
+RELEASED = asyncio.Event()
 
 
 @app.queue_trigger(arg_name="msg", queue_name="%RUNS_QUEUE%", connection="RUNS_QUEUE_STORAGE")
@@ -58,6 +61,10 @@ async def finish_run(msg: func.QueueMessage) -> None:
         raise RuntimeError("permanent failure")
     if rid.startswith("resp_slow"):
         await asyncio.sleep(6)
+    if rid.startswith("resp_waitfor"):
+        await asyncio.wait_for(RELEASED.wait(), 30)
+    if rid.startswith("resp_release"):
+        RELEASED.set()
 
 
 @app.queue_trigger(arg_name="msg", queue_name="%RUNS_QUEUE%-poison", connection="RUNS_QUEUE_STORAGE")
@@ -79,6 +86,7 @@ def queue_env(configure: Callable[..., dict[str, str]], request: pytest.FixtureR
     storage = getattr(request, "param", "connection_string")
     SEEN.clear()
     STARTED.clear()
+    RELEASED.clear()
     return configure(storage=storage, RUNS_QUEUE=f"runs-{uuid.uuid4().hex[:16]}")
 
 
@@ -142,13 +150,11 @@ async def test_poison_at_max_dequeue_count_reaches_the_poison_function(queue_env
 
 async def test_host_json_max_dequeue_count_and_visibility_timeout(queue_env: dict[str, str], tmp_path: Path) -> None:
     host_json = tmp_path / "host.json"
-    host_json.write_text(
-        json.dumps(
-            {"version": "2.0", "extensions": {"queues": {"maxDequeueCount": 2, "visibilityTimeout": "00:00:01"}}}
-        )
-    )
+    queues = {"maxDequeueCount": 2, "visibilityTimeout": "00:00:01", "batchSize": 6, "maxPollingInterval": "00:00:02"}
+    host_json.write_text(json.dumps({"version": "2.0", "extensions": {"queues": queues}}))
     settings = QueueSettings.from_host_json(host_json)
     assert (settings.max_dequeue_count, settings.visibility_timeout_seconds) == (2, 1.0)
+    assert (settings.new_batch_threshold, settings.max_polling_interval_seconds) == (3, 2.0)  # batchSize / 2
     await _enqueue("resp_always2")
     async with _host(settings=settings) as host:
         await host.drain()
@@ -211,6 +217,27 @@ async def test_lease_is_renewed_while_a_slow_function_runs(queue_env: dict[str, 
         assert _outcomes(first) == [("finish_run", 1, "succeeded")]
         assert second.invocations == []
     assert len(SEEN) == 1
+
+
+async def test_listen_takes_new_messages_while_one_runs(queue_env: dict[str, str]) -> None:
+    """As the Functions host listens: a message sent while another runs is handled at once (here it is
+    what lets the first one end), where `run_forever` would wait for its batch to end first."""
+    settings = QueueSettings(batch_size=1, new_batch_threshold=1, max_polling_interval_seconds=0.5)
+    await _enqueue("resp_waitfor1")
+    stop = asyncio.Event()
+    async with _host(settings=settings, poll_seconds=0.05) as host:
+        listening = asyncio.create_task(host.listen(stop))
+        await STARTED.wait()
+        await _enqueue("resp_release1")
+        await asyncio.wait_for(RELEASED.wait(), 60)
+        await until(lambda: len(host.invocations) == 2)  # the waiting one ends once the release ran
+        stop.set()
+        await listening
+        rid = {message_id: r for _, message_id, _, r, _ in SEEN}
+        assert [(i.outcome, rid[i.message_id]) for i in host.invocations] == [
+            ("succeeded", "resp_release1"),
+            ("succeeded", "resp_waitfor1"),
+        ]
 
 
 async def test_crashed_invocation_comes_back_after_its_lease(queue_env: dict[str, str]) -> None:
