@@ -381,7 +381,11 @@ async def test_a_foreign_or_unknown_previous_response_is_not_found(env, rig) -> 
 def openai_schemas() -> dict[str, Any]:
     import yaml
 
-    with open("/work/shared/specs/openai-openapi.yaml", encoding="utf-8") as handle:
+    from local_azure.openai_schemas import find_spec
+
+    spec = find_spec()
+    assert spec is not None, "the published OpenAI spec is not beside this clone (../shared/specs/)"
+    with open(spec, encoding="utf-8") as handle:
         return yaml.safe_load(handle)["components"]
 
 
