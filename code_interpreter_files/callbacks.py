@@ -23,7 +23,8 @@ from yarl import URL
 from .errors import InvalidRequest
 from .public_addresses import address_refused, guarded_connector
 from .run_queue import RunQueue
-from .settings import Settings, is_ip_literal
+from .setting_rules import is_ip_literal
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

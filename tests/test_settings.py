@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from code_interpreter_files import http_api
+from code_interpreter_files.setting_rules import normalize_openai_endpoint
 from code_interpreter_files.settings import (
     HTTP_ANSWER_LIMIT_SECONDS,
     MAX_SAS_TTL_MINUTES,
@@ -17,7 +18,6 @@ from code_interpreter_files.settings import (
     Settings,
     SettingsError,
     load_settings,
-    normalize_openai_endpoint,
     settings_fingerprint,
 )
 from tests.appclient import AppClient

@@ -100,7 +100,7 @@ def test_the_app_takes_the_script_settings_and_derives_the_table_endpoint(tmp_pa
 @pytest.mark.parametrize("suffix", ["core.windows.net", "core.chinacloudapi.cn", "core.usgovcloudapi.net"])
 def test_the_app_derives_the_table_endpoint_from_the_bicep_account_url(suffix):
     """main.bicep's OUTPUT_STORAGE_ACCOUNT_URL, in each cloud's storage suffix (environment().suffixes.storage)."""
-    from code_interpreter_files.settings import table_url_for
+    from code_interpreter_files.setting_rules import table_url_for
 
     main = MAIN.read_text()
     assert (
