@@ -45,7 +45,8 @@ from bench.app import (
 )
 from bench.plan import Plan
 from code_interpreter_files.services import Services
-from local_azure.queue_host import QueueHost, QueueSettings
+from local_azure.queue_bindings import QueueSettings
+from local_azure.queue_host import QueueHost
 from tests.helpers import SECRET, signed_webhook
 from tests.rig.rig import Rig
 

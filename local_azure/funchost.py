@@ -1,5 +1,5 @@
 """The minimal local Functions host: serves the app's HTTP functions (and, with the queue companion of
-local_azure/queue_host.py, its queue triggers) when Azure Functions Core Tools are not installed.
+local_azure/queue_instances.py, its queue triggers) when Azure Functions Core Tools are not installed.
 
 `scripts/start.sh --offline` runs the app under it; the tests serve the app through it to the client and
 the notebook (`func start` cannot run on the test machines: its binary comes from a CDN). What it does not

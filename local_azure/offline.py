@@ -10,7 +10,7 @@ then stops them in order and says so):
 3. the offline stand-in for Azure OpenAI (local_azure/emulator.py, local_azure/standin.py), unchecked
    against the OpenAI spec (only a test checkout has it beside it);
 4. the app on `--port`: under `func start` when Azure Functions Core Tools 4 are installed, otherwise
-   under the minimal local host (local_azure/funchost.py with the queue triggers of queue_host.py).
+   under the minimal local host (local_azure/funchost.py with the queue triggers of queue_instances.py).
 Then it prints the first client commands and one line per request, until Ctrl-C, SIGTERM or SIGHUP.
 """
 
@@ -156,7 +156,7 @@ class Offline:
             return
         self.app_name = "the minimal local host"
         cmd = [sys.executable, "-m", "local_azure.funchost", "--port", str(self.port)]
-        cmd += ["--companion", "local_azure.queue_host:companion"]
+        cmd += ["--companion", "local_azure.queue_instances:companion"]
         self.app = subprocess.Popen(
             cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, process_group=0
         )

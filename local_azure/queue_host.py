@@ -24,33 +24,22 @@ messages are in flight, and polling that backs off while the queues are empty, d
 A host that is cancelled mid-invocation (a crash) neither deletes nor releases its messages: they
 come back when their lease runs out, as after a worker crash in Azure.
 
-In-process: `QueueHost(functions, environ=...)` then `await host.drain()`. As a separate instance:
-`python -m local_azure.queue_host --app function_app:app` (see `start_queue_host`), which prints
-`READY` and then one `OUTCOME {json}` line per message handled.
+In-process: `QueueHost(functions, environ=...)` then `await host.drain()`. What the host reads (host.json,
+the app's queue-triggered functions) is in `queue_bindings.py`; the host as another instance or beside
+the minimal HTTP host in `queue_instances.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
 import contextlib
-import importlib
 import inspect
-import json
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import azure.functions as func
 from azure.core.credentials_async import AsyncTokenCredential
@@ -60,148 +49,15 @@ from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueMessage
 from azure.storage.queue.aio import QueueClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HOST_JSON = REPO_ROOT / "host.json"
-DEFAULT_CONNECTION = "AzureWebJobsStorage"
-# The host leases a message for 10 minutes and renews it while the function runs.
-DEFAULT_LEASE_SECONDS = 600
-_SETTING_REFERENCE = re.compile(r"%([^%]+)%")
-
-Outcome = Literal["succeeded", "failed", "poisoned", "undecodable", "expired_lease"]
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """host.json `extensions.queues` (the parts that change what a test sees), with the host's defaults."""
-
-    max_dequeue_count: int = 5
-    visibility_timeout_seconds: float = 0.0
-    batch_size: int = 16
-    message_encoding: Literal["base64", "none"] = "base64"
-    new_batch_threshold: int = 8  # the host's default: batchSize / 2 (per core; one here)
-    max_polling_interval_seconds: float = 60.0
-
-    @classmethod
-    def from_host_json(cls, path: Path = HOST_JSON) -> QueueSettings:
-        queues = json.loads(Path(path).read_text()).get("extensions", {}).get("queues", {})
-        encoding = str(queues.get("messageEncoding", "base64")).lower()
-        if encoding not in ("base64", "none"):
-            raise ValueError(f"host.json messageEncoding must be base64 or none, not {encoding!r}")
-        return cls(
-            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
-            visibility_timeout_seconds=parse_timespan(str(queues.get("visibilityTimeout", "00:00:00"))),
-            batch_size=int(queues.get("batchSize", 16)),
-            message_encoding="base64" if encoding == "base64" else "none",
-            new_batch_threshold=int(queues.get("newBatchThreshold", int(queues.get("batchSize", 16)) // 2)),
-            max_polling_interval_seconds=parse_timespan(str(queues.get("maxPollingInterval", "00:01:00"))),
-        )
-
-
-def parse_timespan(value: str) -> float:
-    """Seconds in a .NET TimeSpan string: `hh:mm:ss`, `hh:mm:ss.fff` or `d.hh:mm:ss`."""
-    match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)", value.strip())
-    if match is None:
-        raise ValueError(f"not a TimeSpan (hh:mm:ss): {value!r}")
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-@dataclass(frozen=True)
-class QueueFunction:
-    """A queue-triggered function of the app, with its queue name resolved from the settings."""
-
-    name: str
-    queue_name: str
-    connection: str
-    arg_name: str
-    user_function: Callable[..., Any]
-    wants_context: bool
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One message handled: which function, which attempt (dequeue count), what happened."""
-
-    function: str
-    queue: str
-    message_id: str
-    dequeue_count: int
-    outcome: Outcome
-    error: str | None = None
-
-
-@dataclass
-class _Context(func.Context):
-    """The `context` argument the Python worker passes."""
-
-    _function_name: str
-    _invocation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    @property
-    def invocation_id(self) -> str:
-        return self._invocation_id
-
-    @property
-    def thread_local_storage(self) -> type[threading.local]:
-        return threading.local  # type: ignore[return-value]
-
-    @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def function_directory(self) -> str:
-        return str(REPO_ROOT)
-
-    @property
-    def trace_context(self) -> Any:
-        return None
-
-    @property
-    def retry_context(self) -> Any:
-        return None
-
-
-def resolve_setting_references(value: str, environ: Mapping[str, str]) -> str:
-    """`%RUNS_QUEUE%-poison` -> `runs-poison`, as the host resolves binding expressions from app settings."""
-
-    def lookup(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise KeyError(f"the binding refers to app setting {name!r}, which is not set")
-        return environ[name]
-
-    return _SETTING_REFERENCE.sub(lookup, value)
-
-
-def queue_functions(functions: Iterable[func.Function], environ: Mapping[str, str]) -> list[QueueFunction]:
-    """The functions with a `queueTrigger` binding, queue names resolved.
-
-    Pass the list of the app's one `get_functions()` call (the SDK refuses to index an app twice).
-    """
-    found = []
-    for function in functions:
-        trigger = function.get_trigger()
-        binding = trigger.get_dict_repr() if trigger is not None else {}
-        if binding.get("type") != "queueTrigger":
-            continue
-        user_function = function.get_user_function()
-        parameters = inspect.signature(user_function).parameters
-        arg_name = str(binding["name"])
-        extra = set(parameters) - {arg_name, "context"}
-        if extra:
-            raise NotImplementedError(f"{function.get_function_name()}: bindings other than the trigger: {extra}")
-        found.append(
-            QueueFunction(
-                name=str(function.get_function_name()),
-                queue_name=resolve_setting_references(str(binding["queueName"]), environ),
-                connection=str(binding.get("connection") or DEFAULT_CONNECTION),
-                arg_name=arg_name,
-                user_function=user_function,
-                wants_context="context" in parameters,
-            )
-        )
-    return found
+from local_azure.queue_bindings import (
+    DEFAULT_LEASE_SECONDS,
+    Invocation,
+    Outcome,
+    QueueFunction,
+    QueueSettings,
+    WorkerContext,
+    queue_functions,
+)
 
 
 class _Connection:
@@ -435,7 +291,7 @@ class QueueHost:
         )
         kwargs: dict[str, Any] = {function.arg_name: queue_message}
         if function.wants_context:
-            kwargs["context"] = _Context(_function_name=function.name)
+            kwargs["context"] = WorkerContext(_function_name=function.name)
         if inspect.iscoroutinefunction(function.user_function):
             await function.user_function(**kwargs)
         else:  # the worker runs sync functions in its thread pool
@@ -494,175 +350,3 @@ async def _quietly(task: asyncio.Task[Any]) -> None:
         await task
     except (asyncio.CancelledError, Exception):
         pass
-
-
-# -- next to the minimal HTTP host -------------------------------------------------------------------
-
-
-class QueueCompanion:
-    """The app's queue triggers, polled beside local_azure/funchost.py's HTTP server (one process, like one
-    Functions instance): `python -m local_azure.funchost --companion local_azure.queue_host:companion`.
-    A poll that fails (storage not reachable a moment) is reported in one line and tried again."""
-
-    def __init__(self, app: func.FunctionApp, poll_seconds: float = 0.5) -> None:
-        self.app = app
-        self.poll_seconds = poll_seconds
-        self.host: QueueHost | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        from local_azure.funchost import indexed_functions  # the app is indexed once per process
-
-        functions = list(indexed_functions(self.app).values())
-        if not queue_functions(functions, os.environ):
-            return
-        self.host = QueueHost(functions, poll_seconds=self.poll_seconds, on_outcome=_report_trouble)
-        self._task = asyncio.create_task(self._poll())
-
-    async def _poll(self) -> None:
-        assert self.host is not None
-        while not self._stop.is_set():
-            try:
-                await self.host.run_forever(self._stop)
-            except Exception as error:  # noqa: BLE001 - the host keeps polling, as the Functions host does
-                print(f"      queue poll failed ({type(error).__name__}); trying again", file=sys.stderr, flush=True)
-                try:
-                    await asyncio.wait_for(self._stop.wait(), 2.0)
-                except TimeoutError:
-                    pass
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        if self.host is not None:
-            await self.host.close()
-
-
-def _report_trouble(invocation: Invocation) -> None:
-    if invocation.outcome != "succeeded":
-        attempt = f"attempt {invocation.dequeue_count}"
-        print(
-            f"      queue {invocation.function} {invocation.outcome} ({attempt}): {invocation.error or ''}".rstrip(),
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def companion(app: func.FunctionApp) -> QueueCompanion:
-    """The `--companion` factory of local_azure/funchost.py."""
-    return QueueCompanion(app)
-
-
-# -- a separate instance ----------------------------------------------------------------------------
-
-
-def load_app(spec: str) -> func.FunctionApp:
-    """`module:attribute`, e.g. `function_app:app`."""
-    module_name, _, attribute = spec.partition(":")
-    app = getattr(importlib.import_module(module_name), attribute or "app")
-    if not isinstance(app, func.FunctionApp):
-        raise TypeError(f"{spec} is not a FunctionApp")
-    return app
-
-
-async def serve(app_spec: str, host_json: Path, lease_seconds: int, poll_seconds: float) -> None:
-    """Run the queue host for the app until SIGTERM/SIGINT; print READY, then one OUTCOME line per message."""
-
-    def report(invocation: Invocation) -> None:
-        print("OUTCOME " + json.dumps(asdict(invocation)), flush=True)
-
-    app = load_app(app_spec)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with QueueHost(
-        app.get_functions(),
-        settings=QueueSettings.from_host_json(host_json),
-        lease_seconds=lease_seconds,
-        poll_seconds=poll_seconds,
-        on_outcome=report,
-    ) as host:
-        print("READY " + ",".join(f.queue_name for f in host.functions), flush=True)
-        await host.run_forever(stop)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Queue triggers of a Functions app, played against Azure Storage.")
-    parser.add_argument("--app", default="function_app:app", help="module:attribute of the FunctionApp")
-    parser.add_argument("--host-json", type=Path, default=HOST_JSON)
-    parser.add_argument("--lease-seconds", type=int, default=DEFAULT_LEASE_SECONDS)
-    parser.add_argument("--poll-seconds", type=float, default=0.2)
-    args = parser.parse_args(argv)
-    asyncio.run(serve(args.app, args.host_json, args.lease_seconds, args.poll_seconds))
-
-
-class QueueHostProcess:
-    """A queue host in a child process (another instance of the app); collects its OUTCOME lines."""
-
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        *,
-        app: str = "function_app:app",
-        host_json: Path = HOST_JSON,
-        lease_seconds: int = DEFAULT_LEASE_SECONDS,
-        poll_seconds: float = 0.2,
-        timeout: float = 60.0,
-    ) -> None:
-        cmd = [sys.executable, "-m", "local_azure.queue_host", "--app", app, "--host-json", str(host_json)]
-        cmd += ["--lease-seconds", str(lease_seconds), "--poll-seconds", str(poll_seconds)]
-        child_env = dict(env, PYTHONUNBUFFERED="1")
-        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), child_env.get("PYTHONPATH"))))
-        self.outcomes: list[Invocation] = []
-        self._ready = threading.Event()
-        self.queues: list[str] = []
-        self.proc = subprocess.Popen(
-            cmd, cwd=str(REPO_ROOT), env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"queue host did not print READY within {timeout:.0f}s")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("READY "):
-                self.queues = line.split(" ", 1)[1].strip().split(",")
-                self._ready.set()
-            elif line.startswith("OUTCOME "):
-                self.outcomes.append(Invocation(**json.loads(line.split(" ", 1)[1])))
-        self._ready.set()  # exited: stop waiting
-
-    def kill(self) -> None:
-        """SIGKILL: a crashed instance; its leased messages come back when their leases run out."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._reader.join(timeout=10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (the host stops polling), then SIGKILL after `timeout`."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> QueueHostProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -61,7 +61,7 @@ async def test_companions_run_with_the_host() -> None:
 
 
 async def test_subprocess_host_serves_a_whole_run_and_its_queue(rig: Rig, tmp_path: Path) -> None:
-    """`python -m local_azure.funchost --port 0 --companion local_azure.queue_host:companion` with the rig's app
+    """`python -m local_azure.funchost --port 0 --companion local_azure.queue_instances:companion` with the rig's app
     environment, as an operator sets it: HTTP and the queue trigger in one process (a queue of its own here)."""
     env = {k: v for k, v in os.environ.items() if k not in Rig.ENV_NAMES}
     env.update(rig.app_env("identity", "identity"), RUNS_QUEUE=f"funchost-{uuid.uuid4().hex[:8]}")
@@ -72,7 +72,7 @@ async def test_subprocess_host_serves_a_whole_run_and_its_queue(rig: Rig, tmp_pa
         "--port",
         "0",
         "--companion",
-        "local_azure.queue_host:companion",
+        "local_azure.queue_instances:companion",
         cwd=REPO_ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -10,7 +10,8 @@ import os
 import time
 
 from code_interpreter_files.services import get_services
-from local_azure.queue_host import QueueHost, QueueHostProcess
+from local_azure.queue_host import QueueHost
+from local_azure.queue_instances import QueueHostProcess
 from tests import figures
 from tests.appclient import FUNCTIONS, AppClient
 from tests.helpers import (

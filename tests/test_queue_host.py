@@ -23,14 +23,9 @@ from azure.storage.queue.aio import QueueClient
 from code_interpreter_files.identity import AppCredential
 from code_interpreter_files.run_queue import RunQueue, parse_message
 from code_interpreter_files.settings import load_settings
-from local_azure.queue_host import (
-    QueueHost,
-    QueueHostProcess,
-    QueueSettings,
-    parse_timespan,
-    queue_functions,
-    resolve_setting_references,
-)
+from local_azure.queue_bindings import QueueSettings, parse_timespan, queue_functions, resolve_setting_references
+from local_azure.queue_host import QueueHost
+from local_azure.queue_instances import QueueHostProcess
 from tests.helpers import until
 from tests.rig.rig import Rig
 
