@@ -206,6 +206,9 @@ async def test_a_poisoned_run_keeps_its_caller_and_true_state_and_get_finishes_i
     assert not manifest_exists(rig, response_id)
     assert (await app.get_run(response_id, caller=bob)).status == 404
     figures.count("foreign_reads_refused")
+    # The owner's GET finishes a run whose model has ended: wait for that end (all of the above can take
+    # less than the model's 0.2 s on an idle machine, and the GET then rightly answers 202 in_progress).
+    await until(lambda: rig.emulator.run(response_id)["status"] == "completed", within=30)
     answer = await app.get_run(response_id, caller=alice)
     assert answer.status == 200 and [f["filename"] for f in answer.json["files"]] == ["kept.txt"], answer.body
     app.verify_answer(answer.json)
