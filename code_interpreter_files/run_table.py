@@ -41,6 +41,11 @@ from .settings import Settings
 # 120 s apart) would hold a claim renewal or a commit for minutes against a dead account; the callers
 # retry what is transient at their own level (claims.py, the queue's delayed messages).
 _RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
+# azure-core retries no POST that got no answer (a dropped connection: did it land?), and every write of
+# this table that is a POST is an insert (or Create Table) that knows its own landing: a retry's 409 is
+# this run's own row. So the inserts are retried like every other request. (Seen: 1 of 200 runs of
+# tests/test_load.py lost its start to a dropped connection: 502 storage_error, the run cancelled.)
+_INSERT: dict[str, Any] = {"retry_on_methods": frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})}
 # Row keys sort newest first: 10 digits of (this constant - the run's epoch seconds), then the id.
 _LATEST_EPOCH = 9_999_999_999
 # Room for the principal in a partition key of 512 characters: `runs|` + an owner tag of 64 + `|` take 70.
@@ -169,7 +174,7 @@ class RunTable:
         async with self._lock:
             if not self._ready:
                 try:
-                    await self._table.create_table()
+                    await self._table.create_table(**_INSERT)
                 except ResourceExistsError:
                     pass
                 except HttpResponseError as error:
@@ -184,9 +189,19 @@ class RunTable:
         await self.ensure_table()
         partition = partition_of(record.owner, record.principal)
         row_key = row_key_of(record.created_at, record.response_id)
-        created = await self._table.create_entity({"PartitionKey": partition, "RowKey": row_key, **to_entity(record)})
+        try:
+            created = await self._table.create_entity(
+                {"PartitionKey": partition, "RowKey": row_key, **to_entity(record)}, **_INSERT
+            )
+        except ResourceExistsError:  # a retried insert whose first try landed (its answer was lost)?
+            row = await self._read(partition, row_key)
+            if row is None or row.record != record:
+                raise
+            etag = row.etag
+        else:
+            etag = _etag(created)
         await self._write_id_row(record, partition, row_key)
-        return Row(record=record, partition=partition, row_key=row_key, etag=_etag(created))
+        return Row(record=record, partition=partition, row_key=row_key, etag=etag)
 
     @staticmethod
     def _id_entity(record: RunRecord, partition: str, row_key: str) -> dict[str, Any]:
@@ -204,8 +219,8 @@ class RunTable:
 
     async def _write_id_row(self, record: RunRecord, partition: str, row_key: str) -> None:
         try:
-            await self._table.create_entity(self._id_entity(record, partition, row_key))
-        except ResourceExistsError:  # a repair racing another: the first one stands (it may be a tombstone)
+            await self._table.create_entity(self._id_entity(record, partition, row_key), **_INSERT)
+        except ResourceExistsError:  # a repair racing another, or a retry that landed: the first one stands
             pass
 
     async def repair(self, record: RunRecord) -> Row:
@@ -217,7 +232,9 @@ class RunTable:
         partition = partition_of(record.owner, record.principal)
         row_key = row_key_of(record.created_at, record.response_id)
         try:
-            await self._table.create_entity({"PartitionKey": partition, "RowKey": row_key, **to_entity(record)})
+            await self._table.create_entity(
+                {"PartitionKey": partition, "RowKey": row_key, **to_entity(record)}, **_INSERT
+            )
         except ResourceExistsError:
             pass
         await self._write_id_row(record, partition, row_key)

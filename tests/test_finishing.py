@@ -290,3 +290,45 @@ async def test_a_run_is_recorded_before_its_finish_is_queued(app: AppClient, rig
     [response_id] = rig.emulator.runs_for(info["script_id"])
     assert rig.emulator.run(response_id)["status"] == "cancelled"
     assert await peek_queue(rig, queue_env["RUNS_QUEUE"]) == []
+
+
+@pytest.mark.parametrize(
+    ("nth", "after_forwarding"),
+    [(1, False), (1, True), (2, False), (2, True)],
+    ids=["row-lost-on-the-way", "row-landed-answer-lost", "id-row-lost-on-the-way", "id-row-landed-answer-lost"],
+)
+async def test_a_connection_dropped_on_a_runs_insert_is_retried_not_a_lost_start(
+    app: AppClient, rig, configure, queue_env, nth: int, after_forwarding: bool
+) -> None:
+    """A connection dropped on one of the two inserts that record a run's start (its row, its id row) is a
+    transient fault: the insert is tried again, the run starts and ends with its file. When the first try
+    landed and only its answer was lost, the retry's 409 is recognised as this run's own row. (Before:
+    azure-core never retries a POST that got no answer, so POST /api/runs answered 502 storage_error and
+    cancelled the run; seen once in 200 runs of tests/test_load.py.)"""
+    inserts = 0
+
+    def insert(request, body: bytes) -> bool:
+        nonlocal inserts
+        if request.method == "POST" and request.path.endswith("/codeinterpreterruns"):  # Insert Entity
+            inserts += 1
+            return inserts == nth
+        return False
+
+    async with FaultProxy(rig.azurite.table_url, rig.tls) as proxy:
+        rule = proxy.drop(times=1, when=insert, after_forwarding=after_forwarding)
+        configure(**app_settings(queue_env), RUNS_TABLE_SERVICE_URL=proxy.url)
+        info = app.script(latency=0.2, files=[{"path": "/mnt/data/kept.txt", "content": "kept"}])
+        reply = await app.post_run(prompt=info["prompt"], wait=False)
+        assert reply.status == 202, reply.body
+        response_id = reply.json["response_id"]
+        async with _host() as host:
+            [invocation] = await host.drain(within=60)
+        figures.count("faults_injected", rule.served)
+    sent = [path for method, path in proxy.seen if method == "POST" and path.endswith("/codeinterpreterruns")]
+    assert rule.served == 1 and len(sent) == 3  # the dropped insert, tried again, and the other one
+    assert (invocation.function, invocation.outcome) == ("finish_run", "succeeded")
+    assert rig.emulator.run(response_id)["status"] == "completed"
+    configure(**app_settings(queue_env))
+    answer = await app.get_run(response_id)
+    assert answer.status == 200 and [f["filename"] for f in answer.json["files"]] == ["kept.txt"], answer.body
+    app.verify_answer(answer.json)

@@ -6,6 +6,7 @@ In-process, on the test's event loop:
 
     async with FaultProxy(rig.azurite.table_url, rig.tls) as proxy:
         proxy.fail(503, times=1, when=lambda request, body: request.method == "PATCH" and b"x" in body)
+        proxy.drop(times=1, when=..., after_forwarding=True)  # the connection dropped, the answer lost
         configure(RUNS_TABLE_SERVICE_URL=proxy.url)
 
 It can also hold a chosen request back until the test lets it go (`hold`), to put two requests of two
@@ -32,10 +33,11 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
 
 @dataclass
 class Rule:
-    status: int
+    status: int  # 0: drop the connection without an answer
     times: int | None
     when: Predicate
     served: int = 0
+    after_forwarding: bool = False  # a dropped request reached Azurite first (it landed; its answer is lost)
 
 
 @dataclass
@@ -65,6 +67,13 @@ class FaultProxy:
     def fail(self, status: int, *, times: int | None = 1, when: Predicate = lambda request, body: True) -> Rule:
         """Answer `status` (an Azure Storage error body) to the next `times` requests `when` matches."""
         rule = Rule(status=status, times=times, when=when)
+        self.rules.append(rule)
+        return rule
+
+    def drop(self, *, times: int | None = 1, when: Predicate, after_forwarding: bool = False) -> Rule:
+        """Close the connection of the next `times` requests `when` matches without an answer: before they
+        reach Azurite, or (`after_forwarding`) after Azurite carried them out."""
+        rule = Rule(status=0, times=times, when=when, after_forwarding=after_forwarding)
         self.rules.append(rule)
         return rule
 
@@ -113,10 +122,19 @@ class FaultProxy:
         for rule in self.rules:
             if (rule.times is None or rule.served < rule.times) and rule.when(request, body):
                 rule.served += 1
+                if rule.status == 0:
+                    if rule.after_forwarding:
+                        await self._upstream(request, body)
+                    assert request.transport is not None
+                    request.transport.abort()  # no answer: the client sees the connection dropped
+                    return web.Response()
                 return web.json_response(
                     {"odata.error": {"code": "ServerBusy", "message": {"value": "injected by the test's proxy"}}},
                     status=rule.status,
                 )
+        return await self._upstream(request, body)
+
+    async def _upstream(self, request: web.Request, body: bytes) -> web.Response:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._session.request(
