@@ -237,8 +237,7 @@ class QueueHost:
         try:
             await self._invoke(function, message, body)
         except Exception as error:  # the function failed (the host logs it and retries the message)
-            renewing.cancel()
-            await _quietly(renewing)
+            await lease.end(renewing)
             reason = f"{type(error).__name__}: {error}"
             try:
                 if count >= self.settings.max_dequeue_count:
@@ -258,8 +257,7 @@ class QueueHost:
             renewing.cancel()
             await _quietly(renewing)
             raise
-        renewing.cancel()
-        await _quietly(renewing)
+        await lease.end(renewing)
         try:
             await client.delete_message(message.id, lease.pop_receipt)
         except HttpResponseError as lost:  # the lease ran out and another instance took the message
@@ -329,14 +327,26 @@ class _Lease:
         self._message_id = message.id
         self.pop_receipt: str = str(message.pop_receipt)
         self._seconds = seconds
+        self._ended = asyncio.Event()
 
     async def keep(self) -> None:
+        """Renew until `end()`. A renewal under way then completes first: the queue already holds its new
+        pop receipt, so cancelling it would leave the host deleting with a receipt that no longer works."""
         while True:
-            await asyncio.sleep(self._seconds / 2)
-            updated = await self._client.update_message(
-                self._message_id, self.pop_receipt, visibility_timeout=self._seconds
-            )
-            self.pop_receipt = str(updated.pop_receipt)
+            try:
+                await asyncio.wait_for(self._ended.wait(), self._seconds / 2)
+                return
+            except TimeoutError:
+                updated = await self._client.update_message(
+                    self._message_id, self.pop_receipt, visibility_timeout=self._seconds
+                )
+                self.pop_receipt = str(updated.pop_receipt)
+
+    async def end(self, renewing: asyncio.Task[None]) -> None:
+        """Stop renewing once any renewal under way has its answer (a failed renewal is the host's to see
+        when it deletes or releases the message)."""
+        self._ended.set()
+        await _quietly(renewing)
 
 
 def _lease_lost(error: HttpResponseError) -> bool:
