@@ -17,6 +17,7 @@ caller then looks at the row to tell a DELETE from a takeover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -110,7 +111,7 @@ class Claim:
     async def _renew_once(self, until: datetime) -> Row:
         for delay in (*_RENEW_RETRY_SECONDS, None):
             try:
-                return await self._table.update(self.row, finishing_until=_now() + timedelta(seconds=CLAIM_SECONDS))
+                return await self._renewal()
             except RowChanged:
                 raise ClaimLost() from None
             except Exception as error:
@@ -120,6 +121,20 @@ class Claim:
                     raise ClaimLost() from error
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def _renewal(self) -> Row:
+        """One renewal. If the claim stops renewing while it is under way, its answer is still awaited and
+        kept: the row may already carry its new etag, which the commit must write with (cancelled with its
+        answer, the commit failed If-Match as if another instance had taken the claim)."""
+        sent = asyncio.ensure_future(
+            self._table.update(self.row, finishing_until=_now() + timedelta(seconds=CLAIM_SECONDS))
+        )
+        try:
+            return await asyncio.shield(sent)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self.row = await sent
+            raise
 
     async def release(self, **changes: object) -> Row:
         """The last write of the claim: `changes` (the run's outcome) and the claim cleared, If-Match.
