@@ -344,9 +344,12 @@ class _Lease:
 
     async def end(self, renewing: asyncio.Task[None]) -> None:
         """Stop renewing once any renewal under way has its answer (a failed renewal is the host's to see
-        when it deletes or releases the message)."""
+        when it deletes or releases the message). Waited for, not awaited: a host cancelled meanwhile (a
+        crash) is cancelled at once and leaves the renewal alone, instead of cancelling it and going on."""
         self._ended.set()
-        await _quietly(renewing)
+        await asyncio.wait({renewing})
+        if not renewing.cancelled():
+            renewing.exception()  # retrieved: a renewal that failed is not an unhandled task error
 
 
 def _lease_lost(error: HttpResponseError) -> bool:

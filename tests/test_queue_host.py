@@ -241,6 +241,35 @@ async def test_a_function_that_ends_while_its_lease_is_renewed_deletes_its_messa
     assert RENEWAL_SENT.is_set()
 
 
+async def test_a_host_that_crashes_while_it_waits_for_a_renewal_neither_deletes_nor_releases(
+    queue_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host dies (is cancelled) while it waits for the answer of a renewal under way: it stops there,
+    as a crash does: no delete, nothing recorded; the message comes back after its lease."""
+    renew = QueueClient.update_message
+
+    async def slow_answer(self: QueueClient, *args: object, **kwargs: object) -> object:
+        updated = await renew(self, *args, **kwargs)
+        RENEWAL_SENT.set()
+        await asyncio.sleep(1)
+        return updated
+
+    monkeypatch.setattr(QueueClient, "update_message", slow_answer)
+    await _enqueue("resp_endsinrenewal2")
+    async with _host(lease_seconds=2) as crashing:
+        draining = asyncio.create_task(crashing.drain())
+        await RENEWAL_SENT.wait()
+        await asyncio.sleep(0.2)  # the function has ended: the host waits for the renewal's answer
+        draining.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await draining
+        assert crashing.invocations == []
+    monkeypatch.setattr(QueueClient, "update_message", renew)  # the survivor's renewals answer at once
+    async with _host(lease_seconds=10) as survivor:
+        await survivor.drain()
+        assert _outcomes(survivor) == [("finish_run", 2, "succeeded")]
+
+
 async def test_listen_takes_new_messages_while_one_runs(queue_env: dict[str, str]) -> None:
     """As the Functions host listens: a message sent while another runs is handled at once (here it is
     what lets the first one end), where `run_forever` would wait for its batch to end first."""
