@@ -40,7 +40,16 @@ from .settings import Settings
 # Retries of each table request: 3, after about 0.5, 1 and 2 s. azure-core's default (10 retries, up to
 # 120 s apart) would hold a claim renewal or a commit for minutes against a dead account; the callers
 # retry what is transient at their own level (claims.py, the queue's delayed messages).
-_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
+# A request that takes longer than the Table service's own 30 s limit per operation, or 10 s to connect,
+# is timed out and retried (aiohttp's default, 300 s, held a claim's renewal or a commit for minutes
+# against an account that stopped answering).
+_RETRY: dict[str, Any] = {
+    "retry_total": 3,
+    "retry_backoff_factor": 0.5,
+    "retry_backoff_max": 4,
+    "connection_timeout": 10,
+    "read_timeout": 30,
+}
 # azure-core retries no POST that got no answer (a dropped connection: did it land?), and every write of
 # this table that is a POST is an insert (or Create Table) that knows its own landing: a retry's 409 is
 # this run's own row. So the inserts are retried like every other request. (Seen: 1 of 200 runs of
