@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import pytest
@@ -110,6 +111,21 @@ def _host(**kwargs: object) -> QueueHost:
 
 def _outcomes(host: QueueHost) -> list[tuple[str, int, str]]:
     return [(i.function, i.dequeue_count, i.outcome) for i in host.invocations]
+
+
+def _renewals_answered_late(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Lease renewals land at once (the queue holds the new pop receipt), sets RENEWAL_SENT, and answer 1 s
+    later; returns the real `update_message`."""
+    renew = QueueClient.update_message
+
+    async def slow_answer(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
+        updated = await renew(self, *args, **kwargs)
+        RENEWAL_SENT.set()
+        await asyncio.sleep(1)  # the answer on its way
+        return updated
+
+    monkeypatch.setattr(QueueClient, "update_message", slow_answer)
+    return renew
 
 
 @pytest.mark.parametrize("queue_env", ["identity", "connection_string"], indirect=True)
@@ -225,15 +241,7 @@ async def test_a_function_that_ends_while_its_lease_is_renewed_deletes_its_messa
     """The renewal's new pop receipt is kept even when the function ends before its answer arrives: the
     host then deletes the message, instead of failing with the old receipt and running it again after the
     lease (before: `expired_lease` and a second invocation, seen once in a fresh clone's full run)."""
-    renew = QueueClient.update_message
-
-    async def slow_answer(self: QueueClient, *args: object, **kwargs: object) -> object:
-        updated = await renew(self, *args, **kwargs)  # the queue holds the new pop receipt from now on
-        RENEWAL_SENT.set()
-        await asyncio.sleep(1)  # its answer on the way: the function ends meanwhile
-        return updated
-
-    monkeypatch.setattr(QueueClient, "update_message", slow_answer)
+    _renewals_answered_late(monkeypatch)
     await _enqueue("resp_endsinrenewal1")
     async with _host(lease_seconds=2) as host:
         await host.drain(within=30)
@@ -246,15 +254,7 @@ async def test_a_host_that_crashes_while_it_waits_for_a_renewal_neither_deletes_
 ) -> None:
     """The host dies (is cancelled) while it waits for the answer of a renewal under way: it stops there,
     as a crash does: no delete, nothing recorded; the message comes back after its lease."""
-    renew = QueueClient.update_message
-
-    async def slow_answer(self: QueueClient, *args: object, **kwargs: object) -> object:
-        updated = await renew(self, *args, **kwargs)
-        RENEWAL_SENT.set()
-        await asyncio.sleep(1)
-        return updated
-
-    monkeypatch.setattr(QueueClient, "update_message", slow_answer)
+    renew = _renewals_answered_late(monkeypatch)
     await _enqueue("resp_endsinrenewal2")
     async with _host(lease_seconds=2) as crashing:
         draining = asyncio.create_task(crashing.drain())
